@@ -1,0 +1,203 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// ErrUnavailable is wrapped by errors that mean NATS cannot be reached or
+// the embedded server cannot be started.
+var ErrUnavailable = errors.New("bus: nats unavailable")
+
+// ErrInvalidConfig is wrapped by Config validation errors.
+var ErrInvalidConfig = errors.New("bus: invalid config")
+
+// Config says how to reach NATS.
+type Config struct {
+	// URL of the NATS server(s), comma separated. Empty starts an
+	// embedded server.
+	URL string
+	// CredsFile is a NATS credentials file for URL; optional.
+	CredsFile string
+	// Name is the client connection name shown by the server.
+	Name string
+	// StoreDir is the embedded server's JetStream directory; required
+	// when URL is empty.
+	StoreDir string
+	// Listen is the embedded server's client address ("127.0.0.1:4222",
+	// or port 0 for a free port); empty opens no port.
+	Listen string
+	// SyncAlways makes the embedded server fsync every write.
+	SyncAlways bool
+	// ConnectTimeout bounds connecting; default 5s.
+	ConnectTimeout time.Duration
+	// Logger receives connection and embedded-server logs.
+	Logger zerolog.Logger
+}
+
+// Bus is an open connection to NATS with JetStream, and the embedded server
+// when there is one.
+type Bus struct {
+	// Conn is the NATS connection.
+	Conn *nats.Conn
+	// JS is the JetStream API on Conn.
+	JS jetstream.JetStream
+
+	server *server.Server
+	log    zerolog.Logger
+}
+
+// Open connects to cfg.URL, or starts an embedded server in cfg.StoreDir
+// and connects to it in-process. Close releases both. Errors wrap
+// ErrUnavailable or ErrInvalidConfig.
+func Open(ctx context.Context, cfg Config) (*Bus, error) {
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	if cfg.Name == "" {
+		cfg.Name = "weft"
+	}
+	b := &Bus{log: cfg.Logger}
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.Timeout(cfg.ConnectTimeout),
+		nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				b.log.Warn().Err(err).Msg("nats disconnected")
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			b.log.Info().Str("url", nc.ConnectedUrl()).Msg("nats reconnected")
+		}),
+	}
+	url := cfg.URL
+	if url == "" {
+		ns, err := startEmbedded(cfg)
+		if err != nil {
+			return nil, err
+		}
+		b.server = ns
+		opts = append(opts, nats.InProcessServer(ns))
+	} else if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		b.shutdownServer()
+		return nil, fmt.Errorf("%w: connect %s: %v", ErrUnavailable, displayURL(url), err)
+	}
+	b.Conn = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	b.JS = js
+	// Fail here, not on the first publish, when JetStream is off.
+	actx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	if _, err := js.AccountInfo(actx); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("%w: jetstream on %s: %v", ErrUnavailable, displayURL(url), err)
+	}
+	return b, nil
+}
+
+func displayURL(url string) string {
+	if url == "" {
+		return "embedded server"
+	}
+	return url
+}
+
+func startEmbedded(cfg Config) (*server.Server, error) {
+	if cfg.StoreDir == "" {
+		return nil, fmt.Errorf("%w: embedded server needs a store directory", ErrInvalidConfig)
+	}
+	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
+		return nil, fmt.Errorf("%w: store dir: %v", ErrUnavailable, err)
+	}
+	opts := &server.Options{
+		ServerName: "weft-embedded",
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		DontListen: true,
+		NoSigs:     true,
+		SyncAlways: cfg.SyncAlways,
+		MaxPayload: 1 << 20,
+	}
+	if cfg.Listen != "" {
+		host, port, err := net.SplitHostPort(cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("%w: listen %q: %v", ErrInvalidConfig, cfg.Listen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("%w: listen %q: bad port", ErrInvalidConfig, cfg.Listen)
+		}
+		if p == 0 {
+			p = server.RANDOM_PORT
+		}
+		opts.DontListen, opts.Host, opts.Port = false, host, p
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: embedded server: %v", ErrUnavailable, err)
+	}
+	ns.SetLoggerV2(serverLogger{cfg.Logger.With().Str("component", "nats-server").Logger()}, false, false, false)
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("%w: embedded server not ready after 10s", ErrUnavailable)
+	}
+	return ns, nil
+}
+
+// ClientURL is the URL other processes (agents, the nats CLI) use to reach
+// the embedded server; empty when it listens on no port or there is none.
+func (b *Bus) ClientURL() string {
+	if b.server == nil || b.server.Addr() == nil {
+		return ""
+	}
+	return b.server.ClientURL()
+}
+
+// Embedded reports whether b runs its own server.
+func (b *Bus) Embedded() bool { return b.server != nil }
+
+// Close drains nothing: it closes the connection and shuts the embedded
+// server down, waiting until it has stopped.
+func (b *Bus) Close() {
+	if b.Conn != nil {
+		b.Conn.Close()
+	}
+	b.shutdownServer()
+}
+
+func (b *Bus) shutdownServer() {
+	if b.server != nil {
+		b.server.Shutdown()
+		b.server.WaitForShutdown()
+	}
+}
+
+// serverLogger adapts zerolog to the nats-server logger interface.
+type serverLogger struct{ log zerolog.Logger }
+
+func (l serverLogger) Noticef(format string, v ...any) { l.log.Debug().Msgf(format, v...) }
+func (l serverLogger) Warnf(format string, v ...any)   { l.log.Warn().Msgf(format, v...) }
+func (l serverLogger) Fatalf(format string, v ...any)  { l.log.Error().Msgf(format, v...) }
+func (l serverLogger) Errorf(format string, v ...any)  { l.log.Error().Msgf(format, v...) }
+func (l serverLogger) Debugf(format string, v ...any)  { l.log.Trace().Msgf(format, v...) }
+func (l serverLogger) Tracef(format string, v ...any)  { l.log.Trace().Msgf(format, v...) }

@@ -1,0 +1,108 @@
+package bus_test
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/test"
+)
+
+func TestProvisionIsIdempotent(t *testing.T) {
+	b := test.Bus(t) // provisions once
+	ctx := t.Context()
+
+	type snapshot struct {
+		created time.Time
+		cfg     jetstream.StreamConfig
+		msgs    uint64
+	}
+	snap := func() map[string]snapshot {
+		out := map[string]snapshot{}
+		for name := range b.JS.StreamNames(ctx).Name() {
+			s, err := b.JS.Stream(ctx, name)
+			if err != nil {
+				t.Fatalf("stream %s: %v", name, err)
+			}
+			info := s.CachedInfo()
+			out[name] = snapshot{info.Created, info.Config, info.State.Msgs}
+		}
+		return out
+	}
+	before := snap()
+	for _, s := range subjects.Streams() {
+		if _, ok := before[s.Name]; !ok {
+			t.Errorf("stream %s not provisioned", s.Name)
+		}
+	}
+	for _, name := range []string{"KV_" + subjects.RunsBucket, "KV_" + subjects.WIPBucket, "KV_" + subjects.DedupBucket, "KV_" + subjects.AgentsBucket, "OBJ_" + subjects.ArtifactsBucket} {
+		if _, ok := before[name]; !ok {
+			t.Errorf("bucket stream %s not provisioned", name)
+		}
+	}
+	if err := bus.Provision(ctx, b.JS); err != nil {
+		t.Fatalf("second Provision: %v", err)
+	}
+	after := snap()
+	if !reflect.DeepEqual(before, after) {
+		t.Errorf("second Provision changed streams:\nbefore %+v\nafter  %+v", before, after)
+	}
+	for _, tier := range subjects.Tiers {
+		c, err := bus.JobConsumer(ctx, b.JS, subjects.DefaultQueue, tier)
+		if err != nil {
+			t.Fatalf("job consumer %s: %v", tier, err)
+		}
+		if got, want := c.CachedInfo().Config.FilterSubject, subjects.Job(subjects.DefaultQueue, tier); got != want {
+			t.Errorf("consumer %s filter = %q, want %q", tier, got, want)
+		}
+	}
+}
+
+func TestJobsAreRepublishedAfterStore(t *testing.T) {
+	b := test.Bus(t)
+	ctx := t.Context()
+	sub, err := b.Conn.SubscribeSync(subjects.Wake(subjects.DefaultQueue))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.JS.Publish(ctx, subjects.Job(subjects.DefaultQueue, subjects.Low), []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatalf("no wake-up: %v", err)
+	}
+	if len(m.Data) != 0 {
+		t.Errorf("wake-up carries %d bytes, want headers only", len(m.Data))
+	}
+	c, err := bus.JobConsumer(ctx, b.JS, subjects.DefaultQueue, subjects.Low)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := c.FetchNoWait(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for range batch.Messages() {
+		n++
+	}
+	if n != 1 {
+		t.Errorf("fetched %d jobs after the wake-up, want 1", n)
+	}
+}
+
+func TestOpenUnreachable(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := bus.Open(ctx, bus.Config{URL: "nats://127.0.0.1:1", ConnectTimeout: time.Second})
+	if !errors.Is(err, bus.ErrUnavailable) {
+		t.Fatalf("Open(unreachable) = %v, want ErrUnavailable", err)
+	}
+}

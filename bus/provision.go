@@ -1,0 +1,111 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weft-ci/weft/subjects"
+)
+
+// Provision creates or updates every stream, KV bucket and object bucket of
+// package subjects, and the job consumers of the default queue. Running it
+// again with the same configuration changes nothing.
+func Provision(ctx context.Context, js jetstream.JetStream) error {
+	for _, s := range subjects.Streams() {
+		if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(s)); err != nil {
+			return fmt.Errorf("provision stream %s: %w", s.Name, err)
+		}
+	}
+	for _, b := range subjects.Buckets() {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, KeyValueConfig(b)); err != nil {
+			return fmt.Errorf("provision kv %s: %w", b.Name, err)
+		}
+	}
+	for _, o := range subjects.ObjectBuckets() {
+		if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket:      o.Name,
+			Description: o.Description,
+			TTL:         o.MaxAge,
+			Storage:     jetstream.FileStorage,
+		}); err != nil {
+			return fmt.Errorf("provision object store %s: %w", o.Name, err)
+		}
+	}
+	return EnsureJobConsumers(ctx, js, subjects.DefaultQueue)
+}
+
+// EnsureJobConsumers creates or updates the durable consumer of every tier
+// of queue on the jobs stream and returns nothing else; it is idempotent.
+func EnsureJobConsumers(ctx context.Context, js jetstream.JetStream, queue string) error {
+	if err := subjects.ValidateQueue(queue); err != nil {
+		return err
+	}
+	for _, tier := range subjects.Tiers {
+		c := subjects.JobConsumerFor(queue, tier)
+		if _, err := js.CreateOrUpdateConsumer(ctx, subjects.JobsStream, JobConsumerConfig(c)); err != nil {
+			return fmt.Errorf("provision consumer %s: %w", c.Name, err)
+		}
+	}
+	return nil
+}
+
+// JobConsumer returns the job consumer of queue and tier; it must exist.
+func JobConsumer(ctx context.Context, js jetstream.JetStream, queue string, tier subjects.Tier) (jetstream.Consumer, error) {
+	name := subjects.JobConsumer(queue, tier)
+	c, err := js.Consumer(ctx, subjects.JobsStream, name)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// StreamConfig turns a stream description of package subjects into a
+// JetStream stream configuration.
+func StreamConfig(s subjects.Stream) jetstream.StreamConfig {
+	cfg := jetstream.StreamConfig{
+		Name:        s.Name,
+		Description: s.Description,
+		Subjects:    s.Subjects,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      s.MaxAge,
+		Duplicates:  s.Duplicates,
+		MaxMsgSize:  s.MaxMsgSize,
+		Storage:     jetstream.FileStorage,
+		AllowMsgTTL: s.AllowMsgTTL,
+	}
+	if s.Retention == subjects.WorkQueue {
+		cfg.Retention = jetstream.WorkQueuePolicy
+	}
+	if s.RepublishSource != "" {
+		cfg.RePublish = &jetstream.RePublish{Source: s.RepublishSource, Destination: s.RepublishDest, HeadersOnly: true}
+	}
+	return cfg
+}
+
+// KeyValueConfig turns a bucket description of package subjects into a
+// JetStream KV configuration.
+func KeyValueConfig(b subjects.Bucket) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:         b.Name,
+		Description:    b.Description,
+		History:        b.History,
+		TTL:            b.TTL,
+		Storage:        jetstream.FileStorage,
+		LimitMarkerTTL: b.PerKeyTTL,
+	}
+}
+
+// JobConsumerConfig turns a job consumer description of package subjects
+// into a JetStream consumer configuration: durable, explicit ack, pull.
+func JobConsumerConfig(c subjects.JobConsumerConfig) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       c.Name,
+		FilterSubject: c.FilterSubject,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    c.MaxDeliver,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+}

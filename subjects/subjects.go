@@ -1,0 +1,347 @@
+package subjects
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Stream names.
+const (
+	// JobsStream holds stage jobs until an agent acknowledges them
+	// (work-queue retention).
+	JobsStream = "WEFT_JOBS"
+	// EventsStream holds stage and run lifecycle events.
+	EventsStream = "WEFT_EVENTS"
+	// LogsStream holds stage output as line batches.
+	LogsStream = "WEFT_LOGS"
+	// TriggersStream holds triggers waiting for the dispatcher
+	// (work-queue retention).
+	TriggersStream = "WEFT_TRIGGERS"
+	// DLQStream holds stage jobs that exhausted their deliveries.
+	DLQStream = "WEFT_DLQ"
+)
+
+// KV and object bucket names.
+const (
+	// RunsBucket holds one run document per run id, updated by CAS.
+	RunsBucket = "weft_runs"
+	// WIPBucket holds per-repository WIP leases with a TTL.
+	WIPBucket = "weft_wip"
+	// DedupBucket holds one create-only key per trigger with a TTL; its
+	// value is the trigger's outcome (the run id, or why it was refused).
+	DedupBucket = "weft_dedup"
+	// AgentsBucket is the agent registry; entries expire unless renewed.
+	AgentsBucket = "weft_agents"
+	// ArtifactsBucket is the object store for stage artifacts.
+	ArtifactsBucket = "weft_artifacts"
+)
+
+// Consumer names.
+const (
+	// DispatcherTriggers is the durable consumer the dispatchers share on
+	// TriggersStream.
+	DispatcherTriggers = "dispatcher_triggers"
+	// DispatcherEvents is the durable consumer the dispatchers share on
+	// EventsStream.
+	DispatcherEvents = "dispatcher_events"
+)
+
+// Subject templates and wildcards. Use the builders below to fill them.
+const (
+	jobsPrefix     = "weft.jobs"
+	wakePrefix     = "weft.wake"
+	eventsPrefix   = "weft.events"
+	logsPrefix     = "weft.logs"
+	triggersPrefix = "weft.triggers"
+	dlqPrefix      = "weft.dlq"
+	cancelPrefix   = "weft.cancel"
+
+	// AllJobs matches every job subject.
+	AllJobs = jobsPrefix + ".>"
+	// AllWake matches every wake-up subject.
+	AllWake = wakePrefix + ".>"
+	// AllEvents matches every event subject.
+	AllEvents = eventsPrefix + ".>"
+	// AllLogs matches every log subject.
+	AllLogs = logsPrefix + ".>"
+	// AllTriggers matches every trigger subject.
+	AllTriggers = triggersPrefix + ".>"
+	// AllDLQ matches every dead-letter subject.
+	AllDLQ = dlqPrefix + ".>"
+	// AllCancel matches every cancel notice.
+	AllCancel = cancelPrefix + ".*"
+	// RunEvents matches run-level events of every run (weft.events.<run>).
+	RunEvents = eventsPrefix + ".*"
+)
+
+// Job returns the subject a stage job for queue and tier is published on:
+// weft.jobs.<queue>.<tier>.
+func Job(queue string, tier Tier) string {
+	return jobsPrefix + "." + queue + "." + string(tier)
+}
+
+// Wake returns the subject a stored job on queue is republished to, with
+// any tier: weft.wake.<queue>.*.
+func Wake(queue string) string { return wakePrefix + "." + queue + ".*" }
+
+// StageEvent returns the subject of a stage's lifecycle events:
+// weft.events.<run>.<stage>.
+func StageEvent(run, stage string) string { return eventsPrefix + "." + run + "." + stage }
+
+// RunEvent returns the subject of a run's own events: weft.events.<run>.
+func RunEvent(run string) string { return eventsPrefix + "." + run }
+
+// Logs returns the subject of a stage's log batches: weft.logs.<run>.<stage>.
+func Logs(run, stage string) string { return logsPrefix + "." + run + "." + stage }
+
+// RunLogs matches the log batches of every stage of run: weft.logs.<run>.*.
+func RunLogs(run string) string { return logsPrefix + "." + run + ".*" }
+
+// Trigger returns the subject a trigger for repo is published on:
+// weft.triggers.<repo>. Use RepoToken to turn a repository name into a token.
+func Trigger(repo string) string { return triggersPrefix + "." + RepoToken(repo) }
+
+// DLQ returns the subject a dead job of queue is kept on: weft.dlq.<queue>.
+func DLQ(queue string) string { return dlqPrefix + "." + queue }
+
+// Cancel returns the subject of a run's cancel notice: weft.cancel.<run>.
+func Cancel(run string) string { return cancelPrefix + "." + run }
+
+// JobMsgID returns the Nats-Msg-Id of a stage attempt's job, so that
+// publishing the same attempt twice stores it once.
+func JobMsgID(run, stage string, attempt int) string {
+	return fmt.Sprintf("%s.%s.%d", run, stage, attempt)
+}
+
+var tokenUnsafe = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+
+// RepoToken turns a repository name such as "acme/api" into a single subject
+// token ("acme_api"); an empty name becomes "local".
+func RepoToken(repo string) string {
+	t := tokenUnsafe.ReplaceAllString(repo, "_")
+	if t == "" {
+		return "local"
+	}
+	return t
+}
+
+// Tier is a priority tier. Agents take jobs from the highest non-empty tier.
+type Tier string
+
+// The tiers, highest first.
+const (
+	Critical Tier = "critical"
+	High     Tier = "high"
+	Normal   Tier = "normal"
+	Low      Tier = "low"
+)
+
+// Tiers lists every tier, highest first: the order agents scan in.
+var Tiers = [...]Tier{Critical, High, Normal, Low}
+
+// ErrInvalidName is wrapped by every name validation error of this package.
+var ErrInvalidName = errors.New("subjects: invalid name")
+
+// ParseTier returns the tier named s. It returns an error wrapping
+// ErrInvalidName for anything but critical, high, normal or low.
+func ParseTier(s string) (Tier, error) {
+	for _, t := range Tiers {
+		if string(t) == s {
+			return t, nil
+		}
+	}
+	return "", fmt.Errorf("%w: priority %q is not one of critical, high, normal, low", ErrInvalidName, s)
+}
+
+// DefaultQueue is the queue of stages and agents that name none.
+const DefaultQueue = "default"
+
+var queueRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ValidateQueue checks that name can be used as a queue: 1 to 63 characters
+// of [a-z0-9_-], starting with a letter or digit. The error wraps
+// ErrInvalidName.
+func ValidateQueue(name string) error {
+	if !queueRE.MatchString(name) {
+		return fmt.Errorf("%w: queue %q must be 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// JobConsumer returns the durable consumer name for one queue and tier.
+func JobConsumer(queue string, tier Tier) string {
+	return "jobs_" + queue + "_" + string(tier)
+}
+
+// Storage says where a stream or bucket keeps its data.
+type Storage int
+
+// Storage kinds.
+const (
+	FileStorage Storage = iota
+	MemoryStorage
+)
+
+// Retention is a stream's retention policy.
+type Retention int
+
+// Retention policies.
+const (
+	// Limits keeps messages until a limit (age, size, count) removes them.
+	Limits Retention = iota
+	// WorkQueue removes a message once a consumer acknowledges it.
+	WorkQueue
+)
+
+// Stream is the configuration of one stream.
+type Stream struct {
+	// Name is the stream name.
+	Name string
+	// Description is shown by `nats stream info`.
+	Description string
+	// Subjects are the subjects the stream stores.
+	Subjects []string
+	// Retention is the retention policy.
+	Retention Retention
+	// MaxAge removes older messages; 0 keeps them forever.
+	MaxAge time.Duration
+	// Duplicates is the Nats-Msg-Id deduplication window.
+	Duplicates time.Duration
+	// MaxMsgSize bounds one message; 0 is the server's limit.
+	MaxMsgSize int32
+	// RepublishSource and RepublishDest, when set, republish every stored
+	// message matching the source (headers only) to the destination.
+	RepublishSource, RepublishDest string
+	// AllowMsgTTL lets publishers set a per-message TTL.
+	AllowMsgTTL bool
+}
+
+// Bucket is the configuration of one KV bucket.
+type Bucket struct {
+	// Name is the bucket name.
+	Name string
+	// Description is shown by `nats kv info`.
+	Description string
+	// History is how many revisions of a key are kept.
+	History uint8
+	// TTL expires every key this long after its last write; 0 is never.
+	TTL time.Duration
+	// PerKeyTTL allows a TTL per key (LimitMarkerTTL in JetStream), and
+	// is the delete-marker lifetime.
+	PerKeyTTL time.Duration
+}
+
+// ObjectBucket is the configuration of one object store bucket.
+type ObjectBucket struct {
+	// Name is the bucket name.
+	Name string
+	// Description is shown by `nats object info`.
+	Description string
+	// MaxAge is the retention of objects.
+	MaxAge time.Duration
+}
+
+// JobConsumerConfig is the configuration of the durable job consumer of one
+// queue and tier.
+type JobConsumerConfig struct {
+	// Name is the durable name.
+	Name string
+	// FilterSubject is the one job subject this consumer takes.
+	FilterSubject string
+	// AckWait is how long a job may go without an ack or heartbeat before
+	// it is redelivered.
+	AckWait time.Duration
+	// MaxDeliver bounds deliveries of one job.
+	MaxDeliver int
+}
+
+// Defaults of the job consumers.
+const (
+	// DefaultAckWait is how long an agent may be silent about a job before
+	// it is redelivered; agents heartbeat every third of it.
+	DefaultAckWait = 30 * time.Second
+	// DefaultMaxDeliver is how often a job is delivered before it is dead.
+	DefaultMaxDeliver = 5
+	// DefaultArtifactRetention is how long artifacts are kept.
+	DefaultArtifactRetention = 30 * 24 * time.Hour
+	// DefaultLogRetention is how long logs are kept, like artifacts.
+	DefaultLogRetention = DefaultArtifactRetention
+	// DefaultEventRetention is how long lifecycle events are kept.
+	DefaultEventRetention = 7 * 24 * time.Hour
+	// DefaultDedupWindow is how long a trigger is remembered.
+	DefaultDedupWindow = 60 * time.Second
+	// MaxPayload bounds a single message weft publishes (1 MiB, the
+	// server's default max_payload).
+	MaxPayload = 1 << 20
+)
+
+// JobConsumerFor returns the configuration of the job consumer for queue and
+// tier, with the default AckWait and MaxDeliver.
+func JobConsumerFor(queue string, tier Tier) JobConsumerConfig {
+	return JobConsumerConfig{
+		Name:          JobConsumer(queue, tier),
+		FilterSubject: Job(queue, tier),
+		AckWait:       DefaultAckWait,
+		MaxDeliver:    DefaultMaxDeliver,
+	}
+}
+
+// Streams returns the configuration of every stream weft uses.
+func Streams() []Stream {
+	return []Stream{
+		{
+			Name:            JobsStream,
+			Description:     "weft stage jobs: weft.jobs.<queue>.<tier>, one durable consumer per queue and tier",
+			Subjects:        []string{AllJobs},
+			Retention:       WorkQueue,
+			Duplicates:      2 * time.Minute,
+			RepublishSource: AllJobs,
+			RepublishDest:   wakePrefix + ".>",
+		},
+		{
+			Name:        EventsStream,
+			Description: "weft lifecycle events: weft.events.<run>[.<stage>]",
+			Subjects:    []string{AllEvents},
+			MaxAge:      DefaultEventRetention,
+			Duplicates:  2 * time.Minute,
+		},
+		{
+			Name:        LogsStream,
+			Description: "weft stage output line batches: weft.logs.<run>.<stage>",
+			Subjects:    []string{AllLogs},
+			MaxAge:      DefaultLogRetention,
+		},
+		{
+			Name:        TriggersStream,
+			Description: "weft triggers waiting for a dispatcher: weft.triggers.<repo>",
+			Subjects:    []string{AllTriggers},
+			Retention:   WorkQueue,
+			Duplicates:  2 * time.Minute,
+		},
+		{
+			Name:        DLQStream,
+			Description: "weft stage jobs that exhausted their deliveries: weft.dlq.<queue>",
+			Subjects:    []string{AllDLQ},
+			MaxAge:      DefaultArtifactRetention,
+		},
+	}
+}
+
+// Buckets returns the configuration of every KV bucket weft uses.
+func Buckets() []Bucket {
+	return []Bucket{
+		{Name: RunsBucket, Description: "weft run documents, one per run id", History: 1},
+		{Name: WIPBucket, Description: "weft per-repository WIP leases <repo>.<slot>", History: 1, PerKeyTTL: time.Minute},
+		{Name: DedupBucket, Description: "weft trigger dedup keys and outcomes", History: 1, PerKeyTTL: time.Minute},
+		{Name: AgentsBucket, Description: "weft agent registry", History: 1, TTL: 2 * time.Minute},
+	}
+}
+
+// ObjectBuckets returns the configuration of every object store bucket.
+func ObjectBuckets() []ObjectBucket {
+	return []ObjectBucket{
+		{Name: ArtifactsBucket, Description: "weft stage artifacts", MaxAge: DefaultArtifactRetention},
+	}
+}
