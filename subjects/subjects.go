@@ -1,6 +1,8 @@
 package subjects
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -344,4 +346,11 @@ func ObjectBuckets() []ObjectBucket {
 	return []ObjectBucket{
 		{Name: ArtifactsBucket, Description: "weft stage artifacts", MaxAge: DefaultArtifactRetention},
 	}
+}
+
+// DedupKey returns the dedup bucket key of a trigger id: a hash, so that any
+// delivery id is a valid key and the key says nothing about the repository.
+func DedupKey(triggerID string) string {
+	sum := sha256.Sum256([]byte(triggerID))
+	return hex.EncodeToString(sum[:16])
 }

@@ -1,0 +1,306 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
+	"github.com/rs/zerolog"
+
+	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+// ErrInvalidConfig is wrapped by Config validation errors.
+var ErrInvalidConfig = errors.New("agent: invalid config")
+
+// Config configures an agent.
+type Config struct {
+	// ID names the agent in events and logs; default a new ULID.
+	ID string
+	// Queues are the queues the agent serves; default ["default"].
+	Queues []string
+	// Slots is how many stages run at once; default 1.
+	Slots int
+	// WorkDir holds the per-run workspaces; required.
+	WorkDir string
+	// Env is the base environment of host stages (KEY=VALUE).
+	Env []string
+	// KillGrace is how long a stage has between SIGTERM and SIGKILL;
+	// default 10s.
+	KillGrace time.Duration
+	// RescanInterval is how often an idle agent looks for jobs without a
+	// wake-up; default 1s.
+	RescanInterval time.Duration
+	// LogFlush is how long output may wait before it is published;
+	// default 50ms.
+	LogFlush time.Duration
+	// Logger receives the agent's logs (not the stages' output).
+	Logger zerolog.Logger
+}
+
+// Agent pulls and runs stage jobs. Create it with New, start it with Run.
+type Agent struct {
+	cfg  Config
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	log  zerolog.Logger
+	exec executor
+
+	mu        sync.Mutex                                // guards active and cancelled
+	active    map[string]map[*job]struct{}              // running jobs by run id
+	cancelled map[string]time.Time                      // runs cancelled recently, by notice time
+}
+
+// New returns an agent on b. It validates cfg and fills defaults; it starts
+// nothing.
+func New(b *bus.Bus, cfg Config) (*Agent, error) {
+	if cfg.ID == "" {
+		cfg.ID = ulid.Make().String()
+	}
+	if len(cfg.Queues) == 0 {
+		cfg.Queues = []string{subjects.DefaultQueue}
+	}
+	for _, q := range cfg.Queues {
+		if err := subjects.ValidateQueue(q); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+	}
+	if cfg.Slots == 0 {
+		cfg.Slots = 1
+	}
+	if cfg.Slots < 0 {
+		return nil, fmt.Errorf("%w: slots must be >= 1, got %d", ErrInvalidConfig, cfg.Slots)
+	}
+	if cfg.WorkDir == "" {
+		return nil, fmt.Errorf("%w: a work directory is required", ErrInvalidConfig)
+	}
+	if cfg.KillGrace == 0 {
+		cfg.KillGrace = 10 * time.Second
+	}
+	if cfg.RescanInterval == 0 {
+		cfg.RescanInterval = time.Second
+	}
+	if cfg.LogFlush == 0 {
+		cfg.LogFlush = 50 * time.Millisecond
+	}
+	return &Agent{
+		cfg:       cfg,
+		nc:        b.Conn,
+		js:        b.JS,
+		log:       cfg.Logger.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
+		exec:      processExecutor{killGrace: cfg.KillGrace},
+		active:    map[string]map[*job]struct{}{},
+		cancelled: map[string]time.Time{},
+	}, nil
+}
+
+// ID returns the agent's id.
+func (a *Agent) ID() string { return a.cfg.ID }
+
+// source is one job consumer, in scan order.
+type source struct {
+	queue    string
+	tier     subjects.Tier
+	consumer jetstream.Consumer
+}
+
+// Run takes and runs jobs until ctx is done, then stops the running stages
+// (their jobs are nak'ed for another agent), removes its workspaces and
+// returns once every goroutine it started has returned.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := os.MkdirAll(a.cfg.WorkDir, 0o750); err != nil {
+		return fmt.Errorf("agent: work dir: %w", err)
+	}
+	var sources []source
+	for _, q := range a.cfg.Queues {
+		if err := bus.EnsureJobConsumers(ctx, a.js, q); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+	}
+	for _, tier := range subjects.Tiers {
+		for _, q := range a.cfg.Queues {
+			c, err := bus.JobConsumer(ctx, a.js, q, tier)
+			if err != nil {
+				return fmt.Errorf("agent: %w", err)
+			}
+			sources = append(sources, source{q, tier, c})
+		}
+	}
+	ackWait := sources[0].consumer.CachedInfo().Config.AckWait
+
+	wake := make(chan struct{}, 1)
+	var subs []*nats.Subscription
+	defer func() {
+		for _, s := range subs {
+			_ = s.Unsubscribe()
+		}
+	}()
+	for _, q := range a.cfg.Queues {
+		s, err := a.nc.Subscribe(subjects.Wake(q), func(*nats.Msg) {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("agent: subscribe wake-ups: %w", err)
+		}
+		subs = append(subs, s)
+	}
+	s, err := a.nc.Subscribe(subjects.AllCancel, func(m *nats.Msg) {
+		a.cancelRun(strings.TrimPrefix(m.Subject, strings.TrimSuffix(subjects.AllCancel, "*")))
+	})
+	if err != nil {
+		return fmt.Errorf("agent: subscribe cancels: %w", err)
+	}
+	subs = append(subs, s)
+	s, err = a.nc.Subscribe(subjects.RunEvents, a.onRunEvent)
+	if err != nil {
+		return fmt.Errorf("agent: subscribe run events: %w", err)
+	}
+	subs = append(subs, s)
+	if err := a.nc.FlushWithContext(ctx); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("agent: flush subscriptions: %w", err)
+	}
+
+	a.log.Info().Strs("queues", a.cfg.Queues).Int("slots", a.cfg.Slots).Msg("agent started")
+	var wg sync.WaitGroup
+	defer func() {
+		wg.Wait()
+		if err := os.RemoveAll(a.cfg.WorkDir); err != nil {
+			a.log.Warn().Err(err).Msg("remove work dir")
+		}
+	}()
+	slots := make(chan struct{}, a.cfg.Slots)
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		msg := a.next(ctx, sources, wake)
+		if msg == nil {
+			return nil
+		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			a.runJob(ctx, msg, ackWait)
+		})
+	}
+}
+
+// next returns the first job of the highest non-empty tier, waiting for a
+// wake-up or the rescan interval while all are empty. It returns nil when
+// ctx is done.
+func (a *Agent) next(ctx context.Context, sources []source, wake <-chan struct{}) jetstream.Msg {
+	rescan := time.NewTimer(a.cfg.RescanInterval)
+	defer rescan.Stop()
+	for {
+		for _, src := range sources {
+			batch, err := src.consumer.FetchNoWait(1)
+			if err != nil {
+				if ctx.Err() == nil {
+					a.log.Warn().Err(err).Str("queue", src.queue).Str("tier", string(src.tier)).Msg("fetch")
+				}
+				continue
+			}
+			for msg := range batch.Messages() {
+				return msg
+			}
+			if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) {
+				a.log.Warn().Err(err).Str("queue", src.queue).Str("tier", string(src.tier)).Msg("fetch")
+			}
+		}
+		rescan.Reset(a.cfg.RescanInterval)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-rescan.C:
+		}
+	}
+}
+
+// cancelRun cancels the running jobs of a run and remembers the run, so a
+// job of it fetched later is not started.
+func (a *Agent) cancelRun(runID string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	for id, t := range a.cancelled {
+		if now.Sub(t) > time.Hour {
+			delete(a.cancelled, id)
+		}
+	}
+	a.cancelled[runID] = now
+	for j := range a.active[runID] {
+		j.cancel(errRunCancelled)
+	}
+}
+
+// register records a running job; it reports false when its run was
+// cancelled already.
+func (a *Agent) register(j *job) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.cancelled[j.RunID]; ok {
+		return false
+	}
+	if a.active[j.RunID] == nil {
+		a.active[j.RunID] = map[*job]struct{}{}
+	}
+	a.active[j.RunID][j] = struct{}{}
+	return true
+}
+
+func (a *Agent) unregister(j *job) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.active[j.RunID], j)
+	if len(a.active[j.RunID]) == 0 {
+		delete(a.active, j.RunID)
+	}
+}
+
+// onRunEvent removes the workspace of a finished run when no stage of it
+// runs here.
+func (a *Agent) onRunEvent(m *nats.Msg) {
+	var ev wire.Event
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Type != wire.RunFinished {
+		return
+	}
+	dir, err := a.workspace(ev.RunID)
+	if err != nil {
+		return
+	}
+	runID := ev.RunID
+	a.mu.Lock()
+	busy := len(a.active[runID]) > 0
+	a.mu.Unlock()
+	if busy {
+		return
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		a.log.Warn().Err(err).Str("run_id", runID).Msg("remove workspace")
+	}
+}
+
+// workspace returns the workspace directory of a run; the run id must be a
+// ULID, so it can never name a path outside WorkDir.
+func (a *Agent) workspace(runID string) (string, error) {
+	if _, err := ulid.ParseStrict(runID); err != nil {
+		return "", fmt.Errorf("run id %q: %w", runID, err)
+	}
+	return filepath.Join(a.cfg.WorkDir, runID), nil
+}

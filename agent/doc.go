@@ -1,0 +1,29 @@
+// Package agent runs stage jobs. An agent serves one or more queues with a
+// number of slots; whenever a slot is free it takes the job of the highest
+// non-empty tier of its queues, runs it with an executor (a host process
+// today, a containerd container in a later change), heartbeats while it
+// runs, streams its output to the logs stream, publishes its lifecycle
+// events and acknowledges the job. It never decides what runs next and
+// never imports the dispatcher.
+//
+// Decisions taken where the design was silent:
+//
+//   - A stage's commands run as one `sh -c` script with `set -e`, so `cd`
+//     and exported variables carry from one command to the next and the
+//     first failing command stops the stage (as GitHub Actions and
+//     Buildkite do).
+//   - A host stage runs in its own process group; a timeout or cancel
+//     sends SIGTERM to the group and SIGKILL after Config.KillGrace, and
+//     whatever the stage left running in the background is killed when the
+//     script exits.
+//   - The host environment is Config.Env (the agent's own, from the CLI)
+//     overlaid with the job's environment.
+//   - Each run gets a workspace directory under Config.WorkDir shared by
+//     its stages on this agent; it is removed when the run's finished
+//     event arrives or the agent stops.
+//   - An agent that is stopped while a stage runs kills the stage and naks
+//     the job, so another agent runs it; it reports no result for it.
+//   - Idle agents wake on the headers-only republish of stored jobs and
+//     also rescan every RescanInterval, which picks up redeliveries (they
+//     are not republished).
+package agent

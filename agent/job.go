@@ -1,0 +1,174 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+// Causes of a stage's context ending early.
+var (
+	errTimeout      = errors.New("agent: stage timed out")
+	errRunCancelled = errors.New("agent: run cancelled")
+)
+
+// job is one stage attempt running on this agent.
+type job struct {
+	wire.Job
+	cancel context.CancelCauseFunc
+}
+
+// runJob runs one job message to its end: started event, heartbeats, the
+// executor, log streaming, finished event, ack. When ctx ends first (the
+// agent stops) the stage is killed and the job nak'ed for another agent.
+func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, ackWait time.Duration) {
+	var j job
+	if err := json.Unmarshal(msg.Data(), &j.Job); err != nil {
+		a.log.Error().Err(err).Str("subject", msg.Subject()).Msg("terminating malformed job")
+		_ = msg.Term()
+		return
+	}
+	log := a.log.With().Str("run_id", j.RunID).Str("stage", j.Stage.Key).Int("attempt", j.Attempt).
+		Str("queue", j.Stage.Queue).Str("tier", string(j.Tier)).Logger()
+	jctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	j.cancel = cancel
+	// Cleanup and reporting must outlive the agent's context.
+	bg := context.WithoutCancel(ctx)
+
+	if !a.register(&j) {
+		log.Info().Msg("run already cancelled, not starting")
+		a.finish(bg, msg, &j, result{exitCode: -1, category: wire.CategoryCancelled, message: "run cancelled before start"}, 0, log)
+		return
+	}
+	defer a.unregister(&j)
+
+	dir, err := a.workspace(j.RunID)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o750)
+	}
+	if err != nil {
+		a.finish(bg, msg, &j, result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("workspace: %v", err)}, 0, log)
+		return
+	}
+
+	logs := newLogStream(a.js, subjects.Logs(j.RunID, j.Stage.Key), j.Attempt, a.cfg.LogFlush, log)
+	var wg sync.WaitGroup
+	wg.Go(func() { logs.run(bg) })
+
+	runCtx := jctx
+	if j.Stage.Timeout > 0 {
+		var stop context.CancelFunc
+		runCtx, stop = context.WithTimeoutCause(jctx, j.Stage.Timeout, errTimeout)
+		defer stop()
+	}
+	hbDone := make(chan struct{})
+	started := func(at time.Time) {
+		a.publishEvent(bg, wire.Event{Type: wire.Started, RunID: j.RunID, Stage: j.Stage.Key, Attempt: j.Attempt, Agent: a.cfg.ID, Time: at}, log)
+		wg.Go(func() { a.heartbeat(bg, msg, &j, ackWait/3, hbDone, log) })
+	}
+	res := a.exec.run(runCtx, execSpec{
+		commands: j.Stage.Commands,
+		env:      mergeEnv(a.cfg.Env, j.Env),
+		dir:      dir,
+		image:    j.Stage.Image,
+	}, started, logs.write)
+	close(hbDone)
+	logs.close()
+	wg.Wait()
+
+	switch cause := context.Cause(runCtx); {
+	case res.category != wire.CategoryNone && res.category != wire.CategoryCommand:
+		// The executor knows best (infra, oom).
+	case errors.Is(cause, errTimeout):
+		res.category, res.message = wire.CategoryTimeout, fmt.Sprintf("timed out after %s", j.Stage.Timeout)
+	case errors.Is(cause, errRunCancelled):
+		res.category, res.message = wire.CategoryCancelled, "run cancelled"
+	case ctx.Err() != nil:
+		log.Info().Msg("agent stopping, job handed back")
+		if err := msg.Nak(); err != nil {
+			log.Warn().Err(err).Msg("nak")
+		}
+		return
+	}
+	a.finish(bg, msg, &j, res, logs.lastSeq(), log)
+}
+
+// finish publishes the finished event and then acks the job, so a crash
+// in between redelivers the job rather than losing the result.
+func (a *Agent) finish(ctx context.Context, msg jetstream.Msg, j *job, res result, logSeq uint64, log zerolog.Logger) {
+	ev := wire.Event{
+		Type: wire.Finished, RunID: j.RunID, Stage: j.Stage.Key, Attempt: j.Attempt, Agent: a.cfg.ID,
+		Time: time.Now(), ExitCode: res.exitCode, Category: res.category, Message: res.message, LogSeq: logSeq,
+	}
+	if !a.publishEvent(ctx, ev, log) {
+		// Leave the job un-acked: it is redelivered after AckWait.
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := msg.DoubleAck(actx); err != nil {
+		log.Warn().Err(err).Msg("ack")
+	}
+	log.Info().Int("exit_code", res.exitCode).Str("category", string(res.category)).Msg("stage finished")
+}
+
+// publishEvent publishes a stage event and waits for the stream to store it.
+func (a *Agent) publishEvent(ctx context.Context, ev wire.Event, log zerolog.Logger) bool {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		log.Error().Err(err).Msg("encode event")
+		return false
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := a.js.Publish(pctx, subjects.StageEvent(ev.RunID, ev.Stage), data); err != nil {
+		log.Error().Err(err).Str("event", string(ev.Type)).Msg("publish event")
+		return false
+	}
+	return true
+}
+
+// heartbeat tells JetStream the job is in progress (resetting its AckWait)
+// and publishes a heartbeat event every interval until done is closed.
+func (a *Agent) heartbeat(ctx context.Context, msg jetstream.Msg, j *job, every time.Duration, done <-chan struct{}, log zerolog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-t.C:
+			if err := msg.InProgress(); err != nil {
+				log.Warn().Err(err).Msg("in progress")
+			}
+			a.publishEvent(ctx, wire.Event{Type: wire.Heartbeat, RunID: j.RunID, Stage: j.Stage.Key, Attempt: j.Attempt, Agent: a.cfg.ID, Time: now}, log)
+		}
+	}
+}
+
+// mergeEnv overlays job variables on the base environment.
+func mergeEnv(base []string, job map[string]string) []string {
+	out := make([]string, 0, len(base)+len(job))
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ok := job[k]; !ok {
+			out = append(out, kv)
+		}
+	}
+	for k, v := range job {
+		out = append(out, k+"="+v)
+	}
+	return out
+}

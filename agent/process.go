@@ -1,0 +1,159 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/weft-ci/weft/wire"
+)
+
+// executor runs a stage's commands. The agent owns the two
+// implementations: host processes here, containerd containers later.
+type executor interface {
+	// run runs spec until it exits or ctx ends (then it stops it and
+	// returns). It calls started once the stage is running and out for
+	// every output line, from any goroutine, and returns only after the
+	// last out call.
+	run(ctx context.Context, spec execSpec, started func(time.Time), out func(stream, line string)) result
+}
+
+// execSpec is what an executor needs to run a stage.
+type execSpec struct {
+	commands []string
+	env      []string
+	dir      string
+	image    string
+}
+
+// result is how a stage ended.
+type result struct {
+	exitCode int
+	category wire.Category
+	message  string
+}
+
+// script joins a stage's commands into one shell script that stops at the
+// first failing command.
+func script(commands []string) string {
+	return "set -e\n" + strings.Join(commands, "\n") + "\n"
+}
+
+// processExecutor runs a stage as `sh -c` on the host in its own process
+// group.
+type processExecutor struct {
+	killGrace time.Duration
+}
+
+func (p processExecutor) run(ctx context.Context, spec execSpec, started func(time.Time), out func(stream, line string)) result {
+	if spec.image != "" {
+		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("stage needs image %q and this agent runs host processes only", spec.image)}
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("pipe: %v", err)}
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("pipe: %v", err)}
+	}
+	cmd := exec.Command("/bin/sh", "-c", script(spec.commands))
+	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = spec.dir, spec.env, outW, errW
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("start shell: %v", err)}
+	}
+	started(time.Now())
+	pgid := cmd.Process.Pid
+
+	var readers sync.WaitGroup
+	readers.Go(func() { readLines(outR, "stdout", out) })
+	readers.Go(func() { readLines(errR, "stderr", out) })
+
+	exited := make(chan error, 1)
+	var waiter sync.WaitGroup
+	waiter.Go(func() { exited <- cmd.Wait() })
+	var waitErr error
+	select {
+	case waitErr = <-exited:
+	case <-ctx.Done():
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		grace := time.NewTimer(p.killGrace)
+		select {
+		case waitErr = <-exited:
+		case <-grace.C:
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			waitErr = <-exited
+		}
+		grace.Stop()
+	}
+	waiter.Wait()
+	// Nothing the stage started may outlive it.
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	closeAfter(&readers, 2*time.Second, outR, errR)
+
+	code := cmd.ProcessState.ExitCode()
+	switch {
+	case waitErr == nil:
+		return result{exitCode: 0}
+	case errors.As(waitErr, new(*exec.ExitError)):
+		return result{exitCode: code, category: wire.CategoryCommand, message: exitMessage(cmd.ProcessState)}
+	default:
+		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("wait: %v", waitErr)}
+	}
+}
+
+func exitMessage(ps *os.ProcessState) string {
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return fmt.Sprintf("killed by signal %s", ws.Signal())
+	}
+	return fmt.Sprintf("exit status %d", ps.ExitCode())
+}
+
+// closeAfter waits for the readers to reach EOF; if a process that escaped
+// the group still holds a pipe after d, it closes the pipes to end them.
+func closeAfter(readers *sync.WaitGroup, d time.Duration, files ...*os.File) {
+	done := make(chan struct{})
+	go func() { readers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		for _, f := range files {
+			f.Close()
+		}
+		<-done
+	}
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// readLines calls out for each line of r, splitting lines longer than
+// maxLineBytes, until EOF or a read error.
+func readLines(r io.Reader, stream string, out func(stream, line string)) {
+	br := bufio.NewReaderSize(r, maxLineBytes)
+	for {
+		line, isPrefix, err := br.ReadLine()
+		if len(line) > 0 || (err == nil && !isPrefix) {
+			out(stream, string(line))
+		}
+		if err != nil {
+			return
+		}
+	}
+}

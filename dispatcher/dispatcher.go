@@ -1,0 +1,356 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/pipeline"
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+// Config configures a dispatcher.
+type Config struct {
+	// DedupWindow is how long a trigger id is remembered; default
+	// subjects.DefaultDedupWindow.
+	DedupWindow time.Duration
+	// Logger receives the dispatcher's logs.
+	Logger zerolog.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Dispatcher admits triggers and drives runs. Create it with New and start
+// it with Run.
+type Dispatcher struct {
+	cfg   Config
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	runs  jetstream.KeyValue
+	dedup jetstream.KeyValue
+	log   zerolog.Logger
+}
+
+// New returns a dispatcher on b. The streams and buckets must have been
+// provisioned (bus.Provision). It starts nothing.
+func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
+	if cfg.DedupWindow == 0 {
+		cfg.DedupWindow = subjects.DefaultDedupWindow
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	runs, err := b.JS.KeyValue(ctx, subjects.RunsBucket)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: bucket %s: %w", subjects.RunsBucket, err)
+	}
+	dedup, err := b.JS.KeyValue(ctx, subjects.DedupBucket)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: bucket %s: %w", subjects.DedupBucket, err)
+	}
+	return &Dispatcher{
+		cfg: cfg, nc: b.Conn, js: b.JS, runs: runs, dedup: dedup,
+		log: cfg.Logger.With().Str("component", "dispatcher").Logger(),
+	}, nil
+}
+
+// Run consumes triggers and events until ctx is done. It returns nil after
+// ctx is cancelled and every goroutine it started has returned, or the
+// first error that stops a consumer.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	triggers, err := d.js.CreateOrUpdateConsumer(ctx, subjects.TriggersStream, jetstream.ConsumerConfig{
+		Durable:       subjects.DispatcherTriggers,
+		FilterSubject: subjects.AllTriggers,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("dispatcher: triggers consumer: %w", err)
+	}
+	events, err := d.js.CreateOrUpdateConsumer(ctx, subjects.EventsStream, jetstream.ConsumerConfig{
+		Durable:       subjects.DispatcherEvents,
+		FilterSubject: subjects.AllEvents,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("dispatcher: events consumer: %w", err)
+	}
+	d.log.Info().Msg("dispatcher started")
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.consume(gctx, triggers, d.handleTrigger) })
+	g.Go(func() error { return d.consume(gctx, events, d.handleEvent) })
+	err = g.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// consume feeds messages to handle one at a time and acks each one handle
+// accepted; a handler error naks the message for a retry.
+func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, handle func(context.Context, jetstream.Msg) error) error {
+	it, err := c.Messages(jetstream.PullMaxMessages(64))
+	if err != nil {
+		return fmt.Errorf("dispatcher: consume: %w", err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("dispatcher: next message: %w", err)
+		}
+		if err := handle(ctx, msg); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			d.log.Error().Err(err).Str("subject", msg.Subject()).Msg("handling message, will retry")
+			_ = msg.NakWithDelay(time.Second)
+			continue
+		}
+		if err := msg.Ack(); err != nil {
+			d.log.Warn().Err(err).Str("subject", msg.Subject()).Msg("ack")
+		}
+	}
+}
+
+// handleTrigger admits one trigger: validate, dedup, create the run, queue
+// its root stages.
+func (d *Dispatcher) handleTrigger(ctx context.Context, msg jetstream.Msg) error {
+	var t wire.Trigger
+	if err := json.Unmarshal(msg.Data(), &t); err != nil || t.ID == "" {
+		d.log.Error().Err(err).Str("subject", msg.Subject()).Msg("dropping malformed trigger")
+		return nil
+	}
+	log := d.log.With().Str("trigger_id", t.ID).Logger()
+	key := subjects.DedupKey(t.ID)
+	p, perr := pipeline.Parse(t.File, []byte(t.Pipeline))
+	if perr == nil && t.Priority != "" {
+		if _, err := subjects.ParseTier(string(t.Priority)); err != nil {
+			perr = err
+		}
+	}
+	if perr != nil {
+		log.Info().Err(perr).Msg("trigger refused")
+		return d.recordOutcome(ctx, key, wire.Outcome{Error: perr.Error()})
+	}
+	out := wire.Outcome{RunID: ulid.Make().String()}
+	data, _ := json.Marshal(out)
+	if _, err := d.dedup.Create(ctx, key, data, jetstream.KeyTTL(d.cfg.DedupWindow)); err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("dedup %s: %w", key, err)
+		}
+		entry, err := d.dedup.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("dedup %s: %w", key, err)
+		}
+		if err := json.Unmarshal(entry.Value(), &out); err != nil || out.RunID == "" {
+			log.Info().Msg("duplicate of a refused trigger")
+			return nil
+		}
+		log.Info().Str("run_id", out.RunID).Msg("duplicate trigger")
+	}
+	return d.createRun(ctx, out.RunID, t, p)
+}
+
+// createRun creates the run document if it does not exist and publishes
+// its queued jobs. Called again for the same run it only republishes.
+func (d *Dispatcher) createRun(ctx context.Context, id string, t wire.Trigger, p *pipeline.Pipeline) error {
+	r := newRun(id, t, p, d.cfg.Now())
+	advance(r, d.cfg.Now())
+	data, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode run %s: %w", id, err)
+	}
+	if _, err := d.runs.Create(ctx, id, data); err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("create run %s: %w", id, err)
+		}
+		if r, _, err = d.get(ctx, id); err != nil {
+			return err
+		}
+	} else {
+		d.log.Info().Str("run_id", id).Str("pipeline", p.Name).Str("tier", string(r.Tier)).Msg("run created")
+	}
+	return d.publishJobs(ctx, r, queuedKeys(r))
+}
+
+func (d *Dispatcher) recordOutcome(ctx context.Context, key string, out wire.Outcome) error {
+	data, _ := json.Marshal(out)
+	if _, err := d.dedup.Create(ctx, key, data, jetstream.KeyTTL(d.cfg.DedupWindow)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("dedup %s: %w", key, err)
+	}
+	return nil
+}
+
+// handleEvent applies a lifecycle event to its run.
+func (d *Dispatcher) handleEvent(ctx context.Context, msg jetstream.Msg) error {
+	var ev wire.Event
+	if err := json.Unmarshal(msg.Data(), &ev); err != nil || ev.RunID == "" {
+		d.log.Error().Err(err).Str("subject", msg.Subject()).Msg("dropping malformed event")
+		return nil
+	}
+	switch ev.Type {
+	case wire.CancelRequested:
+		return d.cancel(ctx, ev)
+	case wire.Started, wire.Heartbeat, wire.Finished:
+		return d.stageEvent(ctx, ev)
+	}
+	return nil
+}
+
+func (d *Dispatcher) stageEvent(ctx context.Context, ev wire.Event) error {
+	var v verdict
+	before, after, err := d.update(ctx, ev.RunID, func(r *wire.Run) bool {
+		v = apply(r, ev, d.cfg.Now())
+		if v != applied {
+			return false
+		}
+		advance(r, d.cfg.Now())
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if v == recancel {
+		return d.notifyCancel(ev.RunID)
+	}
+	if v != applied {
+		if ev.Type == wire.Finished {
+			d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Int("attempt", ev.Attempt).Msg("stale finish ignored")
+		}
+		return nil
+	}
+	return d.afterUpdate(ctx, before, after)
+}
+
+func (d *Dispatcher) cancel(ctx context.Context, ev wire.Event) error {
+	reason := ev.Message
+	if reason == "" {
+		reason = "cancel requested"
+	}
+	before, after, err := d.update(ctx, ev.RunID, func(r *wire.Run) bool {
+		return cancel(r, reason, d.cfg.Now())
+	})
+	if err != nil || after == nil {
+		return err
+	}
+	d.log.Info().Str("run_id", ev.RunID).Str("reason", reason).Msg("run cancelling")
+	if err := d.notifyCancel(ev.RunID); err != nil {
+		return err
+	}
+	return d.afterUpdate(ctx, before, after)
+}
+
+// afterUpdate publishes what a successful run update calls for: the jobs of
+// newly queued stage attempts, and the run's end.
+func (d *Dispatcher) afterUpdate(ctx context.Context, before, after *wire.Run) error {
+	var keys []string
+	for i, s := range after.Stages {
+		b := before.Stages[i]
+		if s.State == wire.StageQueued && (b.State != wire.StageQueued || b.Attempt != s.Attempt) {
+			keys = append(keys, s.Key)
+		}
+	}
+	if err := d.publishJobs(ctx, after, keys); err != nil {
+		return err
+	}
+	if after.State.Terminal() && !before.State.Terminal() {
+		d.log.Info().Str("run_id", after.ID).Str("state", string(after.State)).Msg("run finished")
+		data, _ := json.Marshal(wire.Event{Type: wire.RunFinished, RunID: after.ID, Time: after.Finished, Message: string(after.State)})
+		if _, err := d.js.Publish(ctx, subjects.RunEvent(after.ID), data); err != nil {
+			return fmt.Errorf("publish run %s finished: %w", after.ID, err)
+		}
+	}
+	return nil
+}
+
+func (d *Dispatcher) notifyCancel(runID string) error {
+	if err := d.nc.Publish(subjects.Cancel(runID), nil); err != nil {
+		return fmt.Errorf("cancel notice %s: %w", runID, err)
+	}
+	return nil
+}
+
+// publishJobs publishes the job of each stage key with its attempt's
+// message id, so publishing twice stores it once.
+func (d *Dispatcher) publishJobs(ctx context.Context, r *wire.Run, keys []string) error {
+	for _, job := range queuedJobs(r, keys) {
+		data, err := json.Marshal(job)
+		if err != nil {
+			return fmt.Errorf("encode job %s: %w", job.Stage.Key, err)
+		}
+		subj := subjects.Job(job.Stage.Queue, tierOf(r))
+		id := subjects.JobMsgID(r.ID, job.Stage.Key, job.Attempt)
+		if _, err := d.js.Publish(ctx, subj, data, jetstream.WithMsgID(id)); err != nil {
+			return fmt.Errorf("publish stage %s: %w", id, err)
+		}
+		d.log.Debug().Str("run_id", r.ID).Str("stage", job.Stage.Key).Int("attempt", job.Attempt).
+			Str("queue", job.Stage.Queue).Str("tier", string(r.Tier)).Msg("stage queued")
+	}
+	return nil
+}
+
+// get reads a run document and its revision.
+func (d *Dispatcher) get(ctx context.Context, id string) (*wire.Run, uint64, error) {
+	entry, err := d.runs.Get(ctx, id)
+	if err != nil {
+		return nil, 0, fmt.Errorf("get run %s: %w", id, err)
+	}
+	var r wire.Run
+	if err := json.Unmarshal(entry.Value(), &r); err != nil {
+		return nil, 0, fmt.Errorf("decode run %s: %w", id, err)
+	}
+	return &r, entry.Revision(), nil
+}
+
+// update applies change to the run document by compare-and-set, retrying
+// on a revision conflict. It returns the document before and after, or a
+// nil after when change reported no change (or the run does not exist).
+func (d *Dispatcher) update(ctx context.Context, id string, change func(*wire.Run) bool) (before, after *wire.Run, err error) {
+	for {
+		r, rev, err := d.get(ctx, id)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			d.log.Warn().Str("run_id", id).Msg("event for unknown run")
+			return nil, nil, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		old := *r
+		old.Stages = append([]wire.StageRun(nil), r.Stages...)
+		if !change(r) {
+			return &old, nil, nil
+		}
+		data, err := json.Marshal(r)
+		if err != nil {
+			return nil, nil, fmt.Errorf("encode run %s: %w", id, err)
+		}
+		if _, err := d.runs.Update(ctx, id, data, rev); err != nil {
+			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSequence(err) {
+				continue
+			}
+			return nil, nil, fmt.Errorf("update run %s: %w", id, err)
+		}
+		return &old, r, nil
+	}
+}
+
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}

@@ -1,0 +1,241 @@
+package dispatcher
+
+import (
+	"slices"
+	"time"
+
+	"github.com/weft-ci/weft/pipeline"
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+// newRun returns the run document of a validated trigger, with no stage
+// queued yet: call advance to queue the roots.
+func newRun(id string, t wire.Trigger, p *pipeline.Pipeline, now time.Time) *wire.Run {
+	tier := p.Priority
+	if t.Priority != "" {
+		tier = t.Priority
+	}
+	r := &wire.Run{
+		ID:        id,
+		TriggerID: t.ID,
+		Repo:      t.Repo,
+		Branch:    t.Branch,
+		Commit:    t.Commit,
+		File:      t.File,
+		Pipeline:  p,
+		Tier:      tier,
+		State:     wire.RunQueued,
+		Created:   now,
+	}
+	for _, st := range p.Stages {
+		r.Stages = append(r.Stages, wire.StageRun{Key: st.Key, State: wire.StagePending, Queue: st.Queue, ExitCode: -1})
+	}
+	return r
+}
+
+// satisfied maps every finished stage to whether it lets its dependents run.
+func satisfied(r *wire.Run) map[string]bool {
+	done := make(map[string]bool, len(r.Stages))
+	for _, s := range r.Stages {
+		switch s.State {
+		case wire.StageSucceeded:
+			done[s.Key] = true
+		case wire.StageFailed:
+			done[s.Key] = r.Pipeline.Stage(s.Key).AllowFailure
+		case wire.StageSkipped, wire.StageCancelled:
+			done[s.Key] = false
+		}
+	}
+	return done
+}
+
+// advance skips the stages that can no longer run, queues the stages whose
+// dependencies are satisfied (unless the run is being cancelled) and ends
+// the run when every stage is terminal. It returns the keys it queued, in
+// file order.
+func advance(r *wire.Run, now time.Time) []string {
+	if r.State.Terminal() {
+		return nil
+	}
+	for {
+		blocked := r.Pipeline.Blocked(satisfied(r))
+		changed := false
+		for _, key := range blocked {
+			s := r.Stage(key)
+			if s.State != wire.StagePending {
+				continue
+			}
+			s.State, s.Message, s.Finished = wire.StageSkipped, "a dependency did not succeed", now
+			changed = true
+		}
+		if !changed {
+			break
+		}
+	}
+	var queued []string
+	if r.CancelReason == "" {
+		for _, key := range r.Pipeline.Ready(satisfied(r)) {
+			s := r.Stage(key)
+			if s.State != wire.StagePending {
+				continue
+			}
+			queueAttempt(s, now)
+			queued = append(queued, key)
+		}
+	}
+	finish(r, now)
+	return queued
+}
+
+func queueAttempt(s *wire.StageRun, now time.Time) {
+	s.State = wire.StageQueued
+	s.Attempt++
+	s.Agent, s.ExitCode, s.Category, s.Message, s.LogSeq = "", -1, wire.CategoryNone, "", 0
+	s.Queued, s.Started, s.Heartbeat, s.Finished = now, time.Time{}, time.Time{}, time.Time{}
+}
+
+// finish sets the run's terminal state once every stage is terminal.
+func finish(r *wire.Run, now time.Time) {
+	state := wire.RunSucceeded
+	for _, s := range r.Stages {
+		if !s.State.Terminal() {
+			return
+		}
+		if s.State == wire.StageFailed && !r.Pipeline.Stage(s.Key).AllowFailure {
+			state = wire.RunFailed
+		}
+	}
+	if r.CancelReason != "" {
+		state = wire.RunCancelled
+	}
+	r.State, r.Finished = state, now
+}
+
+// verdict is what applying an event did.
+type verdict int
+
+const (
+	// ignored: the event changes nothing (stale attempt, duplicate).
+	ignored verdict = iota
+	// applied: the run document changed.
+	applied
+	// recancel: an attempt of a cancelled stage is running; tell its
+	// agent again.
+	recancel
+)
+
+// apply applies a stage event to the run. It fences on the attempt: an
+// event from an attempt other than the stage's current one changes nothing.
+func apply(r *wire.Run, ev wire.Event, now time.Time) verdict {
+	s := r.Stage(ev.Stage)
+	if s == nil || ev.Attempt != s.Attempt {
+		return ignored
+	}
+	if s.State == wire.StageCancelled && (ev.Type == wire.Started || ev.Type == wire.Heartbeat) {
+		return recancel
+	}
+	switch ev.Type {
+	case wire.Started:
+		if s.State != wire.StageQueued {
+			return ignored
+		}
+		s.State, s.Started, s.Heartbeat, s.Agent = wire.StageRunning, ev.Time, ev.Time, ev.Agent
+		if r.State == wire.RunQueued {
+			r.State, r.Started = wire.RunRunning, ev.Time
+		}
+		return applied
+	case wire.Heartbeat:
+		if s.State != wire.StageRunning {
+			return ignored
+		}
+		s.Heartbeat = ev.Time
+		return applied
+	case wire.Finished:
+		if s.State != wire.StageQueued && s.State != wire.StageRunning {
+			return ignored
+		}
+		if s.Started.IsZero() && r.State == wire.RunQueued {
+			r.State, r.Started = wire.RunRunning, ev.Time
+		}
+		s.ExitCode, s.Category, s.Message, s.LogSeq, s.Finished = ev.ExitCode, ev.Category, ev.Message, ev.LogSeq, ev.Time
+		if ev.Agent != "" {
+			s.Agent = ev.Agent
+		}
+		switch {
+		case ev.Category == wire.CategoryNone && ev.ExitCode == 0:
+			s.State = wire.StageSucceeded
+		case ev.Category == wire.CategoryCancelled:
+			s.State = wire.StageCancelled
+		case r.CancelReason == "" && retryable(r.Pipeline.Stage(s.Key), s, ev):
+			queueAttempt(s, now)
+		default:
+			s.State = wire.StageFailed
+		}
+		return applied
+	}
+	return ignored
+}
+
+// retryable reports whether a failed attempt gets another one.
+func retryable(st *pipeline.Stage, s *wire.StageRun, ev wire.Event) bool {
+	if ev.Category != wire.CategoryCommand || s.Attempt > st.Retry.Automatic {
+		return false
+	}
+	return len(st.Retry.ExitStatus) == 0 || slices.Contains(st.Retry.ExitStatus, ev.ExitCode)
+}
+
+// cancel starts cancelling the run: pending and queued stages are cancelled
+// now, running ones when their agents report back. It returns false when the
+// run is already finished or being cancelled.
+func cancel(r *wire.Run, reason string, now time.Time) bool {
+	if r.State.Terminal() || r.CancelReason != "" {
+		return false
+	}
+	r.CancelReason = reason
+	for i := range r.Stages {
+		s := &r.Stages[i]
+		if s.State == wire.StagePending || s.State == wire.StageQueued {
+			s.State, s.Message, s.Finished = wire.StageCancelled, "run cancelled: "+reason, now
+		}
+	}
+	finish(r, now)
+	return true
+}
+
+// queuedJobs returns the job of every queued stage of the run.
+func queuedJobs(r *wire.Run, keys []string) []wire.Job {
+	jobs := make([]wire.Job, 0, len(keys))
+	for _, key := range keys {
+		s := r.Stage(key)
+		st := r.Pipeline.Stage(key)
+		jobs = append(jobs, wire.Job{
+			RunID:    r.ID,
+			Pipeline: r.Pipeline.Name,
+			Attempt:  s.Attempt,
+			Tier:     r.Tier,
+			Stage:    *st,
+			Env:      wire.JobEnv(r.Pipeline, st, r.ID, r.Branch, r.Commit, s.Attempt),
+		})
+	}
+	return jobs
+}
+
+// queuedKeys returns the keys of the stages in state queued.
+func queuedKeys(r *wire.Run) []string {
+	var keys []string
+	for _, s := range r.Stages {
+		if s.State == wire.StageQueued {
+			keys = append(keys, s.Key)
+		}
+	}
+	return keys
+}
+
+// tierOf returns the run's tier, defaulting to normal.
+func tierOf(r *wire.Run) subjects.Tier {
+	if r.Tier == "" {
+		return subjects.Normal
+	}
+	return r.Tier
+}

@@ -1,0 +1,225 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/weft-ci/weft/subjects"
+)
+
+// Pipeline is a parsed, validated pipeline file. It is stored inside run
+// documents as JSON, so its JSON form is part of the wire contract.
+type Pipeline struct {
+	// Name names the pipeline.
+	Name string `json:"name"`
+	// Queue is the agent queue of stages that name none; Parse fills it
+	// with subjects.DefaultQueue when the file has none.
+	Queue string `json:"queue"`
+	// Priority is the tier the run's jobs are published on unless a
+	// trigger overrides it; Parse fills it with subjects.Normal when the
+	// file has none.
+	Priority subjects.Tier `json:"priority"`
+	// Env is set for every stage; a stage's own Env overrides it.
+	Env map[string]string `json:"env,omitempty"`
+	// Concurrency, when set, names the concurrency group the dispatcher
+	// admits the run under.
+	Concurrency *Concurrency `json:"concurrency,omitempty"`
+	// Stages are the stages in file order.
+	Stages []Stage `json:"stages"`
+}
+
+// Concurrency is a pipeline's concurrency group.
+type Concurrency struct {
+	// Group names the group; it may contain ${WEFT_*} references, which
+	// the dispatcher expands.
+	Group string `json:"group"`
+	// CancelInProgress cancels the group's run in progress when a new one
+	// is admitted, instead of making the new one wait.
+	CancelInProgress bool `json:"cancel_in_progress,omitempty"`
+}
+
+// Stage is one node of the pipeline's DAG.
+type Stage struct {
+	// Key identifies the stage within the pipeline and in subjects.
+	Key string `json:"key"`
+	// Name is an optional display name.
+	Name string `json:"name,omitempty"`
+	// Image is the container image; empty runs the commands on the host.
+	Image string `json:"image,omitempty"`
+	// Commands run in order; the first failure fails the stage.
+	Commands []string `json:"commands"`
+	// DependsOn lists the keys of the stages this one waits for.
+	DependsOn []string `json:"depends_on,omitempty"`
+	// Queue is the agent queue; Parse fills it with the pipeline's Queue
+	// when the stage has none.
+	Queue string `json:"queue"`
+	// Env is added to the pipeline's Env, overriding it.
+	Env map[string]string `json:"env,omitempty"`
+	// Timeout bounds one attempt; zero is no limit.
+	Timeout time.Duration `json:"timeout,omitempty"`
+	// Retry says when a failed attempt is retried.
+	Retry Retry `json:"retry,omitzero"`
+	// Resources are the limits of the stage's container.
+	Resources Resources `json:"resources,omitzero"`
+	// Artifacts are relative glob patterns uploaded after success and
+	// restored for dependents.
+	Artifacts []string `json:"artifacts,omitempty"`
+	// AllowFailure lets dependents run when this stage fails.
+	AllowFailure bool `json:"allow_failure,omitempty"`
+}
+
+// Retry says when a failed stage attempt is retried.
+type Retry struct {
+	// Automatic is how many times a failed attempt is retried (0 to 10).
+	Automatic int `json:"automatic,omitempty"`
+	// ExitStatus, when not empty, limits retries to these exit statuses.
+	ExitStatus []int `json:"exit_status,omitempty"`
+}
+
+// Resources are the limits of a stage's container; zero is no limit.
+type Resources struct {
+	// CPUs is the number of CPUs, possibly fractional.
+	CPUs float64 `json:"cpus,omitempty"`
+	// Memory is the memory limit in bytes.
+	Memory int64 `json:"memory,omitempty"`
+}
+
+// ErrInvalid is matched (with errors.Is) by every validation problem Parse
+// and ParseFile return.
+var ErrInvalid = errors.New("pipeline: invalid pipeline")
+
+// Error is one validation problem of a pipeline file.
+type Error struct {
+	// File is the file name given to Parse.
+	File string
+	// Line and Col are the 1-based position of the offending YAML node.
+	Line, Col int
+	// Field is the path of the offending field, such as name, env.FOO,
+	// stages[2].key or stages[0].retry.exit_status[1]; it is "(file)" for
+	// problems of the file as a whole (YAML syntax, empty file).
+	Field string
+	// Msg says what is wrong.
+	Msg string
+}
+
+// Error renders the problem as "FILE:LINE:COL: FIELD: MESSAGE".
+func (e *Error) Error() string {
+	return e.File + ":" + strconv.Itoa(e.Line) + ":" + strconv.Itoa(e.Col) + ": " + e.Field + ": " + e.Msg
+}
+
+// Is reports whether target is ErrInvalid.
+func (e *Error) Is(target error) bool { return target == ErrInvalid }
+
+// Errors is the list of problems of one pipeline file, sorted by line then
+// column.
+type Errors []*Error
+
+// Error renders one problem per line.
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Unwrap returns the problems, so that errors.Is(err, ErrInvalid) and
+// errors.As(err, new(*Error)) see them.
+func (es Errors) Unwrap() []error {
+	errs := make([]error, len(es))
+	for i, e := range es {
+		errs[i] = e
+	}
+	return errs
+}
+
+// Parse parses and validates a pipeline file; file is used only in error
+// messages. On any problem it returns a nil *Pipeline and an Errors value
+// holding every problem found, each matching ErrInvalid.
+func Parse(file string, data []byte) (*Pipeline, error) {
+	p := &parser{file: file}
+	pl := p.parse(data)
+	if len(p.errs) > 0 {
+		slices.SortStableFunc(p.errs, func(a, b *Error) int {
+			if a.Line != b.Line {
+				return a.Line - b.Line
+			}
+			return a.Col - b.Col
+		})
+		return nil, p.errs
+	}
+	return pl, nil
+}
+
+// ParseFile reads the file at path and parses it with Parse, naming it path
+// in error messages. A read error is returned wrapped, and does not match
+// ErrInvalid.
+func ParseFile(path string) (*Pipeline, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read pipeline file: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Stage returns the stage with key, or nil if there is none.
+func (p *Pipeline) Stage(key string) *Stage {
+	for i := range p.Stages {
+		if p.Stages[i].Key == key {
+			return &p.Stages[i]
+		}
+	}
+	return nil
+}
+
+// Ready returns, in file order, the keys of the stages that are absent from
+// done and whose every dependency is present in done with value true.
+//
+// done maps the key of a finished stage to whether it satisfies its
+// dependents: true if it succeeded or failed with allow_failure, false if it
+// failed, was skipped or was cancelled. With an empty done, Ready returns
+// the root stages.
+func (p *Pipeline) Ready(done map[string]bool) []string {
+	var keys []string
+	for _, s := range p.Stages {
+		if _, finished := done[s.Key]; finished {
+			continue
+		}
+		ready := true
+		for _, d := range s.DependsOn {
+			if !done[d] {
+				ready = false
+				break
+			}
+		}
+		if ready {
+			keys = append(keys, s.Key)
+		}
+	}
+	return keys
+}
+
+// Blocked returns, in file order, the keys of the stages that are absent
+// from done and have at least one dependency present in done with value
+// false: they can never run, and the dispatcher skips them. done has the
+// meaning described at Ready.
+func (p *Pipeline) Blocked(done map[string]bool) []string {
+	var keys []string
+	for _, s := range p.Stages {
+		if _, finished := done[s.Key]; finished {
+			continue
+		}
+		for _, d := range s.DependsOn {
+			if ok, finished := done[d]; finished && !ok {
+				keys = append(keys, s.Key)
+				break
+			}
+		}
+	}
+	return keys
+}

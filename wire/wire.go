@@ -1,0 +1,157 @@
+package wire
+
+import (
+	"maps"
+	"strconv"
+	"time"
+
+	"github.com/weft-ci/weft/pipeline"
+	"github.com/weft-ci/weft/subjects"
+)
+
+// Trigger asks for a run of a pipeline. It is published on
+// subjects.Trigger(repo) with Nats-Msg-Id set to ID.
+type Trigger struct {
+	// ID identifies the delivery (a webhook delivery id, or a ULID for a
+	// CLI run); a second trigger with the same ID starts no second run.
+	ID string `json:"id"`
+	// Repo is the repository the pipeline belongs to.
+	Repo string `json:"repo,omitempty"`
+	// File names the pipeline file, for error messages.
+	File string `json:"file"`
+	// Pipeline is the pipeline file's text.
+	Pipeline string `json:"pipeline"`
+	// Branch and Commit are what the run builds.
+	Branch string `json:"branch,omitempty"`
+	Commit string `json:"commit,omitempty"`
+	// Priority overrides the pipeline's priority when set.
+	Priority subjects.Tier `json:"priority,omitempty"`
+	// Time is when the trigger was published.
+	Time time.Time `json:"time"`
+}
+
+// Outcome is what became of a trigger, stored in the dedup bucket under the
+// trigger's ID: the run it started, or why it was refused.
+type Outcome struct {
+	// RunID is the run the trigger started (or the first run, for a
+	// duplicate).
+	RunID string `json:"run_id,omitempty"`
+	// Error says why the trigger was refused; empty when it was admitted.
+	Error string `json:"error,omitempty"`
+}
+
+// Job is one attempt of one stage, published on subjects.Job(queue, tier)
+// with Nats-Msg-Id subjects.JobMsgID(run, stage, attempt).
+type Job struct {
+	// RunID is the run the stage belongs to.
+	RunID string `json:"run_id"`
+	// Pipeline is the pipeline's name.
+	Pipeline string `json:"pipeline"`
+	// Attempt counts from 1.
+	Attempt int `json:"attempt"`
+	// Tier is the tier the job was queued at.
+	Tier subjects.Tier `json:"tier"`
+	// Stage is the stage's specification.
+	Stage pipeline.Stage `json:"stage"`
+	// Env is the stage's final environment: pipeline env, stage env and
+	// the WEFT_* variables, in that order of precedence (last wins).
+	Env map[string]string `json:"env"`
+}
+
+// JobEnv returns the environment of a stage attempt: the pipeline's env,
+// then the stage's, then the WEFT_* variables of the run.
+func JobEnv(p *pipeline.Pipeline, st *pipeline.Stage, runID, branch, commit string, attempt int) map[string]string {
+	env := make(map[string]string, len(p.Env)+len(st.Env)+7)
+	maps.Copy(env, p.Env)
+	maps.Copy(env, st.Env)
+	env["WEFT_RUN_ID"] = runID
+	env["WEFT_PIPELINE"] = p.Name
+	env["WEFT_STAGE"] = st.Key
+	env["WEFT_ATTEMPT"] = strconv.Itoa(attempt)
+	env["WEFT_BRANCH"] = branch
+	env["WEFT_COMMIT"] = commit
+	env["WEFT_QUEUE"] = st.Queue
+	return env
+}
+
+// EventType is the kind of a lifecycle event.
+type EventType string
+
+// Event types. Stage events are published on subjects.StageEvent, run
+// events on subjects.RunEvent.
+const (
+	// Started: an agent started the stage's process or container.
+	Started EventType = "started"
+	// Heartbeat: the stage is still running on the agent.
+	Heartbeat EventType = "heartbeat"
+	// Finished: the stage ended; ExitCode and Category say how.
+	Finished EventType = "finished"
+	// CancelRequested: someone asked for the run to be cancelled.
+	CancelRequested EventType = "cancel_requested"
+	// RunFinished: the run reached a terminal state.
+	RunFinished EventType = "run_finished"
+)
+
+// Category classifies why a stage failed.
+type Category string
+
+// Failure categories.
+const (
+	// CategoryNone: the stage succeeded.
+	CategoryNone Category = ""
+	// CategoryCommand: a command exited non-zero.
+	CategoryCommand Category = "command"
+	// CategoryTimeout: the stage ran past its timeout and was killed.
+	CategoryTimeout Category = "timeout"
+	// CategoryCancelled: the run was cancelled or the agent stopped.
+	CategoryCancelled Category = "cancelled"
+	// CategoryInfra: the stage could not be started (workspace, image,
+	// executor).
+	CategoryInfra Category = "infra"
+	// CategoryOOM: the stage was killed for exceeding its memory limit.
+	CategoryOOM Category = "oom"
+)
+
+// Event is a lifecycle event of a stage or a run.
+type Event struct {
+	// Type is the kind of event.
+	Type EventType `json:"type"`
+	// RunID is the run.
+	RunID string `json:"run_id"`
+	// Stage is the stage key; empty for run events.
+	Stage string `json:"stage,omitempty"`
+	// Attempt is the stage attempt the event is about.
+	Attempt int `json:"attempt,omitempty"`
+	// Agent is the id of the agent running the attempt.
+	Agent string `json:"agent,omitempty"`
+	// Time is when it happened, on the publisher's clock.
+	Time time.Time `json:"time"`
+	// ExitCode is the stage's exit code (Finished); -1 when it was killed.
+	ExitCode int `json:"exit_code"`
+	// Category says why a finished stage failed.
+	Category Category `json:"category,omitempty"`
+	// Message is a human explanation (an infra error, a cancel reason).
+	Message string `json:"message,omitempty"`
+	// LogSeq is the stream sequence of the attempt's last log batch
+	// (Finished); 0 when it wrote nothing.
+	LogSeq uint64 `json:"log_seq,omitempty"`
+}
+
+// LogBatch is a batch of output lines of one stage attempt, published on
+// subjects.Logs(run, stage).
+type LogBatch struct {
+	// Attempt is the stage attempt that wrote the lines.
+	Attempt int `json:"attempt"`
+	// Lines are the lines in the order they were read.
+	Lines []LogLine `json:"lines"`
+}
+
+// LogLine is one line of output.
+type LogLine struct {
+	// Stream is "stdout" or "stderr".
+	Stream string `json:"stream"`
+	// Text is the line without its newline.
+	Text string `json:"text"`
+	// Time is when the agent read the line.
+	Time time.Time `json:"time"`
+}
