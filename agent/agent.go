@@ -57,9 +57,9 @@ type Agent struct {
 	log  zerolog.Logger
 	exec executor
 
-	mu        sync.Mutex                                // guards active and cancelled
-	active    map[string]map[*job]struct{}              // running jobs by run id
-	cancelled map[string]time.Time                      // runs cancelled recently, by notice time
+	mu        sync.Mutex                   // guards active and cancelled
+	active    map[string]map[*job]struct{} // running jobs by run id
+	cancelled map[string]time.Time         // runs cancelled recently, by notice time
 }
 
 // New returns an agent on b. It validates cfg and fills defaults; it starts
@@ -170,7 +170,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: subscribe run events: %w", err)
 	}
 	subs = append(subs, s)
-	if err := a.nc.FlushWithContext(ctx); err != nil && ctx.Err() == nil {
+	if err := a.nc.FlushTimeout(10 * time.Second); err != nil {
 		return fmt.Errorf("agent: flush subscriptions: %w", err)
 	}
 

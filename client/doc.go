@@ -1,0 +1,16 @@
+// Package client is the Go API for asking weft for runs and following them:
+// Submit publishes a trigger and returns the run it started, Follow streams
+// a run's stage transitions and output until it ends, and Cancel asks for a
+// run to be cancelled. The CLI's run, and anything that wants to drive weft
+// from Go, use it; it talks only to the bus.
+//
+// Decisions taken where the design was silent:
+//
+//   - Submit learns the run id from the trigger's outcome in the dedup
+//     bucket (a KV watch on the trigger's key), so a duplicate trigger
+//     returns the first run's id and a refused one its errors.
+//   - Follow holds back a stage's "finished" transition until every log
+//     batch the stage published has been delivered, and returns only after
+//     all of the run's output, so a terminal shows a stage's output before
+//     its result.
+package client

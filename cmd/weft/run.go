@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/weft-ci/weft/agent"
+	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/dispatcher"
+	"github.com/weft-ci/weft/pipeline"
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+type runOptions struct {
+	branch, commit, priority string
+	server, creds            string
+	state, listen            string
+	slots                    int
+	json                     bool
+	killGrace                time.Duration
+}
+
+func runCommand(g *globals) *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "run FILE",
+		Short: "Run a pipeline and follow it to the end",
+		Long: `run validates a pipeline file, triggers a run of it and follows it: every
+output line prefixed with its stage key, a status line per stage
+transition, and a summary. It exits with the run's status.
+
+With no --server it starts everything in this process: an embedded NATS
+server with JetStream (state in a temporary directory that is removed at
+exit, or in --state DIR, which is kept and served on --listen so the nats
+CLI can look), a dispatcher and a local agent that runs the stages as host
+processes in a per-run workspace. With --server it only triggers and
+follows: dispatchers and agents of that fleet run the stages.
+
+Ctrl-C cancels the run: its stages are stopped (SIGTERM, then SIGKILL after
+--kill-grace), the run is recorded as cancelled and weft run exits 1.
+
+` + exitCodesHelp,
+		Example: `  weft run examples/diamond.yml
+  weft run --slots 2 --json examples/diamond.yml
+  weft run --state .weft --branch main examples/diamond.yml
+  weft run --server nats://ci.example.com:4222 pipeline.yml`,
+		Args: usageArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runPipeline(cmd.Context(), g, args[0], o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.branch, "branch", "", "branch being built, WEFT_BRANCH (default: the git branch of FILE's directory)")
+	f.StringVar(&o.commit, "commit", "", "commit being built, WEFT_COMMIT (default: the git HEAD of FILE's directory)")
+	f.StringVar(&o.priority, "priority", "", "tier for this run: critical, high, normal or low (default: the pipeline's)")
+	f.StringVar(&o.server, "server", os.Getenv("WEFT_SERVER"), "NATS URL of a weft fleet (env WEFT_SERVER); empty runs everything in-process")
+	f.StringVar(&o.creds, "creds", os.Getenv("WEFT_CREDS"), "NATS credentials file for --server (env WEFT_CREDS)")
+	f.StringVar(&o.state, "state", "", "keep the embedded server's state in DIR (default: a temporary directory removed at exit)")
+	f.StringVar(&o.listen, "listen", "", "address the embedded server listens on (default with --state: 127.0.0.1:0, a free port; none without)")
+	f.IntVar(&o.slots, "slots", 1, "stages the local agent runs at once")
+	f.BoolVar(&o.json, "json", false, "print one JSON event per line instead of text")
+	f.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "time a stopped stage gets between SIGTERM and SIGKILL")
+	return cmd
+}
+
+func runPipeline(ctx context.Context, g *globals, file string, o runOptions) error {
+	log := g.logger()
+	p, err := loadPipeline(file)
+	if err != nil {
+		return err
+	}
+	text, err := os.ReadFile(file)
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	var tier subjects.Tier
+	if o.priority != "" {
+		if tier, err = subjects.ParseTier(o.priority); err != nil {
+			return withCode(exitUsage, fmt.Errorf("--priority: %w", err))
+		}
+	}
+	if o.slots < 1 {
+		return withCode(exitUsage, fmt.Errorf("--slots must be at least 1, got %d", o.slots))
+	}
+	if o.server != "" && (o.state != "" || o.listen != "") {
+		return withCode(exitUsage, errors.New("--state and --listen configure the embedded server; they cannot be used with --server"))
+	}
+	branch, commit := o.branch, o.commit
+	if branch == "" {
+		branch = gitOutput(filepath.Dir(file), "rev-parse", "--abbrev-ref", "HEAD")
+	}
+	if commit == "" {
+		commit = gitOutput(filepath.Dir(file), "rev-parse", "HEAD")
+	}
+
+	cfg := bus.Config{URL: o.server, CredsFile: o.creds, Name: "weft run", Logger: log}
+	embedded := o.server == ""
+	if embedded {
+		if o.state == "" {
+			tmp, err := os.MkdirTemp("", "weft-run-")
+			if err != nil {
+				return withCode(exitInfra, err)
+			}
+			defer os.RemoveAll(tmp)
+			cfg.StoreDir = filepath.Join(tmp, "jetstream")
+		} else {
+			cfg.StoreDir = filepath.Join(o.state, "jetstream")
+			cfg.Listen = o.listen
+			if cfg.Listen == "" {
+				cfg.Listen = "127.0.0.1:0"
+			}
+		}
+		if o.listen != "" {
+			cfg.Listen = o.listen
+		}
+	}
+	b, err := bus.Open(ctx, cfg)
+	if err != nil {
+		return withCode(exitInfra, err)
+	}
+	defer b.Close()
+	if err := bus.Provision(ctx, b.JS); err != nil {
+		return withCode(exitInfra, err)
+	}
+	if url := b.ClientURL(); url != "" {
+		fmt.Fprintf(g.stderr, "weft: nats server listening on %s (state in %s)\n", url, o.state)
+	}
+
+	// Following outlives ctx (Ctrl-C) until the run is cancelled, and so
+	// does the local stack.
+	followCtx, stopFollow := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFollow()
+	stackCtx, stopStack := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopStack()
+	stack, sctx := errgroup.WithContext(stackCtx)
+	// A component that fails ends the follow instead of hanging it.
+	defer context.AfterFunc(sctx, stopFollow)()
+	defer func() {
+		stopStack()
+		if err := stack.Wait(); err != nil {
+			log.Error().Err(err).Msg("local stack")
+		}
+	}()
+	if embedded {
+		d, err := dispatcher.New(ctx, b, dispatcher.Config{Logger: log})
+		if err != nil {
+			return withCode(exitInfra, err)
+		}
+		workDir, err := os.MkdirTemp("", "weft-work-")
+		if err != nil {
+			return withCode(exitInfra, err)
+		}
+		defer os.RemoveAll(workDir)
+		a, err := agent.New(b, agent.Config{
+			Queues:    localQueues(p.Queue, p.Stages),
+			Slots:     o.slots,
+			WorkDir:   workDir,
+			Env:       os.Environ(),
+			KillGrace: o.killGrace,
+			Logger:    log,
+		})
+		if err != nil {
+			return withCode(exitInfra, err)
+		}
+		stack.Go(func() error { return d.Run(sctx) })
+		stack.Go(func() error { return a.Run(sctx) })
+	}
+
+	out := newPrinter(g.stdout, o.json, p)
+	trigger := wire.Trigger{
+		ID: ulid.Make().String(), File: filepath.Base(file), Pipeline: string(text),
+		Branch: branch, Commit: commit, Priority: tier, Time: time.Now(),
+	}
+	runID, err := client.Submit(ctx, b.JS, trigger)
+	if err != nil {
+		if errors.Is(err, client.ErrRefused) {
+			return withCode(exitUsage, err)
+		}
+		if ctx.Err() != nil {
+			return withCode(exitFailed, errors.New("interrupted before the run started"))
+		}
+		return withCode(exitInfra, err)
+	}
+	out.start(runID)
+
+	// On Ctrl-C, ask for the cancel and keep following until the stages
+	// are stopped; a bounded wait keeps a wedged fleet from hanging us.
+	cancelled := context.AfterFunc(ctx, func() {
+		fmt.Fprintln(g.stderr, "weft: interrupted, cancelling the run")
+		cctx, cancel := context.WithTimeout(followCtx, 5*time.Second)
+		defer cancel()
+		if err := client.Cancel(cctx, b.JS, runID, "interrupted"); err != nil {
+			log.Error().Err(err).Msg("cancel run")
+		}
+		time.AfterFunc(o.killGrace+5*time.Second, stopFollow)
+	})
+	defer cancelled()
+
+	final, err := client.Follow(followCtx, b.JS, runID, out.update)
+	if err != nil {
+		if ctx.Err() != nil {
+			return withCode(exitFailed, fmt.Errorf("run %s: interrupted and not confirmed cancelled: %w", runID, err))
+		}
+		return withCode(exitInfra, fmt.Errorf("follow run %s: %w", runID, err))
+	}
+	if final.State != wire.RunSucceeded {
+		return withCode(exitFailed, errSilent)
+	}
+	return nil
+}
+
+// localQueues returns every queue the pipeline's stages use, so the local
+// agent serves them all.
+func localQueues(def string, stages []pipeline.Stage) []string {
+	seen := map[string]bool{def: true}
+	queues := []string{def}
+	for _, s := range stages {
+		if !seen[s.Queue] {
+			seen[s.Queue] = true
+			queues = append(queues, s.Queue)
+		}
+	}
+	return queues
+}
+
+// gitOutput runs git in dir and returns its trimmed output, or "" when it
+// fails (not a repository, no git).
+func gitOutput(dir string, args ...string) string {
+	cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+	out, err := cmd.Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
