@@ -16,6 +16,8 @@
 //     sends SIGTERM to the group and SIGKILL after Config.KillGrace, and
 //     whatever the stage left running in the background is killed when the
 //     script exits.
+//   - A stage's stdout and stderr share one pipe, as on a terminal, so its
+//     log keeps the order in which lines were written.
 //   - The host environment is Config.Env (the agent's own, from the CLI)
 //     overlaid with the job's environment.
 //   - Each run gets a workspace directory under Config.WorkDir shared by

@@ -41,6 +41,9 @@ type result struct {
 	message  string
 }
 
+// streamOutput names the combined stdout and stderr of a stage in log lines.
+const streamOutput = "output"
+
 // script joins a stage's commands into one shell script that stops at the
 // first failing command.
 func script(commands []string) string {
@@ -57,33 +60,25 @@ func (p processExecutor) run(ctx context.Context, spec execSpec, started func(ti
 	if spec.image != "" {
 		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("stage needs image %q and this agent runs host processes only", spec.image)}
 	}
+	// One pipe for both streams keeps lines in the order they were written.
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("pipe: %v", err)}
 	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("pipe: %v", err)}
-	}
 	cmd := exec.Command("/bin/sh", "-c", script(spec.commands))
-	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = spec.dir, spec.env, outW, errW
+	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = spec.dir, spec.env, outW, outW
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
 	outW.Close()
-	errW.Close()
 	if err != nil {
 		outR.Close()
-		errR.Close()
 		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("start shell: %v", err)}
 	}
 	started(time.Now())
 	pgid := cmd.Process.Pid
 
 	var readers sync.WaitGroup
-	readers.Go(func() { readLines(outR, "stdout", out) })
-	readers.Go(func() { readLines(errR, "stderr", out) })
+	readers.Go(func() { readLines(outR, streamOutput, out) })
 
 	exited := make(chan error, 1)
 	var waiter sync.WaitGroup
@@ -105,7 +100,7 @@ func (p processExecutor) run(ctx context.Context, spec execSpec, started func(ti
 	waiter.Wait()
 	// Nothing the stage started may outlive it.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	closeAfter(&readers, 2*time.Second, outR, errR)
+	closeAfter(&readers, 2*time.Second, outR)
 
 	code := cmd.ProcessState.ExitCode()
 	switch {

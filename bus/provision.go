@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -36,15 +37,22 @@ func Provision(ctx context.Context, js jetstream.JetStream) error {
 	return EnsureJobConsumers(ctx, js, subjects.DefaultQueue)
 }
 
-// EnsureJobConsumers creates or updates the durable consumer of every tier
-// of queue on the jobs stream and returns nothing else; it is idempotent.
+// EnsureJobConsumers creates the durable consumer of every tier of queue
+// on the jobs stream where it is missing. An existing consumer is left as it
+// is, so an operator's tuning (AckWait, MaxDeliver with the nats CLI)
+// survives agents restarting; it is idempotent.
 func EnsureJobConsumers(ctx context.Context, js jetstream.JetStream, queue string) error {
 	if err := subjects.ValidateQueue(queue); err != nil {
 		return err
 	}
 	for _, tier := range subjects.Tiers {
 		c := subjects.JobConsumerFor(queue, tier)
-		if _, err := js.CreateOrUpdateConsumer(ctx, subjects.JobsStream, JobConsumerConfig(c)); err != nil {
+		if _, err := js.Consumer(ctx, subjects.JobsStream, c.Name); err == nil {
+			continue
+		} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("provision consumer %s: %w", c.Name, err)
+		}
+		if _, err := js.CreateConsumer(ctx, subjects.JobsStream, JobConsumerConfig(c)); err != nil {
 			return fmt.Errorf("provision consumer %s: %w", c.Name, err)
 		}
 	}

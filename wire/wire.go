@@ -148,7 +148,9 @@ type LogBatch struct {
 
 // LogLine is one line of output.
 type LogLine struct {
-	// Stream is "stdout" or "stderr".
+	// Stream is "output" for the combined stdout and stderr of a stage
+	// (one pipe, so lines keep their order), or "system" for weft's own
+	// notes in the log.
 	Stream string `json:"stream"`
 	// Text is the line without its newline.
 	Text string `json:"text"`
