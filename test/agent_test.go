@@ -1,0 +1,170 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+// stageEvents returns the lifecycle events of one stage of a run, in order.
+func stageEvents(t *testing.T, js jetstream.JetStream, runID, stage string) []wire.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.OrderedConsumer(ctx, subjects.EventsStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subjects.StageEvent(runID, stage)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []wire.Event
+	for {
+		batch, err := c.FetchNoWait(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			var ev wire.Event
+			if err := json.Unmarshal(msg.Data(), &ev); err != nil {
+				t.Fatal(err)
+			}
+			events = append(events, ev)
+		}
+		if n == 0 {
+			return events
+		}
+	}
+}
+
+func TestHeartbeatsKeepALongStageOnOneAttempt(t *testing.T) {
+	t.Parallel()
+	// AckWait 1s: without heartbeats the job would be redelivered.
+	s := StartStack(t, StackConfig{AckWait: time.Second})
+	r, _ := s.Run(t, "name: hb\nstages:\n  - key: long\n    commands: [sleep 2.5]\n")
+	if r.State != wire.RunSucceeded {
+		t.Fatalf("run state = %s, want succeeded", r.State)
+	}
+	var started, beats int
+	for _, ev := range stageEvents(t, s.Bus.JS, r.ID, "long") {
+		switch ev.Type {
+		case wire.Started:
+			started++
+		case wire.Heartbeat:
+			beats++
+		}
+	}
+	if started != 1 || r.Stage("long").Attempt != 1 {
+		t.Errorf("started %d times, attempt %d; want once, attempt 1", started, r.Stage("long").Attempt)
+	}
+	// Every AckWait/3 over 2.5s: at least 5 in theory; demand 4.
+	if beats < 4 {
+		t.Errorf("heartbeat events = %d, want >= 4", beats)
+	}
+	c, err := s.Bus.JS.Consumer(t.Context(), subjects.JobsStream, subjects.JobConsumer(subjects.DefaultQueue, subjects.Normal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := c.Info(t.Context()); info.NumRedelivered != 0 {
+		t.Errorf("consumer redelivered %d jobs, want 0", info.NumRedelivered)
+	}
+}
+
+func TestLogsStreamWhileTheStageRuns(t *testing.T) {
+	t.Parallel()
+	s := StartStack(t, StackConfig{})
+	gate := filepath.Join(t.TempDir(), "gate")
+	id := s.Submit(t, "name: logs\nenv: {GATE: "+gate+"}\nstages:\n  - key: talk\n    commands:\n      - echo first line\n      - while [ ! -f \"$GATE\" ]; do sleep 0.02; done\n      - echo after gate\n")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var lines []string
+	r, err := client.Follow(ctx, s.Bus.JS, id, func(u client.Update) {
+		if u.Line == nil {
+			return
+		}
+		lines = append(lines, u.Line.Text)
+		if u.Line.Text == "first line" {
+			// The stage is still blocked on the gate: the line streamed.
+			if err := os.WriteFile(gate, nil, 0o600); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != wire.RunSucceeded || strings.Join(lines, "|") != "first line|after gate" {
+		t.Errorf("run %s with lines %q, want succeeded with [first line after gate]", r.State, lines)
+	}
+}
+
+func TestDispatcherRefusesAnInvalidTriggerAndCreatesNoRun(t *testing.T) {
+	t.Parallel()
+	s := StartStack(t, StackConfig{NoAgent: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := client.Submit(ctx, s.Bus.JS, wire.Trigger{ID: "bad-1", File: "bad.yml", Pipeline: "name: x\nstages:\n  - key: a\n    commands: [true]\n    depends_on: [a]\n"})
+	if !errors.Is(err, client.ErrRefused) || !strings.Contains(err.Error(), "bad.yml:5:") {
+		t.Fatalf("Submit(self-dependency) = %v, want ErrRefused naming bad.yml:5", err)
+	}
+	runs, err := s.Bus.JS.KeyValue(ctx, subjects.RunsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := runs.ListKeys(ctx); err == nil {
+		n := 0
+		for range keys.Keys() {
+			n++
+		}
+		if n != 0 {
+			t.Errorf("runs bucket holds %d runs after a refused trigger, want 0", n)
+		}
+	}
+}
+
+func TestDuplicateTriggerReturnsTheFirstRun(t *testing.T) {
+	t.Parallel()
+	s := StartStack(t, StackConfig{})
+	text := "name: d\nstages:\n  - key: a\n    commands: [true]\n"
+	same := func(tr *wire.Trigger) { tr.ID = "delivery-42" }
+	first := s.Submit(t, text, same)
+	second := s.Submit(t, text, same)
+	if first != second {
+		t.Errorf("second Submit = %s, want the first run %s", second, first)
+	}
+	if r, _ := s.Wait(t, first); r.State != wire.RunSucceeded {
+		t.Errorf("run state = %s, want succeeded", r.State)
+	}
+}
+
+func TestRetryOnListedExitStatus(t *testing.T) {
+	t.Parallel()
+	s := StartStack(t, StackConfig{})
+	r, _ := s.Run(t, `name: retry
+stages:
+  - key: flaky
+    retry: {automatic: 2, exit_status: [75]}
+    commands: ['[ "$WEFT_ATTEMPT" = 3 ] || exit 75']
+  - key: broken
+    retry: {automatic: 2, exit_status: [75]}
+    commands: [exit 1]
+`)
+	if st := r.Stage("flaky"); st.State != wire.StageSucceeded || st.Attempt != 3 {
+		t.Errorf("flaky = %s on attempt %d, want succeeded on attempt 3", st.State, st.Attempt)
+	}
+	if st := r.Stage("broken"); st.State != wire.StageFailed || st.Attempt != 1 {
+		t.Errorf("broken = %s on attempt %d, want failed on attempt 1", st.State, st.Attempt)
+	}
+}

@@ -1,0 +1,131 @@
+package test
+
+import (
+	"context"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/weft-ci/weft/agent"
+	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/dispatcher"
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+// StackConfig configures an in-process weft stack.
+type StackConfig struct {
+	// Slots of the agent; default 1.
+	Slots int
+	// Queues the agent serves; default ["default"].
+	Queues []string
+	// AckWait, when set, creates the job consumers with this AckWait
+	// before the agent starts (the agent heartbeats every third of it).
+	AckWait time.Duration
+	// NoAgent starts no agent.
+	NoAgent bool
+}
+
+// Stack is an embedded server, a dispatcher and an agent running in this
+// process, as `weft run` wires them.
+type Stack struct {
+	// Bus is the stack's connection to its embedded server.
+	Bus *bus.Bus
+	// Agent is the stack's agent, nil with NoAgent.
+	Agent *agent.Agent
+}
+
+// StartStack starts a stack and stops it, waiting for every component,
+// when the test ends.
+func StartStack(t testing.TB, cfg StackConfig) *Stack {
+	t.Helper()
+	b := Bus(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	queues := cfg.Queues
+	if len(queues) == 0 {
+		queues = []string{subjects.DefaultQueue}
+	}
+	if cfg.AckWait > 0 {
+		for _, q := range queues {
+			for _, tier := range subjects.Tiers {
+				c := subjects.JobConsumerFor(q, tier)
+				c.AckWait = cfg.AckWait
+				if _, err := b.JS.CreateOrUpdateConsumer(ctx, subjects.JobsStream, bus.JobConsumerConfig(c)); err != nil {
+					t.Fatalf("consumer %s: %v", c.Name, err)
+				}
+			}
+		}
+	}
+	log := Logger(t)
+	d, err := dispatcher.New(ctx, b, dispatcher.Config{Logger: log})
+	if err != nil {
+		t.Fatalf("dispatcher: %v", err)
+	}
+	s := &Stack{Bus: b}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := d.Run(ctx); err != nil {
+			t.Errorf("dispatcher: %v", err)
+		}
+	})
+	if !cfg.NoAgent {
+		s.Agent, err = agent.New(b, agent.Config{
+			Queues: queues, Slots: cfg.Slots, WorkDir: t.TempDir(), Env: os.Environ(),
+			KillGrace: 2 * time.Second, Logger: log,
+		})
+		if err != nil {
+			t.Fatalf("agent: %v", err)
+		}
+		wg.Go(func() {
+			if err := s.Agent.Run(ctx); err != nil {
+				t.Errorf("agent: %v", err)
+			}
+		})
+	}
+	// Registered after Bus's cleanup, so it runs before the bus closes.
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	return s
+}
+
+// Submit triggers a run of the pipeline text and returns its run id.
+func (s *Stack) Submit(t testing.TB, text string, opts ...func(*wire.Trigger)) string {
+	t.Helper()
+	tr := wire.Trigger{ID: ulid.Make().String(), File: "pipeline.yml", Pipeline: text}
+	for _, o := range opts {
+		o(&tr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id, err := client.Submit(ctx, s.Bus.JS, tr)
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	return id
+}
+
+// Wait follows a run until it ends (at most a minute) and returns its
+// final document and every update seen.
+func (s *Stack) Wait(t testing.TB, runID string) (*wire.Run, []client.Update) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var updates []client.Update
+	r, err := client.Follow(ctx, s.Bus.JS, runID, func(u client.Update) { updates = append(updates, u) })
+	if err != nil {
+		t.Fatalf("follow %s: %v", runID, err)
+	}
+	return r, updates
+}
+
+// Run submits the pipeline text and waits for the run to end.
+func (s *Stack) Run(t testing.TB, text string, opts ...func(*wire.Trigger)) (*wire.Run, []client.Update) {
+	t.Helper()
+	return s.Wait(t, s.Submit(t, text, opts...))
+}
