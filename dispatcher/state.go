@@ -102,7 +102,12 @@ func finish(r *wire.Run, now time.Time) {
 		if !s.State.Terminal() {
 			return
 		}
-		if s.State == wire.StageFailed && !r.Pipeline.Stage(s.Key).AllowFailure {
+		switch {
+		case s.State == wire.StageFailed && !r.Pipeline.Stage(s.Key).AllowFailure:
+			state = wire.RunFailed
+		case s.State == wire.StageCancelled && r.CancelReason == "":
+			// A stage cancelled outside a run cancel (an agent gave it up)
+			// did not do its work: the run did not succeed.
 			state = wire.RunFailed
 		}
 	}

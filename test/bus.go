@@ -36,7 +36,7 @@ func BusWith(t testing.TB, cfg bus.Config) *bus.Bus {
 	return b
 }
 
-// Logger returns a logger that writes to the test log at debug level.
+// Logger returns a logger that writes to the test log at warn level.
 func Logger(t testing.TB) zerolog.Logger {
-	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Timestamp().Logger()
+	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Timestamp().Logger()
 }
