@@ -104,7 +104,7 @@ func (p *parser) parse(data []byte) *Pipeline {
 		if errors.Is(err, io.EOF) {
 			p.fileErrorf(1, "empty pipeline file")
 		} else {
-			p.syntaxError(err)
+			p.syntaxError(err, data)
 		}
 		return nil
 	}
@@ -122,7 +122,7 @@ func (p *parser) parse(data []byte) *Pipeline {
 			p.fileErrorf(next.Line, "a second YAML document; a pipeline file holds one")
 		}
 	} else if !errors.Is(err, io.EOF) {
-		p.syntaxError(err)
+		p.syntaxError(err, data)
 	}
 	if expanded(root, map[*yaml.Node]int{}) > maxNodes {
 		p.fileErrorf(1, "more than %d nodes once aliases are expanded", maxNodes)
@@ -135,16 +135,54 @@ func (p *parser) parse(data []byte) *Pipeline {
 	return p.pipeline(root)
 }
 
-// syntaxError records a YAML syntax error at the line yaml reports, or at
-// line 1 when it reports none.
-func (p *parser) syntaxError(err error) {
-	msg := err.Error()
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		p.fileErrorf(line, "%s", m[2])
-		return
+// syntaxError records a YAML syntax error. yaml.v3 reports the line where
+// the enclosing block starts (go-yaml/yaml#542), often lines above the
+// mistake, and no column; so the error is placed by re-parsing: at the
+// first line from which every longer prefix of the file fails to parse,
+// on that line's first non-blank column.
+func (p *parser) syntaxError(err error, data []byte) {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 1
+	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
 	}
-	p.fileErrorf(1, "%s", strings.TrimPrefix(msg, "yaml: "))
+	col := 1
+	if l, c, ok := locateSyntaxError(data); ok {
+		line, col = l, c
+	}
+	p.errs = append(p.errs, &Error{File: p.file, Line: max(line, 1), Col: col, Field: fileField, Msg: msg})
+}
+
+// maxLocateLines bounds the files locateSyntaxError re-parses.
+const maxLocateLines = 5000
+
+// locateSyntaxError returns the line and column where data stops being a
+// parsable YAML stream: the smallest k such that the first j lines fail to
+// parse for every j >= k. It reports false for files too long to search.
+func locateSyntaxError(data []byte) (line, col int, ok bool) {
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	if len(lines) > maxLocateLines {
+		return 0, 0, false
+	}
+	parses := func(n int) bool {
+		dec := yaml.NewDecoder(bytes.NewReader(bytes.Join(lines[:n], nil)))
+		for {
+			var doc yaml.Node
+			if err := dec.Decode(&doc); err != nil {
+				return errors.Is(err, io.EOF)
+			}
+		}
+	}
+	k := len(lines)
+	for k > 1 && !parses(k-1) {
+		k--
+	}
+	if parses(k) {
+		return 0, 0, false
+	}
+	text := lines[k-1]
+	return k, len(text) - len(bytes.TrimLeft(text, " \t")) + 1, true
 }
 
 // expanded returns the number of nodes under n with aliases expanded,

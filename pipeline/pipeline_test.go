@@ -205,6 +205,9 @@ func TestParseErrors(t *testing.T) {
 	}{
 		// The file as a whole.
 		{"syntax", "name: x\nstages: [\n", []wantErr{{"p.yml:2:1", "(file)", "did not find expected node content"}}},
+		{"syntax under-indented key", "name: x\nstages:\n  - key: a\n   commands: [x]\n", []wantErr{{"p.yml:4:4", "(file)", "did not find expected '-' indicator"}}},
+		{"syntax unclosed flow", "name: x\nstages:\n  - key: a\n    commands: [\"true\"\n", []wantErr{{"p.yml:4:5", "(file)", "did not find expected ',' or ']'"}}},
+		{"syntax after a multi-line flow", "name: x\nstages:\n  - key: a\n    commands: [\n      a,\n      b]\n    depends_on: [\n", []wantErr{{"p.yml:7:5", "(file)", "did not find expected node content"}}},
 		{"syntax without line", "name: *a\n", []wantErr{{"p.yml:1:1", "(file)", "unknown anchor 'a'"}}},
 		{"empty", "", []wantErr{{"p.yml:1:1", "(file)", "empty pipeline file"}}},
 		{"only comments", "# nothing\n\n# here\n", []wantErr{{"p.yml:1:1", "(file)", "empty pipeline file"}}},
