@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/weft-ci/weft/wire"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// runProcess runs commands with the process executor and returns the result
+// and the output lines.
+func runProcess(t *testing.T, ctx context.Context, grace time.Duration, commands ...string) (result, []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var lines []string
+	started := false
+	res := processExecutor{killGrace: grace}.run(ctx, execSpec{commands: commands, dir: t.TempDir(), env: os.Environ()},
+		func(time.Time) { started = true },
+		func(_, line string) { mu.Lock(); lines = append(lines, line); mu.Unlock() })
+	if !started && res.category != wire.CategoryInfra {
+		t.Errorf("started was not called")
+	}
+	return res, lines
+}
+
+func TestProcessExitCodes(t *testing.T) {
+	tests := []struct {
+		name     string
+		commands []string
+		code     int
+		category wire.Category
+		lines    []string
+	}{
+		{"success", []string{"echo a", "echo b"}, 0, wire.CategoryNone, []string{"a", "b"}},
+		{"stops at the first failure", []string{"echo a", "exit 7", "echo never"}, 7, wire.CategoryCommand, []string{"a"}},
+		{"cd carries over", []string{"mkdir -p sub && cd sub", "basename \"$PWD\""}, 0, wire.CategoryNone, []string{"sub"}},
+		{"stdout and stderr keep their order", []string{"echo 1; echo 2 >&2; echo 3"}, 0, wire.CategoryNone, []string{"1", "2", "3"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, lines := runProcess(t, t.Context(), time.Second, tt.commands...)
+			if res.exitCode != tt.code || res.category != tt.category || !slices.Equal(lines, tt.lines) {
+				t.Errorf("run(%q) = exit %d %q lines %q, want exit %d %q lines %q", tt.commands, res.exitCode, res.category, lines, tt.code, tt.category, tt.lines)
+			}
+		})
+	}
+}
+
+func TestProcessSplitsLongLines(t *testing.T) {
+	_, lines := runProcess(t, t.Context(), time.Second, "head -c 40000 /dev/zero | tr '\\0' x; echo")
+	total := 0
+	for _, l := range lines {
+		if len(l) > maxLineBytes {
+			t.Errorf("line of %d bytes, want at most %d", len(l), maxLineBytes)
+		}
+		total += len(l)
+	}
+	if total != 40000 {
+		t.Errorf("got %d bytes of output, want 40000", total)
+	}
+}
+
+func TestProcessKillsAGroupThatIgnoresSIGTERM(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	grace := 300 * time.Millisecond
+	ready := make(chan struct{})
+	var once sync.Once
+	done := make(chan result, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		done <- processExecutor{killGrace: grace}.run(ctx,
+			execSpec{commands: []string{"trap '' TERM", "sleep 30 & echo ready; sleep 30"}, dir: t.TempDir(), env: os.Environ()},
+			func(time.Time) {}, func(_, line string) {
+				if line == "ready" {
+					once.Do(func() { close(ready) })
+				}
+			})
+	})
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatal("script never printed ready")
+	}
+	cancelled := time.Now()
+	cancel()
+	select {
+	case r := <-done:
+		if r.exitCode != -1 || !strings.Contains(r.message, "signal killed") {
+			t.Errorf("cancelled run = %+v, want killed by SIGKILL", r)
+		}
+		if el := time.Since(cancelled); el < grace {
+			t.Errorf("returned %v after cancel, before the %v grace: SIGTERM was not ignored?", el, grace)
+		}
+	case <-time.After(grace + 5*time.Second):
+		t.Fatal("run did not return within the grace period plus 5s")
+	}
+}
+
+func TestProcessKillsWhatTheStageLeftBehind(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "pid")
+	res := processExecutor{killGrace: time.Second}.run(t.Context(),
+		execSpec{commands: []string{"sleep 30 &", "echo $! > " + pidFile}, dir: dir, env: os.Environ()},
+		func(time.Time) {}, func(string, string) {})
+	if res.exitCode != 0 {
+		t.Fatalf("run = %+v, want success", res)
+	}
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	// The background sleep was SIGKILLed when the script exited; once it is
+	// reaped (it was reparented to init) kill(pid, 0) fails.
+	deadline := time.After(5 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for syscall.Kill(pid, 0) == nil && !zombie(pid) {
+		select {
+		case <-deadline:
+			t.Fatalf("background process %d still alive after the stage ended", pid)
+		case <-tick.C:
+		}
+	}
+}
+
+// zombie reports whether pid has exited and waits to be reaped.
+func zombie(pid int) bool {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	return len(fields) > 0 && fields[0] == "Z"
+}
+
+func TestProcessRefusesImageStages(t *testing.T) {
+	res := processExecutor{}.run(t.Context(), execSpec{commands: []string{"true"}, image: "busybox"}, func(time.Time) {}, func(string, string) {})
+	if res.category != wire.CategoryInfra || !strings.Contains(res.message, `"busybox"`) {
+		t.Errorf("image stage on the process executor = %+v, want infra naming the image", res)
+	}
+}
