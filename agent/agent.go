@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -113,6 +114,82 @@ type source struct {
 	queue    string
 	tier     subjects.Tier
 	consumer jetstream.Consumer
+	// pending is set when a job may be waiting: by a wake-up for this
+	// queue and tier, or a fetch that found one. An empty fetch clears it.
+	pending atomic.Bool
+}
+
+// scanner picks the next job: the first job of the highest tier that may
+// have one. It fetches only from sources marked pending, and from all of
+// them every RescanInterval, which catches what no wake-up announces
+// (redeliveries, a wake-up lost on a slow connection).
+type scanner struct {
+	sources  []*source
+	bySubj   map[string]*source // by wake-up subject
+	wake     chan struct{}      // signalled by wake-ups
+	every    time.Duration
+	lastFull time.Time
+	log      zerolog.Logger
+}
+
+// woke marks the source of a wake-up subject pending and signals the wake
+// channel; it runs on the NATS subscription goroutine.
+func (s *scanner) woke(m *nats.Msg) {
+	if src := s.bySubj[m.Subject]; src != nil {
+		src.pending.Store(true)
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next returns the first job of the highest tier that has one, waiting for
+// a wake-up or the rescan interval while none has. It returns nil when ctx
+// is done.
+func (s *scanner) next(ctx context.Context) jetstream.Msg {
+	rescan := time.NewTimer(s.every)
+	defer rescan.Stop()
+	for {
+		full := time.Since(s.lastFull) >= s.every
+		if full {
+			s.lastFull = time.Now()
+		}
+		for _, src := range s.sources {
+			if !full && !src.pending.Load() {
+				continue
+			}
+			// Clear before fetching: a wake-up during the fetch sets it again.
+			src.pending.Store(false)
+			if msg := s.fetch(ctx, src); msg != nil {
+				src.pending.Store(true)
+				return msg
+			}
+		}
+		rescan.Reset(s.every)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.wake:
+		case <-rescan.C:
+		}
+	}
+}
+
+// fetch takes one job from src without waiting, or returns nil.
+func (s *scanner) fetch(ctx context.Context, src *source) jetstream.Msg {
+	batch, err := src.consumer.FetchNoWait(1)
+	if err == nil {
+		for msg := range batch.Messages() {
+			return msg
+		}
+		err = batch.Error()
+	}
+	if err != nil && ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) {
+		s.log.Warn().Err(err).Str("queue", src.queue).Str("tier", string(src.tier)).Msg("fetch")
+		src.pending.Store(true) // try again on the next scan
+	}
+	return nil
 }
 
 // Run takes and runs jobs until ctx is done, then stops the running stages
@@ -122,7 +199,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.WorkDir, 0o750); err != nil {
 		return fmt.Errorf("agent: work dir: %w", err)
 	}
-	var sources []source
+	sc := &scanner{bySubj: map[string]*source{}, wake: make(chan struct{}, 1), every: a.cfg.RescanInterval, log: a.log}
 	for _, q := range a.cfg.Queues {
 		if err := bus.EnsureJobConsumers(ctx, a.js, q); err != nil {
 			return fmt.Errorf("agent: %w", err)
@@ -134,12 +211,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("agent: %w", err)
 			}
-			sources = append(sources, source{q, tier, c})
+			src := &source{queue: q, tier: tier, consumer: c}
+			sc.sources = append(sc.sources, src)
+			sc.bySubj[subjects.WakeFor(q, tier)] = src
 		}
 	}
-	ackWait := sources[0].consumer.CachedInfo().Config.AckWait
+	ackWait := sc.sources[0].consumer.CachedInfo().Config.AckWait
 
-	wake := make(chan struct{}, 1)
 	var subs []*nats.Subscription
 	defer func() {
 		for _, s := range subs {
@@ -147,12 +225,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 	for _, q := range a.cfg.Queues {
-		s, err := a.nc.Subscribe(subjects.Wake(q), func(*nats.Msg) {
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
-		})
+		s, err := a.nc.Subscribe(subjects.Wake(q), sc.woke)
 		if err != nil {
 			return fmt.Errorf("agent: subscribe wake-ups: %w", err)
 		}
@@ -189,7 +262,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		}
-		msg := a.next(ctx, sources, wake)
+		msg := sc.next(ctx)
 		if msg == nil {
 			return nil
 		}
@@ -197,38 +270,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			defer func() { <-slots }()
 			a.runJob(ctx, msg, ackWait)
 		})
-	}
-}
-
-// next returns the first job of the highest non-empty tier, waiting for a
-// wake-up or the rescan interval while all are empty. It returns nil when
-// ctx is done.
-func (a *Agent) next(ctx context.Context, sources []source, wake <-chan struct{}) jetstream.Msg {
-	rescan := time.NewTimer(a.cfg.RescanInterval)
-	defer rescan.Stop()
-	for {
-		for _, src := range sources {
-			batch, err := src.consumer.FetchNoWait(1)
-			if err != nil {
-				if ctx.Err() == nil {
-					a.log.Warn().Err(err).Str("queue", src.queue).Str("tier", string(src.tier)).Msg("fetch")
-				}
-				continue
-			}
-			for msg := range batch.Messages() {
-				return msg
-			}
-			if err := batch.Error(); err != nil && ctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) {
-				a.log.Warn().Err(err).Str("queue", src.queue).Str("tier", string(src.tier)).Msg("fetch")
-			}
-		}
-		rescan.Reset(a.cfg.RescanInterval)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-wake:
-		case <-rescan.C:
-		}
 	}
 }
 

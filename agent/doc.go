@@ -25,7 +25,10 @@
 //     event arrives or the agent stops.
 //   - An agent that is stopped while a stage runs kills the stage and naks
 //     the job, so another agent runs it; it reports no result for it.
-//   - Idle agents wake on the headers-only republish of stored jobs and
-//     also rescan every RescanInterval, which picks up redeliveries (they
-//     are not republished).
+//   - Agents learn of new jobs from the headers-only republish of stored
+//     jobs (weft.wake.<queue>.<tier>): a wake-up marks its queue and tier
+//     pending, and a scan fetches only from pending tiers, highest first,
+//     so a busy agent spends one round trip per job, not one per tier.
+//     Every RescanInterval a scan fetches from all tiers, which picks up
+//     what no wake-up announces (redeliveries, a lost wake-up).
 package agent

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -39,7 +41,21 @@ type Dispatcher struct {
 	runs  jetstream.KeyValue
 	dedup jetstream.KeyValue
 	log   zerolog.Logger
+
+	mu    sync.Mutex           // guards cache
+	cache map[string]cachedRun // run documents as last read or written
 }
+
+// cachedRun is a run document and its revision. The cache only saves a
+// read: every write is a compare-and-set on the revision, and a conflict
+// drops the entry and reads the document again.
+type cachedRun struct {
+	run *wire.Run
+	rev uint64
+}
+
+// maxCachedRuns bounds the cache; past it the cache starts over.
+const maxCachedRuns = 4096
 
 // New returns a dispatcher on b. The streams and buckets must have been
 // provisioned (bus.Provision). It starts nothing.
@@ -59,7 +75,7 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 		return nil, fmt.Errorf("dispatcher: bucket %s: %w", subjects.DedupBucket, err)
 	}
 	return &Dispatcher{
-		cfg: cfg, nc: b.Conn, js: b.JS, runs: runs, dedup: dedup,
+		cfg: cfg, nc: b.Conn, js: b.JS, runs: runs, dedup: dedup, cache: map[string]cachedRun{},
 		log: cfg.Logger.With().Str("component", "dispatcher").Logger(),
 	}, nil
 }
@@ -176,7 +192,8 @@ func (d *Dispatcher) createRun(ctx context.Context, id string, t wire.Trigger, p
 	if err != nil {
 		return fmt.Errorf("encode run %s: %w", id, err)
 	}
-	if _, err := d.runs.Create(ctx, id, data); err != nil {
+	rev, err := d.runs.Create(ctx, id, data)
+	if err != nil {
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return fmt.Errorf("create run %s: %w", id, err)
 		}
@@ -184,6 +201,7 @@ func (d *Dispatcher) createRun(ctx context.Context, id string, t wire.Trigger, p
 			return err
 		}
 	} else {
+		d.remember(clone(r), rev)
 		d.log.Info().Str("run_id", id).Str("pipeline", p.Name).Str("tier", string(r.Tier)).Msg("run created")
 	}
 	return d.publishJobs(ctx, r, queuedKeys(r))
@@ -323,7 +341,7 @@ func (d *Dispatcher) get(ctx context.Context, id string) (*wire.Run, uint64, err
 // nil after when change reported no change (or the run does not exist).
 func (d *Dispatcher) update(ctx context.Context, id string, change func(*wire.Run) bool) (before, after *wire.Run, err error) {
 	for {
-		r, rev, err := d.get(ctx, id)
+		r, rev, err := d.load(ctx, id)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			d.log.Warn().Str("run_id", id).Msg("event for unknown run")
 			return nil, nil, nil
@@ -331,23 +349,69 @@ func (d *Dispatcher) update(ctx context.Context, id string, change func(*wire.Ru
 		if err != nil {
 			return nil, nil, err
 		}
-		old := *r
-		old.Stages = append([]wire.StageRun(nil), r.Stages...)
+		old := clone(r)
 		if !change(r) {
-			return &old, nil, nil
+			return old, nil, nil
 		}
 		data, err := json.Marshal(r)
 		if err != nil {
 			return nil, nil, fmt.Errorf("encode run %s: %w", id, err)
 		}
-		if _, err := d.runs.Update(ctx, id, data, rev); err != nil {
+		rev, err = d.runs.Update(ctx, id, data, rev)
+		if err != nil {
+			d.forget(id)
 			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSequence(err) {
 				continue
 			}
 			return nil, nil, fmt.Errorf("update run %s: %w", id, err)
 		}
-		return &old, r, nil
+		d.remember(r, rev)
+		return old, r, nil
 	}
+}
+
+// load returns a copy of the run document and its revision, from the cache
+// or from the bucket.
+func (d *Dispatcher) load(ctx context.Context, id string) (*wire.Run, uint64, error) {
+	d.mu.Lock()
+	c, ok := d.cache[id]
+	d.mu.Unlock()
+	if ok {
+		return clone(c.run), c.rev, nil
+	}
+	r, rev, err := d.get(ctx, id)
+	if err == nil {
+		d.remember(r, rev)
+		r = clone(r)
+	}
+	return r, rev, err
+}
+
+func (d *Dispatcher) remember(r *wire.Run, rev uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if r.State.Terminal() {
+		delete(d.cache, r.ID)
+		return
+	}
+	if len(d.cache) >= maxCachedRuns {
+		clear(d.cache)
+	}
+	d.cache[r.ID] = cachedRun{run: r, rev: rev}
+}
+
+func (d *Dispatcher) forget(id string) {
+	d.mu.Lock()
+	delete(d.cache, id)
+	d.mu.Unlock()
+}
+
+// clone copies a run document deeply enough to change it: the pipeline is
+// never changed and is shared.
+func clone(r *wire.Run) *wire.Run {
+	c := *r
+	c.Stages = slices.Clone(r.Stages)
+	return &c
 }
 
 func isWrongLastSequence(err error) bool {

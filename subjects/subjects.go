@@ -88,6 +88,10 @@ func Job(queue string, tier Tier) string {
 // any tier: weft.wake.<queue>.*.
 func Wake(queue string) string { return wakePrefix + "." + queue + ".*" }
 
+// WakeFor returns the subject a stored job of queue and tier is
+// republished to: weft.wake.<queue>.<tier>.
+func WakeFor(queue string, tier Tier) string { return wakePrefix + "." + queue + "." + string(tier) }
+
 // StageEvent returns the subject of a stage's lifecycle events:
 // weft.events.<run>.<stage>.
 func StageEvent(run, stage string) string { return eventsPrefix + "." + run + "." + stage }
