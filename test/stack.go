@@ -28,6 +28,9 @@ type StackConfig struct {
 	AckWait time.Duration
 	// NoAgent starts no agent.
 	NoAgent bool
+	// Listen makes the embedded server listen on a free loopback port, so
+	// that other processes (weft run --server) can join.
+	Listen bool
 }
 
 // Stack is an embedded server, a dispatcher and an agent running in this
@@ -43,7 +46,11 @@ type Stack struct {
 // when the test ends.
 func StartStack(t testing.TB, cfg StackConfig) *Stack {
 	t.Helper()
-	b := Bus(t)
+	var bcfg bus.Config
+	if cfg.Listen {
+		bcfg.Listen = "127.0.0.1:0"
+	}
+	b := BusWith(t, bcfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	queues := cfg.Queues
 	if len(queues) == 0 {

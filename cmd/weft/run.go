@@ -183,7 +183,11 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 		ID: ulid.Make().String(), File: filepath.Base(file), Pipeline: string(text),
 		Branch: branch, Commit: commit, Priority: tier, Time: time.Now(),
 	}
+	stopNotice := notifyAfter(2*time.Second, func() {
+		fmt.Fprintln(g.stderr, "weft: waiting for a dispatcher to admit the run...")
+	})
 	runID, err := client.Submit(ctx, b.JS, trigger)
+	stopNotice()
 	if err != nil {
 		if errors.Is(err, client.ErrRefused) {
 			return withCode(exitUsage, err)
@@ -244,4 +248,16 @@ func gitOutput(dir string, args ...string) string {
 		return ""
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// notifyAfter calls f once after d unless the returned stop is called
+// first; stop waits for a running f to return.
+func notifyAfter(d time.Duration, f func()) (stop func()) {
+	done := make(chan struct{})
+	t := time.AfterFunc(d, func() { defer close(done); f() })
+	return func() {
+		if !t.Stop() {
+			<-done
+		}
+	}
 }
