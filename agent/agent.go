@@ -251,9 +251,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer func() {
 		wg.Wait()
-		if err := os.RemoveAll(a.cfg.WorkDir); err != nil {
-			a.log.Warn().Err(err).Msg("remove work dir")
-		}
+		a.removeWorkspaces()
 	}()
 	slots := make(chan struct{}, a.cfg.Slots)
 	for {
@@ -344,4 +342,21 @@ func (a *Agent) workspace(runID string) (string, error) {
 		return "", fmt.Errorf("run id %q: %w", runID, err)
 	}
 	return filepath.Join(a.cfg.WorkDir, runID), nil
+}
+
+// removeWorkspaces removes every run workspace under WorkDir (the entries
+// named by a run id) and nothing else.
+func (a *Agent) removeWorkspaces() {
+	entries, err := os.ReadDir(a.cfg.WorkDir)
+	if err != nil {
+		a.log.Warn().Err(err).Msg("list workspaces")
+		return
+	}
+	for _, e := range entries {
+		if dir, err := a.workspace(e.Name()); err == nil && e.IsDir() {
+			if err := os.RemoveAll(dir); err != nil {
+				a.log.Warn().Err(err).Str("run_id", e.Name()).Msg("remove workspace")
+			}
+		}
+	}
 }

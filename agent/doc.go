@@ -21,8 +21,9 @@
 //   - The host environment is Config.Env (the agent's own, from the CLI)
 //     overlaid with the job's environment.
 //   - Each run gets a workspace directory under Config.WorkDir shared by
-//     its stages on this agent; it is removed when the run's finished
-//     event arrives or the agent stops.
+//     its stages on this agent, named by the run id; it is removed when
+//     the run's finished event arrives or the agent stops. Nothing else in
+//     WorkDir is touched.
 //   - An agent that is stopped while a stage runs kills the stage and naks
 //     the job, so another agent runs it; it reports no result for it.
 //   - Agents learn of new jobs from the headers-only republish of stored
