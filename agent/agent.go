@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -46,17 +47,29 @@ type Config struct {
 	// LogFlush is how long output may wait before it is published;
 	// default 50ms.
 	LogFlush time.Duration
+	// Executor is ExecutorAuto (default), ExecutorProcess or
+	// ExecutorContainerd.
+	Executor string
+	// Containerd configures the containerd executor; its KillGrace
+	// defaults to KillGrace.
+	Containerd container.Config
 	// Logger receives the agent's logs (not the stages' output).
 	Logger zerolog.Logger
 }
 
 // Agent pulls and runs stage jobs. Create it with New, start it with Run.
 type Agent struct {
-	cfg  Config
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	log  zerolog.Logger
-	exec executor
+	cfg Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	log zerolog.Logger
+
+	process executor
+	// containers is the containerd runtime, nil when containerd is not
+	// used or could not be reached (containerdErr says why). Set by Run
+	// before any job starts.
+	containers    *container.Runtime
+	containerdErr error
 
 	mu        sync.Mutex                   // guards active and cancelled
 	active    map[string]map[*job]struct{} // running jobs by run id
@@ -92,6 +105,16 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 	if cfg.RescanInterval == 0 {
 		cfg.RescanInterval = time.Second
 	}
+	switch cfg.Executor {
+	case "":
+		cfg.Executor = ExecutorAuto
+	case ExecutorAuto, ExecutorProcess, ExecutorContainerd:
+	default:
+		return nil, fmt.Errorf("%w: executor %q is not one of auto, process, containerd", ErrInvalidConfig, cfg.Executor)
+	}
+	if cfg.Containerd.KillGrace == 0 {
+		cfg.Containerd.KillGrace = cfg.KillGrace
+	}
 	if cfg.LogFlush == 0 {
 		cfg.LogFlush = 50 * time.Millisecond
 	}
@@ -100,7 +123,7 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 		nc:        b.Conn,
 		js:        b.JS,
 		log:       cfg.Logger.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
-		exec:      processExecutor{killGrace: cfg.KillGrace},
+		process:   processExecutor{killGrace: cfg.KillGrace, baseEnv: cfg.Env},
 		active:    map[string]map[*job]struct{}{},
 		cancelled: map[string]time.Time{},
 	}, nil
@@ -218,6 +241,12 @@ func (s *scanner) fetch(ctx context.Context, src *source, woken bool) jetstream.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.WorkDir, 0o750); err != nil {
 		return fmt.Errorf("agent: work dir: %w", err)
+	}
+	if err := a.openContainerd(ctx); err != nil {
+		return err
+	}
+	if a.containers != nil {
+		defer a.containers.Close()
 	}
 	sc := &scanner{bySubj: map[string]*source{}, wake: make(chan struct{}, 1), every: a.cfg.RescanInterval, log: a.log}
 	for _, q := range a.cfg.Queues {
@@ -379,4 +408,30 @@ func (a *Agent) removeWorkspaces() {
 			}
 		}
 	}
+}
+
+// openContainerd connects to containerd unless the agent runs host
+// processes only, and removes what crashed weft processes left there. With
+// ExecutorAuto an unreachable containerd only fails image stages.
+func (a *Agent) openContainerd(ctx context.Context) error {
+	if a.cfg.Executor == ExecutorProcess {
+		return nil
+	}
+	rt, err := container.Connect(ctx, a.cfg.Containerd)
+	if err != nil {
+		if a.cfg.Executor == ExecutorContainerd {
+			return fmt.Errorf("agent: %w", err)
+		}
+		a.containerdErr = err
+		a.log.Info().Err(err).Msg("containerd not available: stages with an image will fail")
+		return nil
+	}
+	n, err := rt.Cleanup(ctx)
+	if err != nil {
+		a.log.Warn().Err(err).Msg("remove leftover containers")
+	} else if n > 0 {
+		a.log.Info().Int("removed", n).Msg("removed containers and snapshots left by a crashed agent")
+	}
+	a.containers = rt
+	return nil
 }

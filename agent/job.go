@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
+	"slices"
 	"sync"
 	"time"
 
@@ -78,12 +78,12 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, ackWait time.Dura
 		a.publishEvent(bg, wire.Event{Type: wire.Started, RunID: j.RunID, Stage: j.Stage.Key, Attempt: j.Attempt, Agent: a.cfg.ID, Time: at}, log)
 		wg.Go(func() { a.heartbeat(bg, msg, &j, ackWait/3, hbDone, log) })
 	}
-	res := a.exec.run(runCtx, execSpec{
-		commands: j.Stage.Commands,
-		env:      mergeEnv(a.cfg.Env, j.Env),
-		dir:      dir,
-		image:    j.Stage.Image,
-	}, started, logs.write)
+	var res result
+	if ex, refusal := a.executorFor(&j.Job); ex == nil {
+		res = result{exitCode: -1, category: wire.CategoryInfra, message: refusal}
+	} else {
+		res = ex.run(runCtx, execSpec{job: &j.Job, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
+	}
 	close(hbDone)
 	logs.close()
 	wg.Wait()
@@ -158,17 +158,12 @@ func (a *Agent) heartbeat(ctx context.Context, msg jetstream.Msg, j *job, every 
 	}
 }
 
-// mergeEnv overlays job variables on the base environment.
-func mergeEnv(base []string, job map[string]string) []string {
-	out := make([]string, 0, len(base)+len(job))
-	for _, kv := range base {
-		k, _, _ := strings.Cut(kv, "=")
-		if _, ok := job[k]; !ok {
-			out = append(out, kv)
-		}
-	}
-	for k, v := range job {
+// envList turns an environment map into KEY=VALUE entries, sorted.
+func envList(env map[string]string) []string {
+	out := make([]string, 0, len(env))
+	for k, v := range env {
 		out = append(out, k+"="+v)
 	}
+	slices.Sort(out)
 	return out
 }

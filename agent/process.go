@@ -28,10 +28,16 @@ type executor interface {
 
 // execSpec is what an executor needs to run a stage.
 type execSpec struct {
+	// job is the stage attempt.
+	job *wire.Job
+	// commands are the stage's commands.
 	commands []string
-	env      []string
-	dir      string
-	image    string
+	// env is the job's environment (KEY=VALUE), without the agent's own.
+	env []string
+	// dir is the run's workspace on the host.
+	dir string
+	// image is the stage's image; empty for a host stage.
+	image string
 }
 
 // result is how a stage ended.
@@ -51,22 +57,20 @@ func script(commands []string) string {
 }
 
 // processExecutor runs a stage as `sh -c` on the host in its own process
-// group.
+// group, with the agent's environment overlaid with the job's.
 type processExecutor struct {
 	killGrace time.Duration
+	baseEnv   []string
 }
 
 func (p processExecutor) run(ctx context.Context, spec execSpec, started func(time.Time), out func(stream, line string)) result {
-	if spec.image != "" {
-		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("stage needs image %q and this agent runs host processes only", spec.image)}
-	}
 	// One pipe for both streams keeps lines in the order they were written.
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("pipe: %v", err)}
 	}
 	cmd := exec.Command("/bin/sh", "-c", script(spec.commands))
-	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = spec.dir, spec.env, outW, outW
+	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = spec.dir, overlayEnv(p.baseEnv, spec.env), outW, outW
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
 	outW.Close()
@@ -151,4 +155,21 @@ func readLines(r io.Reader, stream string, out func(stream, line string)) {
 			return
 		}
 	}
+}
+
+// overlayEnv returns base with the entries of over replacing those of the
+// same name.
+func overlayEnv(base, over []string) []string {
+	names := make(map[string]bool, len(over))
+	for _, kv := range over {
+		k, _, _ := strings.Cut(kv, "=")
+		names[k] = true
+	}
+	out := make([]string, 0, len(base)+len(over))
+	for _, kv := range base {
+		if k, _, _ := strings.Cut(kv, "="); !names[k] {
+			out = append(out, kv)
+		}
+	}
+	return append(out, over...)
 }

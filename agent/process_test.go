@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,7 +27,7 @@ func runProcess(t *testing.T, ctx context.Context, grace time.Duration, commands
 	var mu sync.Mutex
 	var lines []string
 	started := false
-	res := processExecutor{killGrace: grace}.run(ctx, execSpec{commands: commands, dir: t.TempDir(), env: os.Environ()},
+	res := processExecutor{killGrace: grace, baseEnv: os.Environ()}.run(ctx, execSpec{commands: commands, dir: t.TempDir()},
 		func(time.Time) { started = true },
 		func(_, line string) { mu.Lock(); lines = append(lines, line); mu.Unlock() })
 	if !started && res.category != wire.CategoryInfra {
@@ -82,7 +83,7 @@ func TestProcessKillsAGroupThatIgnoresSIGTERM(t *testing.T) {
 	defer wg.Wait()
 	wg.Go(func() {
 		done <- processExecutor{killGrace: grace}.run(ctx,
-			execSpec{commands: []string{"trap '' TERM", "sleep 30 & echo ready; sleep 30"}, dir: t.TempDir(), env: os.Environ()},
+			execSpec{commands: []string{"trap '' TERM", "sleep 30 & echo ready; sleep 30"}, dir: t.TempDir()},
 			func(time.Time) {}, func(_, line string) {
 				if line == "ready" {
 					once.Do(func() { close(ready) })
@@ -113,8 +114,8 @@ func TestProcessKillsAGroupThatIgnoresSIGTERM(t *testing.T) {
 func TestProcessKillsWhatTheStageLeftBehind(t *testing.T) {
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "pid")
-	res := processExecutor{killGrace: time.Second}.run(t.Context(),
-		execSpec{commands: []string{"sleep 30 &", "echo $! > " + pidFile}, dir: dir, env: os.Environ()},
+	res := processExecutor{killGrace: time.Second, baseEnv: os.Environ()}.run(t.Context(),
+		execSpec{commands: []string{"sleep 30 &", "echo $! > " + pidFile}, dir: dir},
 		func(time.Time) {}, func(string, string) {})
 	if res.exitCode != 0 {
 		t.Fatalf("run = %+v, want success", res)
@@ -148,9 +149,33 @@ func zombie(pid int) bool {
 	return len(fields) > 0 && fields[0] == "Z"
 }
 
-func TestProcessRefusesImageStages(t *testing.T) {
-	res := processExecutor{}.run(t.Context(), execSpec{commands: []string{"true"}, image: "busybox"}, func(time.Time) {}, func(string, string) {})
-	if res.category != wire.CategoryInfra || !strings.Contains(res.message, `"busybox"`) {
-		t.Errorf("image stage on the process executor = %+v, want infra naming the image", res)
+func TestExecutorFor(t *testing.T) {
+	host := &wire.Job{}
+	image := &wire.Job{}
+	image.Stage.Image = "busybox"
+	tests := []struct {
+		mode   string
+		job    *wire.Job
+		refuse string
+	}{
+		{ExecutorAuto, host, ""},
+		{ExecutorProcess, host, ""},
+		{ExecutorContainerd, host, "names no image"},
+		{ExecutorProcess, image, `image "busybox"`},
+		{ExecutorAuto, image, "containerd is not available"},
+	}
+	for _, tt := range tests {
+		a := &Agent{cfg: Config{Executor: tt.mode}, process: processExecutor{}, containerdErr: errors.New("no socket")}
+		ex, refusal := a.executorFor(tt.job)
+		if (ex == nil) != (tt.refuse != "") || !strings.Contains(refusal, tt.refuse) {
+			t.Errorf("executorFor(%s, image %q) = %v, %q; want refusal %q", tt.mode, tt.job.Stage.Image, ex, refusal, tt.refuse)
+		}
+	}
+}
+
+func TestOverlayEnv(t *testing.T) {
+	got := overlayEnv([]string{"A=1", "B=2", "C=3"}, []string{"B=job", "D=4"})
+	if want := []string{"A=1", "C=3", "B=job", "D=4"}; !slices.Equal(got, want) {
+		t.Errorf("overlayEnv = %q, want %q", got, want)
 	}
 }

@@ -1,9 +1,13 @@
 package test
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/weft-ci/weft/test/busybox"
+	"github.com/weft-ci/weft/wire"
 )
 
 func TestExitCodes(t *testing.T) {
@@ -50,5 +54,75 @@ func TestRunAgainstAFleet(t *testing.T) {
 		if !strings.Contains(res.Stdout, want) {
 			t.Errorf("stdout lacks %q:\n%s", want, res.Stdout)
 		}
+	}
+}
+
+func TestImageImport(t *testing.T) {
+	t.Parallel()
+	Containerd(t)
+	dir := t.TempDir()
+	archive := filepath.Join(dir, "busybox.tar")
+	f, err := os.Create(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := busybox.Write(f, "/bin/busybox"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	garbage := filepath.Join(dir, "garbage.tar")
+	if err := os.WriteFile(garbage, []byte("not an archive"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string
+		stderr string
+	}{
+		{"an OCI archive", []string{"image", "import", "--containerd-address", ContainerdAddress(), archive}, 0, busybox.Ref + "\n", ""},
+		{"not an archive", []string{"image", "import", "--containerd-address", ContainerdAddress(), garbage}, 2, "", "garbage.tar"},
+		{"no such file", []string{"image", "import", filepath.Join(dir, "nope.tar")}, 2, "", "nope.tar"},
+		{"no containerd", []string{"image", "import", "--containerd-address", filepath.Join(dir, "no.sock"), archive}, 3, "", "containerd unavailable"},
+	}
+	for _, tt := range tests {
+		res := RunWeft(t, weftBin, dir, nil, tt.args...)
+		if res.Code != tt.code || res.Stdout != tt.stdout || !strings.Contains(res.Stderr, tt.stderr) {
+			t.Errorf("%s: weft %q = exit %d, stdout %q, stderr %q; want %d, %q, %q", tt.name, tt.args, res.Code, res.Stdout, res.Stderr, tt.code, tt.stdout, tt.stderr)
+		}
+	}
+}
+
+func TestRunWithoutContainerd(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "mixed.yml")
+	if err := os.WriteFile(file, []byte(`name: mixed
+stages:
+  - key: host
+    commands: [echo on the host]
+  - key: boxed
+    image: docker.io/library/golang:1.23
+    commands: [go version]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	noSock := filepath.Join(dir, "no.sock")
+	// auto: host stages run, image stages fail with a message naming the image.
+	res := RunWeft(t, weftBin, dir, nil, "run", "--json", "--containerd-address", noSock, file)
+	if res.Code != 1 {
+		t.Fatalf("weft run (auto, no containerd) exited %d, want 1: %s", res.Code, res.Stderr)
+	}
+	r := finalRun(t, decodeEvents(t, res.Stdout))
+	host, boxed := r.Stage("host"), r.Stage("boxed")
+	if host.State != wire.StageSucceeded || boxed.State != wire.StageFailed || boxed.Category != wire.CategoryInfra ||
+		!strings.Contains(boxed.Message, "docker.io/library/golang:1.23") || !strings.Contains(boxed.Message, "containerd") {
+		t.Errorf("host = %s; boxed = %s %q %q; want host succeeded, boxed failed infra naming the image and containerd", host.State, boxed.State, boxed.Category, boxed.Message)
+	}
+	// containerd required: infrastructure error.
+	res = RunWeft(t, weftBin, dir, nil, "run", "--executor", "containerd", "--containerd-address", noSock, file)
+	if res.Code != 3 || !strings.Contains(res.Stderr, "containerd unavailable") {
+		t.Errorf("weft run --executor containerd without containerd = exit %d, stderr %q; want 3 naming containerd", res.Code, res.Stderr)
 	}
 }

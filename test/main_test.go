@@ -1,11 +1,15 @@
 package test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/weft-ci/weft/container"
 )
 
 // weftBin is the weft binary the end-to-end tests run, built once by
@@ -33,5 +37,30 @@ func TestMain(m *testing.M) {
 			code = 1
 		}
 	}
+	if code == 0 {
+		code = checkNoLeftovers()
+	}
 	os.Exit(code)
+}
+
+// checkNoLeftovers fails the suite when a weft container or snapshot is
+// left in containerd after all tests ran.
+func checkNoLeftovers() int {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rt, err := container.Connect(ctx, container.Config{Address: ContainerdAddress()})
+	if err != nil {
+		return 0 // the tests that need containerd said so already
+	}
+	defer rt.Close()
+	ctrs, snaps, err := rt.Leftovers(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "list containerd leftovers: %v\n", err)
+		return 1
+	}
+	if len(ctrs)+len(snaps) > 0 {
+		fmt.Fprintf(os.Stderr, "weft left containers %v and snapshots %v in containerd\n", ctrs, snaps)
+		return 1
+	}
+	return 0
 }

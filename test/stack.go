@@ -12,6 +12,7 @@ import (
 	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -28,6 +29,9 @@ type StackConfig struct {
 	AckWait time.Duration
 	// NoAgent starts no agent.
 	NoAgent bool
+	// KillGrace is the agent's grace between SIGTERM and SIGKILL;
+	// default 2s.
+	KillGrace time.Duration
 	// Listen makes the embedded server listen on a free loopback port, so
 	// that other processes (weft run --server) can join.
 	Listen bool
@@ -67,6 +71,9 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 			}
 		}
 	}
+	if cfg.KillGrace == 0 {
+		cfg.KillGrace = 2 * time.Second
+	}
 	log := Logger(t)
 	d, err := dispatcher.New(ctx, b, dispatcher.Config{Logger: log})
 	if err != nil {
@@ -82,7 +89,8 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 	if !cfg.NoAgent {
 		s.Agent, err = agent.New(b, agent.Config{
 			Queues: queues, Slots: cfg.Slots, WorkDir: t.TempDir(), Env: os.Environ(),
-			KillGrace: 2 * time.Second, Logger: log,
+			KillGrace: cfg.KillGrace, Logger: log,
+			Containerd: container.Config{Address: ContainerdAddress()},
 		})
 		if err != nil {
 			t.Fatalf("agent: %v", err)

@@ -17,6 +17,7 @@ import (
 	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/pipeline"
 	"github.com/weft-ci/weft/subjects"
@@ -30,6 +31,7 @@ type runOptions struct {
 	slots                    int
 	json                     bool
 	killGrace                time.Duration
+	executor, containerd     string
 }
 
 func runCommand(g *globals) *cobra.Command {
@@ -47,6 +49,12 @@ exit, or in --state DIR, which is kept and served on --listen so the nats
 CLI can look), a dispatcher and a local agent that runs the stages as host
 processes in a per-run workspace. With --server it only triggers and
 follows: dispatchers and agents of that fleet run the stages.
+
+Stages with an image run in containerd containers (--executor auto, the
+default) with the run's workspace at /workspace; when containerd cannot be
+reached such stages fail with category infra, and the others still run on
+the host. --executor containerd makes containerd required (exit 3 without
+it); --executor process runs host processes only.
 
 Ctrl-C cancels the run: its stages are stopped (SIGTERM, then SIGKILL after
 --kill-grace), the run is recorded as cancelled and weft run exits 1.
@@ -72,6 +80,8 @@ Ctrl-C cancels the run: its stages are stopped (SIGTERM, then SIGKILL after
 	f.IntVar(&o.slots, "slots", 1, "stages the local agent runs at once")
 	f.BoolVar(&o.json, "json", false, "print one JSON event per line instead of text")
 	f.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "time a stopped stage gets between SIGTERM and SIGKILL")
+	f.StringVar(&o.executor, "executor", envOr("WEFT_EXECUTOR", agent.ExecutorAuto), "how the local agent runs stages: auto (containerd for stages with an image, host processes for the rest), process or containerd (env WEFT_EXECUTOR)")
+	f.StringVar(&o.containerd, "containerd-address", envOr("WEFT_CONTAINERD_ADDRESS", defaultContainerd), "containerd socket (env WEFT_CONTAINERD_ADDRESS)")
 	return cmd
 }
 
@@ -138,6 +148,13 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 		fmt.Fprintf(g.stderr, "weft: nats server listening on %s (state in %s)\n", url, o.state)
 	}
 
+	// Removed after the stack below has stopped (defers run last first).
+	workDir, err := os.MkdirTemp("", "weft-work-")
+	if err != nil {
+		return withCode(exitInfra, err)
+	}
+	defer os.RemoveAll(workDir)
+
 	// Following outlives ctx (Ctrl-C) until the run is cancelled, and so
 	// does the local stack.
 	followCtx, stopFollow := context.WithCancel(context.WithoutCancel(ctx))
@@ -145,8 +162,17 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 	stackCtx, stopStack := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopStack()
 	stack, sctx := errgroup.WithContext(stackCtx)
-	// A component that fails ends the follow instead of hanging it.
-	defer context.AfterFunc(sctx, stopFollow)()
+	// A component that fails ends the submit and the follow instead of
+	// leaving them waiting; stackErr then says what failed.
+	submitCtx, stopSubmit := context.WithCancel(ctx)
+	defer stopSubmit()
+	defer context.AfterFunc(sctx, func() { stopSubmit(); stopFollow() })()
+	stackErr := func() error {
+		if sctx.Err() == nil || stackCtx.Err() != nil {
+			return nil
+		}
+		return stack.Wait()
+	}
 	defer func() {
 		stopStack()
 		if err := stack.Wait(); err != nil {
@@ -158,24 +184,26 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 		if err != nil {
 			return withCode(exitInfra, err)
 		}
-		workDir, err := os.MkdirTemp("", "weft-work-")
-		if err != nil {
-			return withCode(exitInfra, err)
-		}
-		defer os.RemoveAll(workDir)
 		a, err := agent.New(b, agent.Config{
-			Queues:    localQueues(p.Queue, p.Stages),
-			Slots:     o.slots,
-			WorkDir:   workDir,
-			Env:       os.Environ(),
-			KillGrace: o.killGrace,
-			Logger:    log,
+			Queues:     localQueues(p.Queue, p.Stages),
+			Slots:      o.slots,
+			WorkDir:    workDir,
+			Env:        os.Environ(),
+			KillGrace:  o.killGrace,
+			Executor:   o.executor,
+			Containerd: container.Config{Address: o.containerd},
+			Logger:     log,
 		})
 		if err != nil {
 			return withCode(exitInfra, err)
 		}
 		stack.Go(func() error { return d.Run(sctx) })
-		stack.Go(func() error { return a.Run(sctx) })
+		stack.Go(func() error {
+			if err := a.Run(sctx); err != nil {
+				return withCode(exitInfra, err)
+			}
+			return nil
+		})
 	}
 
 	out := newPrinter(g.stdout, o.json, p)
@@ -186,9 +214,12 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 	stopNotice := notifyAfter(2*time.Second, func() {
 		fmt.Fprintln(g.stderr, "weft: waiting for a dispatcher to admit the run...")
 	})
-	runID, err := client.Submit(ctx, b.JS, trigger)
+	runID, err := client.Submit(submitCtx, b.JS, trigger)
 	stopNotice()
 	if err != nil {
+		if serr := stackErr(); serr != nil {
+			return serr
+		}
 		if errors.Is(err, client.ErrRefused) {
 			return withCode(exitUsage, err)
 		}
@@ -214,6 +245,9 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 
 	final, err := client.Follow(followCtx, b.JS, runID, out.update)
 	if err != nil {
+		if serr := stackErr(); serr != nil {
+			return serr
+		}
 		if ctx.Err() != nil {
 			return withCode(exitFailed, fmt.Errorf("run %s: interrupted and not confirmed cancelled: %w", runID, err))
 		}

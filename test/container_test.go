@@ -1,0 +1,182 @@
+package test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/container"
+	"github.com/weft-ci/weft/test/busybox"
+	"github.com/weft-ci/weft/wire"
+)
+
+// stageLines returns the output lines of each stage.
+func stageLines(updates []client.Update) map[string][]string {
+	out := map[string][]string{}
+	for _, u := range updates {
+		if u.Line != nil {
+			out[u.Line.Stage] = append(out[u.Line.Stage], u.Line.Text)
+		}
+	}
+	return out
+}
+
+func TestContainerStagesShareTheWorkspaceWithHostStages(t *testing.T) {
+	t.Parallel()
+	Containerd(t)
+	if _, err := os.Stat("/etc/debian_version"); err != nil {
+		t.Fatalf("precondition: the host has /etc/debian_version: %v", err)
+	}
+	s := StartStack(t, StackConfig{Slots: 2})
+	r, updates := s.Run(t, `name: ws
+stages:
+  - key: make
+    image: `+busybox.Ref+`
+    commands:
+      - test -x /bin/busybox
+      - test ! -e /etc/debian_version
+      - echo "from the container" > /workspace/out.txt
+      - pwd
+  - key: host-read
+    depends_on: [make]
+    commands: [cat out.txt]
+  - key: container-read
+    depends_on: [make]
+    image: `+busybox.Ref+`
+    commands: [cat /workspace/out.txt]
+`)
+	if r.State != wire.RunSucceeded {
+		t.Fatalf("run %s: %+v", r.State, r.Stages)
+	}
+	lines := stageLines(updates)
+	for stage, want := range map[string]string{"make": "/workspace", "host-read": "from the container", "container-read": "from the container"} {
+		if got := strings.Join(lines[stage], "\n"); got != want {
+			t.Errorf("%s printed %q, want %q", stage, got, want)
+		}
+	}
+}
+
+func TestContainerResourceLimits(t *testing.T) {
+	t.Parallel()
+	Containerd(t)
+	s := StartStack(t, StackConfig{Slots: 2})
+	r, updates := s.Run(t, `name: limits
+stages:
+  - key: hog
+    image: `+busybox.Ref+`
+    resources: {memory: 32Mi}
+    commands: [dd if=/dev/zero of=/dev/null bs=200M count=1]
+  - key: half
+    image: `+busybox.Ref+`
+    resources: {cpus: 0.5}
+    commands: ['cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us 2>/dev/null || cat /sys/fs/cgroup/cpu.max']
+`)
+	if hog := r.Stage("hog"); hog.State != wire.StageFailed || hog.Category != wire.CategoryOOM {
+		t.Errorf("hog = %s, category %q, want failed with category oom", hog.State, hog.Category)
+	}
+	got := strings.Join(stageLines(updates)["half"], " ")
+	if got != "50000 100000" {
+		t.Errorf("half's cgroup shows quota/period %q, want \"50000 100000\" (50%% of a CPU)", got)
+	}
+}
+
+// stubborn is a container stage whose PID 1 (and its child) ignore SIGTERM.
+const stubborn = `name: stubborn
+stages:
+  - key: sleep
+    image: ` + busybox.Ref + `
+    timeout: %s
+    commands: ["trap '' TERM", "sleep 60"]
+`
+
+func TestContainerTimeoutKillsAStageThatIgnoresSIGTERM(t *testing.T) {
+	t.Parallel()
+	Containerd(t)
+	grace := time.Second
+	s := StartStack(t, StackConfig{KillGrace: grace})
+	r, _ := s.Run(t, strings.Replace(stubborn, "%s", "2s", 1))
+	st := r.Stage("sleep")
+	if st.State != wire.StageFailed || st.Category != wire.CategoryTimeout {
+		t.Fatalf("stage = %s, category %q, want failed with category timeout", st.State, st.Category)
+	}
+	if took := st.Finished.Sub(st.Started); took > 2*time.Second+grace+2*time.Second {
+		t.Errorf("stage took %v, want at most timeout + grace + 2s", took)
+	}
+}
+
+func TestContainerCancelKillsAStageThatIgnoresSIGTERM(t *testing.T) {
+	t.Parallel()
+	Containerd(t)
+	grace := time.Second
+	s := StartStack(t, StackConfig{KillGrace: grace})
+	id := s.Submit(t, strings.Replace(stubborn, "%s", "10m", 1))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var cancelled time.Time
+	r, err := client.Follow(ctx, s.Bus.JS, id, func(u client.Update) {
+		if u.Stage != nil && u.Stage.State == wire.StageRunning && cancelled.IsZero() {
+			cancelled = time.Now()
+			if err := client.Cancel(ctx, s.Bus.JS, id, "test"); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != wire.RunCancelled || r.Stage("sleep").State != wire.StageCancelled {
+		t.Fatalf("run %s, stage %s; want both cancelled", r.State, r.Stage("sleep").State)
+	}
+	if took := r.Stage("sleep").Finished.Sub(cancelled); took > grace+2*time.Second {
+		t.Errorf("the stage stopped %v after the cancel, want at most grace + 2s", took)
+	}
+}
+
+func TestContainerMissingImageIsAnInfraFailure(t *testing.T) {
+	t.Parallel()
+	Containerd(t)
+	s := StartStack(t, StackConfig{})
+	// A registry on a closed loopback port: the pull fails at once.
+	const ref = "127.0.0.1:1/weft/missing:1"
+	r, _ := s.Run(t, "name: missing\nstages:\n  - key: s\n    image: "+ref+"\n    commands: [true]\n")
+	st := r.Stage("s")
+	if st.State != wire.StageFailed || st.Category != wire.CategoryInfra || !strings.Contains(st.Message, ref) {
+		t.Errorf("stage = %s, category %q, message %q; want failed, infra, naming %s", st.State, st.Category, st.Message, ref)
+	}
+}
+
+func TestAgentStartRemovesLeftoversOfACrashedAgent(t *testing.T) {
+	Containerd(t)
+	// A container as a crashed agent leaves it: weft labels, an owner pid
+	// that no longer runs, a task still running.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	const id = "weft-leftover-test"
+	out, err := exec.Command("ctr", "-n", "weft", "run", "-d",
+		"--label", container.LabelManaged+"=true",
+		"--label", container.LabelOwnerPID+"="+strconv.Itoa(dead.ProcessState.Pid()),
+		"--label", container.LabelOwnerBoot+"="+strings.TrimSpace(string(boot)),
+		busybox.Ref, id, "sleep", "600").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctr run: %v: %s", err, out)
+	}
+	// Starting an agent cleans up; ctr does not label the snapshot, which
+	// goes with its container.
+	StartStack(t, StackConfig{})
+	rt := Containerd(t)
+	if !Eventually(30*time.Second, func() bool {
+		ctrs, _, err := rt.Leftovers(context.Background())
+		return err == nil && len(ctrs) == 0
+	}) {
+		ctrs, snaps, _ := rt.Leftovers(context.Background())
+		t.Fatalf("after an agent started, leftovers remain: containers %v, snapshots %v", ctrs, snaps)
+	}
+}
