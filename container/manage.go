@@ -130,4 +130,3 @@ func (r *Runtime) ownerAlive(labels map[string]string) bool {
 	err = syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
-
