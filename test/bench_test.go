@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/test/busybox"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -98,18 +99,18 @@ func BenchmarkDispatchLatency(b *testing.B) {
 		st := r.Stage("s")
 		weft = append(weft, st.Started.Sub(st.Queued))
 	}
-	report(b, "p50-ms", percentile(weft, 0.5), percentile(raw, 0.5), false)
-	report(b, "p99-ms", percentile(weft, 0.99), percentile(raw, 0.99), false)
+	report(b, "p50-ms", percentile(weft, 0.5), percentile(raw, 0.5))
+	report(b, "p99-ms", percentile(weft, 0.99), percentile(raw, 0.99))
 }
 
-// report prints a weft figure next to its baseline and their ratio.
-func report(b *testing.B, unit string, weft, base float64, higherIsBetter bool) {
+// report prints a weft figure next to its baseline and their ratio
+// (weft/baseline).
+func report(b *testing.B, unit string, weft, base float64) {
 	b.ReportMetric(weft, "weft-"+unit)
 	b.ReportMetric(base, "baseline-"+unit)
 	if base > 0 {
 		b.ReportMetric(weft/base, "ratio-"+unit)
 	}
-	_ = higherIsBetter
 }
 
 // BenchmarkLifecycle runs a pipeline of N independent `true` stages on an
@@ -192,4 +193,39 @@ func BenchmarkWeftRun(b *testing.B) {
 	}
 	b.ReportMetric(percentile(walls, 0.5), "p50-ms")
 	b.ReportMetric(percentile(walls, 0.99), "max-ms")
+}
+
+// BenchmarkContainerStage runs a one-stage `true` pipeline in a container
+// (stage queued to finished, the container created, started, waited for and
+// removed) next to `ctr run --rm` of the same image and to the same stage on
+// the host, in the same benchmark.
+func BenchmarkContainerStage(b *testing.B) {
+	Containerd(b)
+	s := StartStack(b, StackConfig{})
+	boxed := "name: boxed\nstages:\n  - key: s\n    image: " + busybox.Ref + "\n    commands: [true]\n"
+	host := "name: host\nstages:\n  - key: s\n    commands: [true]\n"
+	var weft, onHost, ctr []time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		t0 := time.Now()
+		out, err := exec.Command("ctr", "-n", "weft", "run", "--rm", busybox.Ref, fmt.Sprintf("weft-bench-%d-%d", os.Getpid(), i), "true").CombinedOutput()
+		if err != nil {
+			b.Fatalf("ctr run: %v: %s", err, out)
+		}
+		ctr = append(ctr, time.Since(t0))
+
+		r, _ := s.Run(b, boxed)
+		st := r.Stage("s")
+		if st.State != wire.StageSucceeded {
+			b.Fatalf("container stage %s: %s", st.State, st.Message)
+		}
+		weft = append(weft, st.Finished.Sub(st.Queued))
+
+		r, _ = s.Run(b, host)
+		st = r.Stage("s")
+		onHost = append(onHost, st.Finished.Sub(st.Queued))
+	}
+	report(b, "p50-ms", percentile(weft, 0.5), percentile(ctr, 0.5))
+	b.ReportMetric(percentile(onHost, 0.5), "host-stage-p50-ms")
 }
