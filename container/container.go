@@ -182,13 +182,17 @@ func (r *Runtime) Run(ctx context.Context, spec Spec, started func(time.Time), o
 		const period = 100000
 		specOpts = append(specOpts, oci.WithCPUCFS(int64(spec.CPUs*period), period))
 	}
-	ctr, err := r.c.NewContainer(cctx, spec.ID,
+	// Objects are created on bg: a cancel in the middle of a create could
+	// leave one behind without the caller knowing it exists.
+	ctr, err := r.c.NewContainer(bg, spec.ID,
 		client.WithContainerLabels(labels),
 		client.WithSnapshotter(r.cfg.Snapshotter),
 		client.WithNewSnapshot(spec.ID, img, snapshots.WithLabels(labels)),
 		client.WithNewSpec(specOpts...),
 	)
 	if err != nil {
+		// The snapshot may exist without the container.
+		_ = r.c.SnapshotService(r.cfg.Snapshotter).Remove(bg, spec.ID)
 		return Result{Err: fmt.Errorf("create container for image %s: %w", spec.Image, err)}
 	}
 	defer r.removeContainer(bg, ctr)
@@ -203,7 +207,7 @@ func (r *Runtime) Run(ctx context.Context, spec Spec, started func(time.Time), o
 	defer stopEvents()
 	watcher.Go(func() { watchOOM(evctx, evs, errs, spec.ID, oom) })
 
-	task, err := ctr.NewTask(cctx, cio.NewCreator(cio.WithStreams(nil, out, out)))
+	task, err := ctr.NewTask(bg, cio.NewCreator(cio.WithStreams(nil, out, out)))
 	if err != nil {
 		return Result{Err: fmt.Errorf("create task: %w", err)}
 	}
@@ -213,7 +217,10 @@ func (r *Runtime) Run(ctx context.Context, spec Spec, started func(time.Time), o
 	if err != nil {
 		return Result{Err: fmt.Errorf("wait task: %w", err)}
 	}
-	if err := task.Start(cctx); err != nil {
+	if err := ctx.Err(); err != nil {
+		return Result{Err: fmt.Errorf("start task: %w", err)}
+	}
+	if err := task.Start(bg); err != nil {
 		return Result{Err: fmt.Errorf("start task: %w", err)}
 	}
 	started(time.Now())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -178,5 +179,75 @@ func TestAgentStartRemovesLeftoversOfACrashedAgent(t *testing.T) {
 	}) {
 		ctrs, snaps, _ := rt.Leftovers(context.Background())
 		t.Fatalf("after an agent started, leftovers remain: containers %v, snapshots %v", ctrs, snaps)
+	}
+}
+
+// gatedStage prints a line, then waits for a file named gate in its
+// workspace.
+const gatedStage = `name: gated
+stages:
+  - key: wait
+    image: ` + busybox.Ref + `
+    commands:
+      - echo waiting
+      - while [ ! -f gate ]; do sleep 0.02; done
+      - echo through
+`
+
+func TestContainerOutputStreamsWhileItRuns(t *testing.T) {
+	t.Parallel()
+	Containerd(t)
+	s := StartStack(t, StackConfig{})
+	id := s.Submit(t, gatedStage)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var lines []string
+	r, err := client.Follow(ctx, s.Bus.JS, id, func(u client.Update) {
+		if u.Line == nil {
+			return
+		}
+		lines = append(lines, u.Line.Text)
+		if u.Line.Text == "waiting" {
+			// The container is blocked until the gate exists: the line
+			// arrived while it runs.
+			if err := os.WriteFile(filepath.Join(s.WorkDir, id, "gate"), nil, 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != wire.RunSucceeded || strings.Join(lines, ",") != "waiting,through" {
+		t.Errorf("run %s with lines %q, want succeeded with waiting,through", r.State, lines)
+	}
+}
+
+func TestContainerRemovedWhenTheAgentStopsMidStage(t *testing.T) {
+	t.Parallel()
+	rt := Containerd(t)
+	s := StartStack(t, StackConfig{KillGrace: time.Second})
+	id := s.Submit(t, gatedStage)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	mine := func() []string {
+		ctrs, snaps, err := rt.Leftovers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, n := range append(ctrs, snaps...) {
+			if strings.Contains(n, id) {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	if !Eventually(30*time.Second, func() bool { return len(mine()) > 0 }) {
+		t.Fatal("the stage's container never appeared")
+	}
+	s.Stop()
+	if left := mine(); len(left) > 0 {
+		t.Errorf("after the agent stopped mid-stage, containerd still holds %v", left)
 	}
 }

@@ -44,7 +44,15 @@ type Stack struct {
 	Bus *bus.Bus
 	// Agent is the stack's agent, nil with NoAgent.
 	Agent *agent.Agent
+	// WorkDir holds the agent's run workspaces, <WorkDir>/<run id>.
+	WorkDir string
+
+	stop func()
 }
+
+// Stop stops the dispatcher and the agent and waits for them; the test's
+// cleanup does it too.
+func (s *Stack) Stop() { s.stop() }
 
 // StartStack starts a stack and stops it, waiting for every component,
 // when the test ends.
@@ -79,7 +87,7 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 	if err != nil {
 		t.Fatalf("dispatcher: %v", err)
 	}
-	s := &Stack{Bus: b}
+	s := &Stack{Bus: b, WorkDir: t.TempDir()}
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := d.Run(ctx); err != nil {
@@ -88,7 +96,7 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 	})
 	if !cfg.NoAgent {
 		s.Agent, err = agent.New(b, agent.Config{
-			Queues: queues, Slots: cfg.Slots, WorkDir: t.TempDir(), Env: os.Environ(),
+			Queues: queues, Slots: cfg.Slots, WorkDir: s.WorkDir, Env: os.Environ(),
 			KillGrace: cfg.KillGrace, Logger: log,
 			Containerd: container.Config{Address: ContainerdAddress()},
 		})
@@ -101,11 +109,12 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 			}
 		})
 	}
-	// Registered after Bus's cleanup, so it runs before the bus closes.
-	t.Cleanup(func() {
+	s.stop = sync.OnceFunc(func() {
 		cancel()
 		wg.Wait()
 	})
+	// Registered after Bus's cleanup, so it runs before the bus closes.
+	t.Cleanup(s.stop)
 	return s
 }
 
