@@ -255,6 +255,11 @@ func (p *parser) concurrency(n *yaml.Node, field string) *Concurrency {
 			if strings.TrimSpace(s) == "" {
 				p.errorf(e.val, field+".group", "must not be empty")
 			}
+			for _, m := range groupVarRE.FindAllStringSubmatch(s, -1) {
+				if !slices.Contains(GroupVars, m[1]) {
+					p.errorf(e.val, field+".group", "unknown variable ${%s}: a group may use ${%s}", m[1], strings.Join(GroupVars, "}, ${"))
+				}
+			}
 			c.Group = s
 		}
 	} else {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -222,4 +223,16 @@ func (p *Pipeline) Blocked(done map[string]bool) []string {
 		}
 	}
 	return keys
+}
+
+// GroupVars are the variables a concurrency group may reference as ${NAME}.
+var GroupVars = []string{"WEFT_BRANCH", "WEFT_COMMIT", "WEFT_PIPELINE", "WEFT_REPO"}
+
+var groupVarRE = regexp.MustCompile(`\$\{([A-Za-z0-9_]*)\}`)
+
+// ExpandGroup returns the group with each ${NAME} replaced by vars[NAME].
+func (c *Concurrency) ExpandGroup(vars map[string]string) string {
+	return groupVarRE.ReplaceAllStringFunc(c.Group, func(ref string) string {
+		return vars[ref[2:len(ref)-1]]
+	})
 }

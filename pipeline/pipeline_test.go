@@ -517,3 +517,18 @@ func TestCommandsKeepScalarText(t *testing.T) {
 		t.Errorf("commands = %q, want %q", got, want)
 	}
 }
+
+func TestConcurrencyGroup(t *testing.T) {
+	p, err := Parse("p.yml", []byte("name: x\nconcurrency: {group: 'deploy-${WEFT_BRANCH}-${WEFT_REPO}'}\nstages:\n  - key: a\n    commands: [true]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := p.Concurrency.ExpandGroup(map[string]string{"WEFT_BRANCH": "main", "WEFT_REPO": "acme/api"})
+	if got != "deploy-main-acme/api" {
+		t.Errorf("ExpandGroup = %q, want deploy-main-acme/api", got)
+	}
+	_, err = Parse("p.yml", []byte("name: x\nconcurrency: {group: 'deploy-${BRANCH}'}\nstages:\n  - key: a\n    commands: [true]\n"))
+	if err == nil || !strings.Contains(err.Error(), "p.yml:2:22: concurrency.group: unknown variable ${BRANCH}") {
+		t.Errorf("Parse(unknown group variable) = %v, want an error at p.yml:2:22", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -278,6 +279,19 @@ const (
 	DefaultEventRetention = 7 * 24 * time.Hour
 	// DefaultDedupWindow is how long a trigger is remembered.
 	DefaultDedupWindow = 60 * time.Second
+	// DefaultLeaseTTL is how long a WIP lease or concurrency lock outlives
+	// the last renewal by a dispatcher.
+	DefaultLeaseTTL = 60 * time.Second
+	// DefaultWIPLimit is how many runs of one repository are in flight.
+	DefaultWIPLimit = 3
+	// TriggerDuplicates is the triggers stream's Nats-Msg-Id window. It is
+	// short on purpose: the dedup bucket remembers admitted triggers for
+	// the dedup window, and a refused trigger must be retryable with the
+	// same delivery id once its retry-after has passed.
+	TriggerDuplicates = 5 * time.Second
+	// AgentTTL is how long an agent stays in the registry after its last
+	// renewal; agents renew every third of it.
+	AgentTTL = 30 * time.Second
 	// MaxPayload bounds a single message weft publishes (1 MiB, the
 	// server's default max_payload).
 	MaxPayload = 1 << 20
@@ -324,7 +338,7 @@ func Streams() []Stream {
 			Description: "weft triggers waiting for a dispatcher: weft.triggers.<repo>",
 			Subjects:    []string{AllTriggers},
 			Retention:   WorkQueue,
-			Duplicates:  2 * time.Minute,
+			Duplicates:  TriggerDuplicates,
 		},
 		{
 			Name:        DLQStream,
@@ -339,9 +353,9 @@ func Streams() []Stream {
 func Buckets() []Bucket {
 	return []Bucket{
 		{Name: RunsBucket, Description: "weft run documents, one per run id", History: 1},
-		{Name: WIPBucket, Description: "weft per-repository WIP leases <repo>.<slot>", History: 1, PerKeyTTL: time.Minute},
+		{Name: WIPBucket, Description: "weft admission: lease.<repo>.<slot> WIP leases, group.<repo>.<group> concurrency locks, wait.<repo>.<seq> waiting runs", History: 1, PerKeyTTL: time.Minute},
 		{Name: DedupBucket, Description: "weft trigger dedup keys and outcomes", History: 1, PerKeyTTL: time.Minute},
-		{Name: AgentsBucket, Description: "weft agent registry", History: 1, TTL: 2 * time.Minute},
+		{Name: AgentsBucket, Description: "weft agent registry: one key per agent id, renewed while it runs", History: 1, TTL: AgentTTL},
 	}
 }
 
@@ -357,4 +371,38 @@ func ObjectBuckets() []ObjectBucket {
 func DedupKey(triggerID string) string {
 	sum := sha256.Sum256([]byte(triggerID))
 	return hex.EncodeToString(sum[:16])
+}
+
+// Keys of the WIP bucket. A repository's keys share the token
+// RepoToken(repo), so one filter lists them.
+
+// LeaseKey is the key of WIP slot slot of repo: lease.<repo>.<slot>.
+func LeaseKey(repo string, slot int) string {
+	return fmt.Sprintf("lease.%s.%d", RepoToken(repo), slot)
+}
+
+// GroupKey is the key of the lock of a concurrency group of repo:
+// group.<repo>.<hash of group>.
+func GroupKey(repo, group string) string {
+	sum := sha256.Sum256([]byte(group))
+	return "group." + RepoToken(repo) + "." + hex.EncodeToString(sum[:12])
+}
+
+// WaitKey is the key that keeps a run waiting for admission in arrival
+// order: wait.<repo>.<seq>, seq zero-padded so keys sort like numbers.
+func WaitKey(repo string, seq uint64) string {
+	return fmt.Sprintf("wait.%s.%020d", RepoToken(repo), seq)
+}
+
+// RepoKeys returns the filter of one kind ("lease", "group" or "wait") of
+// repo's keys in the WIP bucket.
+func RepoKeys(kind, repo string) string { return kind + "." + RepoToken(repo) + ".*" }
+
+// KeyRepoToken returns the repository token of a WIP bucket key.
+func KeyRepoToken(key string) string {
+	parts := strings.SplitN(key, ".", 3)
+	if len(parts) < 3 {
+		return ""
+	}
+	return parts[1]
 }

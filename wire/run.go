@@ -66,6 +66,17 @@ type Run struct {
 	Tier subjects.Tier `json:"tier"`
 	// State is the run's state.
 	State RunState `json:"state"`
+	// Seq is the trigger's stream sequence: runs of a repository are
+	// admitted in this order.
+	Seq uint64 `json:"seq"`
+	// Group is the run's concurrency group, interpolated; empty for none.
+	Group string `json:"group,omitempty"`
+	// Pending says why a queued run is not admitted yet; nil once it is.
+	Pending *Pending `json:"pending,omitempty"`
+	// Lease is the WIP bucket key of the slot the run holds once admitted.
+	Lease string `json:"lease,omitempty"`
+	// Admitted is when the run got its WIP slot (and group lock).
+	Admitted time.Time `json:"admitted,omitzero"`
 	// Stages holds one entry per pipeline stage, in file order.
 	Stages []StageRun `json:"stages"`
 	// CancelReason says who cancelled the run.
@@ -110,4 +121,26 @@ func (r *Run) Stage(key string) *StageRun {
 		}
 	}
 	return nil
+}
+
+// Pending reasons of a waiting run.
+const (
+	// PendingWIP: the repository's WIP limit is reached.
+	PendingWIP = "wip"
+	// PendingGroup: another run of the concurrency group is in flight.
+	PendingGroup = "concurrency_group"
+	// PendingBackpressure: a queue of the run holds too many pending jobs.
+	PendingBackpressure = "backpressure"
+	// PendingAdmission: the dispatcher has not decided yet.
+	PendingAdmission = "admission"
+)
+
+// Pending says why a run waits.
+type Pending struct {
+	// Reason is one of the Pending* constants.
+	Reason string `json:"reason"`
+	// Detail explains it for people ("3 of 3 runs of acme/api in flight").
+	Detail string `json:"detail,omitempty"`
+	// Since is when the run started waiting for this reason.
+	Since time.Time `json:"since"`
 }

@@ -26,6 +26,9 @@ type Trigger struct {
 	Commit string `json:"commit,omitempty"`
 	// Priority overrides the pipeline's priority when set.
 	Priority subjects.Tier `json:"priority,omitempty"`
+	// Queue, when set, replaces the pipeline's queue for the stages that
+	// run on it.
+	Queue string `json:"queue,omitempty"`
 	// Time is when the trigger was published.
 	Time time.Time `json:"time"`
 }
@@ -38,7 +41,20 @@ type Outcome struct {
 	RunID string `json:"run_id,omitempty"`
 	// Error says why the trigger was refused; empty when it was admitted.
 	Error string `json:"error,omitempty"`
+	// Reason classifies a refusal: "invalid" (the pipeline or trigger is
+	// bad), "wip" (the repository's WIP limit is reached) or
+	// "backpressure" (a queue holds too many pending jobs).
+	Reason string `json:"reason,omitempty"`
+	// RetryAfter is set on capacity refusals: when trying again may work.
+	RetryAfter time.Duration `json:"retry_after,omitempty"`
 }
+
+// Refusal reasons of an Outcome.
+const (
+	RefusedInvalid      = "invalid"
+	RefusedWIP          = "wip"
+	RefusedBackpressure = "backpressure"
+)
 
 // Job is one attempt of one stage, published on subjects.Job(queue, tier)
 // with Nats-Msg-Id subjects.JobMsgID(run, stage, attempt).
