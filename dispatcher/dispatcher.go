@@ -26,11 +26,37 @@ type Config struct {
 	// DedupWindow is how long a trigger id is remembered; default
 	// subjects.DefaultDedupWindow.
 	DedupWindow time.Duration
+	// WIPLimit is how many runs of one repository are in flight at once;
+	// default subjects.DefaultWIPLimit.
+	WIPLimit int
+	// WIPLimits overrides WIPLimit per repository name.
+	WIPLimits map[string]int
+	// WIPPolicy is PolicyQueue (default: wait in arrival order) or
+	// PolicyRefuse (refuse with a retry-after) for a full WIP limit.
+	WIPPolicy string
+	// MaxPending bounds the pending jobs of one queue; a run whose root
+	// stages' queue is at the bound waits or is refused, by
+	// BackpressurePolicy. 0 is no bound.
+	MaxPending int
+	// BackpressurePolicy is PolicyQueue (default) or PolicyRefuse.
+	BackpressurePolicy string
+	// RetryAfter is what a refusal tells the client; default 30s.
+	RetryAfter time.Duration
+	// LeaseTTL is how long a WIP lease or group lock survives without
+	// renewal (the dispatchers renew every third of it); default
+	// subjects.DefaultLeaseTTL.
+	LeaseTTL time.Duration
+	// RecheckInterval is how often waiting runs are reconsidered without
+	// an event (backpressure clears without one); default 2s.
+	RecheckInterval time.Duration
 	// Logger receives the dispatcher's logs.
 	Logger zerolog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
+
+// ErrInvalidConfig is wrapped by Config validation errors.
+var ErrInvalidConfig = errors.New("dispatcher: invalid config")
 
 // Dispatcher admits triggers and drives runs. Create it with New and start
 // it with Run.
@@ -40,7 +66,12 @@ type Dispatcher struct {
 	js    jetstream.JetStream
 	runs  jetstream.KeyValue
 	dedup jetstream.KeyValue
+	wip   jetstream.KeyValue
 	log   zerolog.Logger
+	// limits are the WIP limits by repository token.
+	limits map[string]int
+
+	admitMu sync.Mutex // serializes admit in this process
 
 	mu    sync.Mutex           // guards cache
 	cache map[string]cachedRun // run documents as last read or written
@@ -66,6 +97,41 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.WIPLimit == 0 {
+		cfg.WIPLimit = subjects.DefaultWIPLimit
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = subjects.DefaultLeaseTTL
+	}
+	if cfg.RetryAfter == 0 {
+		cfg.RetryAfter = 30 * time.Second
+	}
+	if cfg.RecheckInterval == 0 {
+		cfg.RecheckInterval = 2 * time.Second
+	}
+	for _, pol := range []*string{&cfg.WIPPolicy, &cfg.BackpressurePolicy} {
+		switch *pol {
+		case "":
+			*pol = PolicyQueue
+		case PolicyQueue, PolicyRefuse:
+		default:
+			return nil, fmt.Errorf("%w: policy %q is not queue or refuse", ErrInvalidConfig, *pol)
+		}
+	}
+	if cfg.WIPLimit < 1 || cfg.LeaseTTL < 3*time.Second {
+		return nil, fmt.Errorf("%w: wip limit must be >= 1 and lease ttl >= 3s", ErrInvalidConfig)
+	}
+	limits := map[string]int{}
+	for repo, n := range cfg.WIPLimits {
+		if n < 1 {
+			return nil, fmt.Errorf("%w: wip limit of %s must be >= 1", ErrInvalidConfig, repo)
+		}
+		limits[subjects.RepoToken(repo)] = n
+	}
+	wip, err := b.JS.KeyValue(ctx, subjects.WIPBucket)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: bucket %s: %w", subjects.WIPBucket, err)
+	}
 	runs, err := b.JS.KeyValue(ctx, subjects.RunsBucket)
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: bucket %s: %w", subjects.RunsBucket, err)
@@ -75,7 +141,7 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 		return nil, fmt.Errorf("dispatcher: bucket %s: %w", subjects.DedupBucket, err)
 	}
 	return &Dispatcher{
-		cfg: cfg, nc: b.Conn, js: b.JS, runs: runs, dedup: dedup, cache: map[string]cachedRun{},
+		cfg: cfg, nc: b.Conn, js: b.JS, runs: runs, dedup: dedup, wip: wip, limits: limits, cache: map[string]cachedRun{},
 		log: cfg.Logger.With().Str("component", "dispatcher").Logger(),
 	}, nil
 }
@@ -106,6 +172,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.consume(gctx, triggers, d.handleTrigger) })
 	g.Go(func() error { return d.consume(gctx, events, d.handleEvent) })
+	g.Go(func() error { return d.watchReleases(gctx) })
+	g.Go(func() error { return d.maintain(gctx) })
 	err = g.Wait()
 	if ctx.Err() != nil {
 		return nil
@@ -144,13 +212,17 @@ func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, handle f
 	}
 }
 
-// handleTrigger admits one trigger: validate, dedup, create the run, queue
-// its root stages.
+// handleTrigger takes one trigger: validate, dedup, create the run waiting
+// for admission (or refuse it, by policy), then admit what can be.
 func (d *Dispatcher) handleTrigger(ctx context.Context, msg jetstream.Msg) error {
 	var t wire.Trigger
 	if err := json.Unmarshal(msg.Data(), &t); err != nil || t.ID == "" {
 		d.log.Error().Err(err).Str("subject", msg.Subject()).Msg("dropping malformed trigger")
 		return nil
+	}
+	var seq uint64
+	if meta, err := msg.Metadata(); err == nil {
+		seq = meta.Sequence.Stream
 	}
 	log := d.log.With().Str("trigger_id", t.ID).Logger()
 	key := subjects.DedupKey(t.ID)
@@ -160,9 +232,29 @@ func (d *Dispatcher) handleTrigger(ctx context.Context, msg jetstream.Msg) error
 			perr = err
 		}
 	}
+	if perr == nil && t.Queue != "" {
+		perr = subjects.ValidateQueue(t.Queue)
+	}
 	if perr != nil {
 		log.Info().Err(perr).Msg("trigger refused")
-		return d.recordOutcome(ctx, key, wire.Outcome{Error: perr.Error()})
+		return d.recordOutcome(ctx, key, wire.Outcome{Error: perr.Error(), Reason: wire.RefusedInvalid}, d.cfg.DedupWindow)
+	}
+	// A duplicate gets the first run's id.
+	if entry, err := d.dedup.Get(ctx, key); err == nil {
+		var out wire.Outcome
+		if err := json.Unmarshal(entry.Value(), &out); err == nil && out.RunID != "" {
+			log.Info().Str("run_id", out.RunID).Msg("duplicate trigger")
+			return d.createRun(ctx, out.RunID, t, p, seq)
+		}
+		return nil
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("dedup %s: %w", key, err)
+	}
+	if refusal, err := d.refusal(ctx, t, p); err != nil {
+		return err
+	} else if refusal != nil {
+		log.Info().Str("reason", refusal.Reason).Msg(refusal.Error)
+		return d.recordOutcome(ctx, key, *refusal, subjects.TriggerDuplicates)
 	}
 	out := wire.Outcome{RunID: ulid.Make().String()}
 	data, _ := json.Marshal(out)
@@ -170,46 +262,55 @@ func (d *Dispatcher) handleTrigger(ctx context.Context, msg jetstream.Msg) error
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return fmt.Errorf("dedup %s: %w", key, err)
 		}
-		entry, err := d.dedup.Get(ctx, key)
-		if err != nil {
-			return fmt.Errorf("dedup %s: %w", key, err)
-		}
-		if err := json.Unmarshal(entry.Value(), &out); err != nil || out.RunID == "" {
-			log.Info().Msg("duplicate of a refused trigger")
-			return nil
-		}
-		log.Info().Str("run_id", out.RunID).Msg("duplicate trigger")
+		// Another dispatcher took it in between: handle it as a duplicate.
+		return d.handleTrigger(ctx, msg)
 	}
-	return d.createRun(ctx, out.RunID, t, p)
+	return d.createRun(ctx, out.RunID, t, p, seq)
 }
 
-// createRun creates the run document if it does not exist and publishes
-// its queued jobs. Called again for the same run it only republishes.
-func (d *Dispatcher) createRun(ctx context.Context, id string, t wire.Trigger, p *pipeline.Pipeline) error {
-	r := newRun(id, t, p, d.cfg.Now())
-	advance(r, d.cfg.Now())
+// createRun creates the run document, waiting for admission, if it does
+// not exist, and admits what can be admitted. Called again for the same
+// run it republishes the run's queued jobs (their message ids make that a
+// no-op when they were sent).
+func (d *Dispatcher) createRun(ctx context.Context, id string, t wire.Trigger, p *pipeline.Pipeline, seq uint64) error {
+	now := d.cfg.Now()
+	r := newRun(id, t, p, seq, now)
 	data, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode run %s: %w", id, err)
 	}
 	rev, err := d.runs.Create(ctx, id, data)
-	if err != nil {
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return fmt.Errorf("create run %s: %w", id, err)
-		}
+	switch {
+	case err == nil:
+		d.remember(clone(r), rev)
+		d.log.Info().Str("run_id", id).Str("pipeline", p.Name).Str("repo", r.Repo).Str("tier", string(r.Tier)).Msg("run created")
+	case errors.Is(err, jetstream.ErrKeyExists):
 		if r, _, err = d.get(ctx, id); err != nil {
 			return err
 		}
-	} else {
-		d.remember(clone(r), rev)
-		d.log.Info().Str("run_id", id).Str("pipeline", p.Name).Str("tier", string(r.Tier)).Msg("run created")
+		if err := d.publishJobs(ctx, r, queuedKeys(r)); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("create run %s: %w", id, err)
 	}
-	return d.publishJobs(ctx, r, queuedKeys(r))
+	if r.Lease == "" && !r.State.Terminal() {
+		if _, err := d.wip.Create(ctx, subjects.WaitKey(r.Repo, r.Seq), []byte(id)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("queue run %s for admission: %w", id, err)
+		}
+	}
+	if p.Concurrency != nil && p.Concurrency.CancelInProgress {
+		if err := d.supersede(ctx, r); err != nil {
+			return err
+		}
+	}
+	return d.admit(ctx, subjects.RepoToken(r.Repo))
 }
 
-func (d *Dispatcher) recordOutcome(ctx context.Context, key string, out wire.Outcome) error {
+// recordOutcome records a refused trigger's outcome for ttl.
+func (d *Dispatcher) recordOutcome(ctx context.Context, key string, out wire.Outcome, ttl time.Duration) error {
 	data, _ := json.Marshal(out)
-	if _, err := d.dedup.Create(ctx, key, data, jetstream.KeyTTL(d.cfg.DedupWindow)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+	if _, err := d.dedup.Create(ctx, key, data, jetstream.KeyTTL(ttl)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
 		return fmt.Errorf("dedup %s: %w", key, err)
 	}
 	return nil
@@ -293,6 +394,7 @@ func (d *Dispatcher) afterUpdate(ctx context.Context, before, after *wire.Run) e
 		if _, err := d.js.Publish(ctx, subjects.RunEvent(after.ID), data); err != nil {
 			return fmt.Errorf("publish run %s finished: %w", after.ID, err)
 		}
+		return d.release(ctx, after)
 	}
 	return nil
 }

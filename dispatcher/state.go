@@ -9,12 +9,21 @@ import (
 	"github.com/weft-ci/weft/wire"
 )
 
-// newRun returns the run document of a validated trigger, with no stage
-// queued yet: call advance to queue the roots.
-func newRun(id string, t wire.Trigger, p *pipeline.Pipeline, now time.Time) *wire.Run {
+// newRun returns the run document of a validated trigger, waiting for
+// admission: no stage is queued until admit gives it a WIP slot. The
+// trigger's queue, when set, replaces the pipeline's queue.
+func newRun(id string, t wire.Trigger, p *pipeline.Pipeline, seq uint64, now time.Time) *wire.Run {
 	tier := p.Priority
 	if t.Priority != "" {
 		tier = t.Priority
+	}
+	if t.Queue != "" && t.Queue != p.Queue {
+		for i := range p.Stages {
+			if p.Stages[i].Queue == p.Queue {
+				p.Stages[i].Queue = t.Queue
+			}
+		}
+		p.Queue = t.Queue
 	}
 	r := &wire.Run{
 		ID:        id,
@@ -26,12 +35,44 @@ func newRun(id string, t wire.Trigger, p *pipeline.Pipeline, now time.Time) *wir
 		Pipeline:  p,
 		Tier:      tier,
 		State:     wire.RunQueued,
+		Seq:       seq,
+		Pending:   &wire.Pending{Reason: wire.PendingAdmission, Since: now},
 		Created:   now,
+	}
+	if p.Concurrency != nil {
+		r.Group = p.Concurrency.ExpandGroup(map[string]string{
+			"WEFT_BRANCH": t.Branch, "WEFT_COMMIT": t.Commit, "WEFT_PIPELINE": p.Name, "WEFT_REPO": t.Repo,
+		})
 	}
 	for _, st := range p.Stages {
 		r.Stages = append(r.Stages, wire.StageRun{Key: st.Key, State: wire.StagePending, Queue: st.Queue, ExitCode: -1})
 	}
 	return r
+}
+
+// admitRun gives the run its WIP slot and queues its root stages. It
+// returns false when the run cannot take it: already admitted, or ended
+// (cancelled while it waited).
+func admitRun(r *wire.Run, lease string, now time.Time) bool {
+	if r.Lease != "" || r.State.Terminal() {
+		return false
+	}
+	r.Lease, r.Admitted, r.Pending = lease, now, nil
+	advance(r, now)
+	return true
+}
+
+// setPending records why a run waits; it returns false when that is
+// already what the document says.
+func setPending(r *wire.Run, reason, detail string, now time.Time) bool {
+	if r.Lease != "" || r.State.Terminal() {
+		return false
+	}
+	if r.Pending != nil && r.Pending.Reason == reason && r.Pending.Detail == detail {
+		return false
+	}
+	r.Pending = &wire.Pending{Reason: reason, Detail: detail, Since: now}
+	return true
 }
 
 // satisfied maps every finished stage to whether it lets its dependents run.

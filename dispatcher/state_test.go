@@ -49,7 +49,7 @@ func parse(t *testing.T, src string) *pipeline.Pipeline {
 func startRun(t *testing.T, src string) *wire.Run {
 	t.Helper()
 	trig := wire.Trigger{ID: "trigger-1", Repo: "weft-ci/app", File: "pipeline.yml", Pipeline: src, Branch: "main", Commit: "abc123"}
-	r := newRun(testRunID, trig, parse(t, src), t0)
+	r := newRun(testRunID, trig, parse(t, src), 0, t0)
 	advance(r, t0)
 	return r
 }
@@ -201,10 +201,11 @@ stages:
 			p := parse(t, tt.src)
 			trig := wire.Trigger{ID: "trigger-1", Repo: "weft-ci/app", File: "ci.yml", Pipeline: tt.src,
 				Branch: "main", Commit: "abc123", Priority: tt.priority, Time: at(-1)}
-			got := newRun(testRunID, trig, p, t0)
+			got := newRun(testRunID, trig, p, 7, t0)
 			want := &wire.Run{
 				ID: testRunID, TriggerID: "trigger-1", Repo: "weft-ci/app", Branch: "main", Commit: "abc123",
-				File: "ci.yml", Pipeline: p, Tier: tt.want, State: wire.RunQueued, Created: t0,
+				File: "ci.yml", Pipeline: p, Tier: tt.want, State: wire.RunQueued, Created: t0, Seq: 7,
+				Pending: &wire.Pending{Reason: wire.PendingAdmission, Since: t0},
 				Stages: []wire.StageRun{
 					{Key: "build", State: wire.StagePending, Queue: "linux", ExitCode: -1},
 					{Key: "test", State: wire.StagePending, Queue: "gpu", ExitCode: -1},
@@ -237,7 +238,7 @@ stages:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRun(testRunID, wire.Trigger{ID: "trigger-1"}, parse(t, tt.src), t0)
+			r := newRun(testRunID, wire.Trigger{ID: "trigger-1"}, parse(t, tt.src), 0, t0)
 			now := at(1)
 			if got := advance(r, now); !slices.Equal(got, tt.want) {
 				t.Fatalf("advance() = %q, want %q", got, tt.want)
@@ -830,7 +831,7 @@ stages:
   - key: cancelled
     commands: [a]
 `
-	r := newRun(testRunID, wire.Trigger{ID: "trigger-1"}, parse(t, src), t0)
+	r := newRun(testRunID, wire.Trigger{ID: "trigger-1"}, parse(t, src), 0, t0)
 	for i, state := range []wire.StageState{
 		wire.StagePending, wire.StageQueued, wire.StageRunning, wire.StageSucceeded,
 		wire.StageFailed, wire.StageFailed, wire.StageSkipped, wire.StageCancelled,
@@ -947,7 +948,7 @@ func TestQueuedKeys(t *testing.T) {
 // cancel leaves no stage pending, so advance's own guard is only seen on a
 // document that is being cancelled and still has a pending stage.
 func TestAdvanceWhileCancelling(t *testing.T) {
-	r := newRun(testRunID, wire.Trigger{ID: "trigger-1"}, parse(t, diamond), t0)
+	r := newRun(testRunID, wire.Trigger{ID: "trigger-1"}, parse(t, diamond), 0, t0)
 	r.CancelReason = "user"
 	if got := advance(r, at(1)); got != nil {
 		t.Errorf("advance() of a cancelling run = %q, want nothing queued", got)
@@ -957,5 +958,44 @@ func TestAdvanceWhileCancelling(t *testing.T) {
 	}
 	if r.State != wire.RunQueued {
 		t.Errorf("advance() of a cancelling run: run state = %q, want %q", r.State, wire.RunQueued)
+	}
+}
+
+func TestNewRunAppliesTheTriggerQueueAndGroup(t *testing.T) {
+	p := parse(t, `name: app
+queue: linux
+concurrency: {group: 'deploy-${WEFT_BRANCH}'}
+stages:
+  - key: build
+    commands: [make]
+  - key: test
+    queue: gpu
+    commands: [make test]
+`)
+	r := newRun(testRunID, wire.Trigger{ID: "t", Branch: "main", Queue: "pr"}, p, 1, t0)
+	if got := []string{r.Stage("build").Queue, r.Stage("test").Queue, r.Pipeline.Stage("build").Queue}; !reflect.DeepEqual(got, []string{"pr", "gpu", "pr"}) {
+		t.Errorf("queues = %q, want the trigger's queue for stages on the pipeline's queue only", got)
+	}
+	if r.Group != "deploy-main" {
+		t.Errorf("group = %q, want deploy-main", r.Group)
+	}
+}
+
+func TestAdmitRunAndSetPending(t *testing.T) {
+	r := newRun(testRunID, wire.Trigger{ID: "t"}, parse(t, diamond), 1, t0)
+	if !setPending(r, wire.PendingWIP, "3 of 3", at(1)) || setPending(r, wire.PendingWIP, "3 of 3", at(2)) {
+		t.Errorf("setPending: want a change the first time only")
+	}
+	if r.Pending.Since != at(1) {
+		t.Errorf("pending since %v, want %v", r.Pending.Since, at(1))
+	}
+	if !admitRun(r, "lease.x.0", at(3)) || admitRun(r, "lease.x.1", at(4)) {
+		t.Fatalf("admitRun: want true once, then false")
+	}
+	if r.Lease != "lease.x.0" || r.Pending != nil || r.Stage("build").State != wire.StageQueued {
+		t.Errorf("after admitRun: lease %q pending %v build %s", r.Lease, r.Pending, r.Stage("build").State)
+	}
+	if setPending(r, wire.PendingWIP, "x", at(5)) {
+		t.Errorf("setPending on an admitted run changed it")
 	}
 }
