@@ -71,6 +71,9 @@ type Agent struct {
 	containers    *container.Runtime
 	containerdErr error
 
+	busy    atomic.Int32  // stages running now
+	changed chan struct{} // signalled when busy changes
+
 	mu        sync.Mutex                   // guards active and cancelled
 	active    map[string]map[*job]struct{} // running jobs by run id
 	cancelled map[string]time.Time         // runs cancelled recently, by notice time
@@ -125,6 +128,7 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 		log:       cfg.Logger.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
 		process:   processExecutor{killGrace: cfg.KillGrace, baseEnv: cfg.Env},
 		active:    map[string]map[*job]struct{}{},
+		changed:   make(chan struct{}, 1),
 		cancelled: map[string]time.Time{},
 	}, nil
 }
@@ -298,6 +302,13 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.log.Info().Strs("queues", a.cfg.Queues).Int("slots", a.cfg.Slots).Msg("agent started")
 	var wg sync.WaitGroup
+	regCtx, stopRegistry := context.WithCancel(context.WithoutCancel(ctx))
+	var registry sync.WaitGroup
+	registry.Go(func() { a.advertise(regCtx) })
+	defer func() {
+		stopRegistry()
+		registry.Wait()
+	}()
 	defer func() {
 		wg.Wait()
 		a.removeWorkspaces()
@@ -313,8 +324,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		if msg == nil {
 			return nil
 		}
+		a.setBusy(1)
 		wg.Go(func() {
-			defer func() { <-slots }()
+			defer func() { <-slots; a.setBusy(-1) }()
 			a.runJob(ctx, msg, ackWait)
 		})
 	}
@@ -434,4 +446,48 @@ func (a *Agent) openContainerd(ctx context.Context) error {
 	}
 	a.containers = rt
 	return nil
+}
+
+func (a *Agent) setBusy(delta int32) {
+	a.busy.Add(delta)
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+}
+
+// advertise keeps the agent's entry in the registry: at start, when its
+// busy count changes, and every third of the registry TTL; it deletes the
+// entry when ctx ends.
+func (a *Agent) advertise(ctx context.Context) {
+	kv, err := a.js.KeyValue(ctx, subjects.AgentsBucket)
+	if err != nil {
+		a.log.Warn().Err(err).Msg("agent registry")
+		return
+	}
+	host, _ := os.Hostname()
+	info := wire.Agent{ID: a.cfg.ID, Hostname: host, Queues: a.cfg.Queues, Slots: a.cfg.Slots, Executor: a.cfg.Executor, Started: time.Now()}
+	put := func() {
+		info.Busy, info.Seen = int(a.busy.Load()), time.Now()
+		data, _ := json.Marshal(info)
+		if _, err := kv.Put(ctx, a.cfg.ID, data); err != nil && ctx.Err() == nil {
+			a.log.Warn().Err(err).Msg("agent registry")
+		}
+	}
+	tick := time.NewTicker(subjects.AgentTTL / 3)
+	defer tick.Stop()
+	put()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = kv.Delete(dctx, a.cfg.ID)
+			cancel()
+			return
+		case <-a.changed:
+			put()
+		case <-tick.C:
+			put()
+		}
+	}
 }

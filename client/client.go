@@ -2,9 +2,12 @@ package client
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -13,16 +16,41 @@ import (
 	"github.com/weft-ci/weft/wire"
 )
 
-// ErrRefused is wrapped by Submit when the dispatcher refused the trigger;
-// the error's text carries the dispatcher's reason (validation errors).
+// ErrRefused is matched by Submit's error when the dispatcher refused the
+// trigger; errors.As gives the *RefusedError with the reason.
 var ErrRefused = errors.New("client: trigger refused")
 
-// Submit publishes t and waits until a dispatcher has admitted it, returning
-// the run id (for a duplicate, the first run's). It returns an error
-// wrapping ErrRefused when the dispatcher refused it.
+// RefusedError is a refusal by the dispatcher.
+type RefusedError struct {
+	// Reason is wire.RefusedInvalid, wire.RefusedWIP or
+	// wire.RefusedBackpressure.
+	Reason string
+	// RetryAfter is set on capacity refusals.
+	RetryAfter time.Duration
+	// Message is the dispatcher's explanation.
+	Message string
+}
+
+func (e *RefusedError) Error() string { return "trigger refused: " + e.Message }
+
+// Is makes errors.Is(err, ErrRefused) true.
+func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
+
+// TriggerID returns the id of a trigger that has no delivery id: the same
+// pipeline file of the same repository at the same branch and commit is
+// the same trigger.
+func TriggerID(t wire.Trigger) string {
+	sum := sha256.Sum256([]byte(strings.Join([]string{t.Repo, t.File, t.Branch, t.Commit}, "\x00")))
+	return "sha256-" + hex.EncodeToString(sum[:16])
+}
+
+// Submit publishes t and waits until a dispatcher has taken it, returning
+// the run id (for a duplicate, the first run's); the run may still wait for
+// admission. A trigger without an ID gets TriggerID(t). It returns a
+// *RefusedError (matching ErrRefused) when the dispatcher refused it.
 func Submit(ctx context.Context, js jetstream.JetStream, t wire.Trigger) (string, error) {
 	if t.ID == "" {
-		return "", errors.New("client: trigger without id")
+		t.ID = TriggerID(t)
 	}
 	if t.Time.IsZero() {
 		t.Time = time.Now()
@@ -32,7 +60,7 @@ func Submit(ctx context.Context, js jetstream.JetStream, t wire.Trigger) (string
 		return "", fmt.Errorf("encode trigger: %w", err)
 	}
 	if len(data) > subjects.MaxPayload {
-		return "", fmt.Errorf("%w: trigger is %d bytes, over the %d byte limit", ErrRefused, len(data), subjects.MaxPayload)
+		return "", &RefusedError{Reason: wire.RefusedInvalid, Message: fmt.Sprintf("trigger is %d bytes, over the %d byte limit", len(data), subjects.MaxPayload)}
 	}
 	dedup, err := js.KeyValue(ctx, subjects.DedupBucket)
 	if err != nil {
@@ -63,7 +91,7 @@ func Submit(ctx context.Context, js jetstream.JetStream, t wire.Trigger) (string
 				return "", fmt.Errorf("decode outcome of %s: %w", t.ID, err)
 			}
 			if out.Error != "" {
-				return "", fmt.Errorf("%w: %s", ErrRefused, out.Error)
+				return "", &RefusedError{Reason: out.Reason, RetryAfter: out.RetryAfter, Message: out.Error}
 			}
 			return out.RunID, nil
 		}

@@ -12,7 +12,6 @@ import (
 	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
-	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -35,6 +34,8 @@ type StackConfig struct {
 	// Listen makes the embedded server listen on a free loopback port, so
 	// that other processes (weft run --server) can join.
 	Listen bool
+	// Dispatcher configures the dispatcher; its Logger is the test's.
+	Dispatcher dispatcher.Config
 }
 
 // Stack is an embedded server, a dispatcher and an agent running in this
@@ -48,6 +49,34 @@ type Stack struct {
 	WorkDir string
 
 	stop func()
+	// goRun runs a component until the stack stops.
+	goRun func(name string, run func(context.Context) error)
+	t     testing.TB
+}
+
+// AddAgent starts one more agent on the stack; WorkDir, Env, Logger and
+// the containerd address default to the stack's.
+func (s *Stack) AddAgent(cfg agent.Config) *agent.Agent {
+	s.t.Helper()
+	if cfg.WorkDir == "" {
+		cfg.WorkDir = s.t.TempDir()
+	}
+	if cfg.Env == nil {
+		cfg.Env = os.Environ()
+	}
+	if cfg.KillGrace == 0 {
+		cfg.KillGrace = 2 * time.Second
+	}
+	if cfg.Containerd.Address == "" {
+		cfg.Containerd.Address = ContainerdAddress()
+	}
+	cfg.Logger = Logger(s.t)
+	a, err := agent.New(s.Bus, cfg)
+	if err != nil {
+		s.t.Fatalf("agent: %v", err)
+	}
+	s.goRun("agent", a.Run)
+	return a
 }
 
 // Stop stops the dispatcher and the agent and waits for them; the test's
@@ -82,32 +111,24 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 	if cfg.KillGrace == 0 {
 		cfg.KillGrace = 2 * time.Second
 	}
-	log := Logger(t)
-	d, err := dispatcher.New(ctx, b, dispatcher.Config{Logger: log})
+	dcfg := cfg.Dispatcher
+	dcfg.Logger = Logger(t)
+	d, err := dispatcher.New(ctx, b, dcfg)
 	if err != nil {
 		t.Fatalf("dispatcher: %v", err)
 	}
-	s := &Stack{Bus: b, WorkDir: t.TempDir()}
+	s := &Stack{Bus: b, WorkDir: t.TempDir(), t: t}
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := d.Run(ctx); err != nil {
-			t.Errorf("dispatcher: %v", err)
-		}
-	})
-	if !cfg.NoAgent {
-		s.Agent, err = agent.New(b, agent.Config{
-			Queues: queues, Slots: cfg.Slots, WorkDir: s.WorkDir, Env: os.Environ(),
-			KillGrace: cfg.KillGrace, Logger: log,
-			Containerd: container.Config{Address: ContainerdAddress()},
-		})
-		if err != nil {
-			t.Fatalf("agent: %v", err)
-		}
+	s.goRun = func(name string, run func(context.Context) error) {
 		wg.Go(func() {
-			if err := s.Agent.Run(ctx); err != nil {
-				t.Errorf("agent: %v", err)
+			if err := run(ctx); err != nil {
+				t.Errorf("%s: %v", name, err)
 			}
 		})
+	}
+	s.goRun("dispatcher", d.Run)
+	if !cfg.NoAgent {
+		s.Agent = s.AddAgent(agent.Config{Queues: queues, Slots: cfg.Slots, WorkDir: s.WorkDir, KillGrace: cfg.KillGrace})
 	}
 	s.stop = sync.OnceFunc(func() {
 		cancel()

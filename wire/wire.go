@@ -173,3 +173,22 @@ type LogLine struct {
 	// Time is when the agent read the line.
 	Time time.Time `json:"time"`
 }
+
+// Agent is an agent's entry in the agent registry, kept under its ID and
+// renewed while it runs.
+type Agent struct {
+	// ID is the agent's id.
+	ID string `json:"id"`
+	// Hostname is the machine it runs on.
+	Hostname string `json:"hostname,omitempty"`
+	// Queues are the queues it serves.
+	Queues []string `json:"queues"`
+	// Slots is how many stages it runs at once; Busy how many it runs now.
+	Slots int `json:"slots"`
+	Busy  int `json:"busy"`
+	// Executor is its executor mode (auto, process, containerd).
+	Executor string `json:"executor"`
+	// Started is when it started; Seen when it last renewed its entry.
+	Started time.Time `json:"started"`
+	Seen    time.Time `json:"seen"`
+}

@@ -1,0 +1,200 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+// Status is a snapshot of the work in flight: the runs waiting for
+// admission and the admitted ones, each with its waiting and running
+// stages and why they wait; the agents; the admission counters.
+type Status struct {
+	// Runs are the live runs, oldest first.
+	Runs []RunStatus `json:"runs"`
+	// Agents are the registered agents.
+	Agents []wire.Agent `json:"agents"`
+	// Counters are the admission counters (backpressure refusals and
+	// waits per queue).
+	Counters map[string]uint64 `json:"counters,omitempty"`
+}
+
+// RunStatus is one live run.
+type RunStatus struct {
+	ID       string `json:"id"`
+	Repo     string `json:"repo,omitempty"`
+	Pipeline string `json:"pipeline"`
+	Branch   string `json:"branch,omitempty"`
+	// State is queued (waiting for admission, or admitted with no stage
+	// started yet) or running.
+	State wire.RunState `json:"state"`
+	Tier  subjects.Tier `json:"tier"`
+	// Reason and Detail say why a run waits for admission; empty once
+	// admitted.
+	Reason string `json:"reason,omitempty"`
+	Detail string `json:"detail,omitempty"`
+	// Waited is how long the run has existed (waiting) or waited before
+	// admission.
+	Waited time.Duration `json:"waited"`
+	// Stages are the run's queued and running stages.
+	Stages []StageStatus `json:"stages,omitempty"`
+}
+
+// StageStatus is a queued or running stage.
+type StageStatus struct {
+	Key     string          `json:"key"`
+	State   wire.StageState `json:"state"`
+	Queue   string          `json:"queue"`
+	Tier    subjects.Tier   `json:"tier"`
+	Attempt int             `json:"attempt"`
+	Agent   string          `json:"agent,omitempty"`
+	// Reason says why a queued stage has not started: no_agent (no agent
+	// serves its queue), agents_busy (all of them are busy) or dispatching
+	// (an agent with a free slot is about to take it).
+	Reason string `json:"reason,omitempty"`
+	Detail string `json:"detail,omitempty"`
+	// Waited is how long a queued stage has waited, or how long a running
+	// one waited before it started.
+	Waited time.Duration `json:"waited"`
+}
+
+// Stage pending reasons.
+const (
+	StageNoAgent     = "no_agent"
+	StageAgentsBusy  = "agents_busy"
+	StageDispatching = "dispatching"
+)
+
+// GetStatus reads the status from the bus.
+func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
+	wip, err := js.KeyValue(ctx, subjects.WIPBucket)
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", subjects.WIPBucket, err)
+	}
+	agents, err := listAgents(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{Agents: agents, Counters: map[string]uint64{}}
+	now := time.Now()
+	seen := map[string]bool{}
+	for _, kind := range []string{"lease.>", "wait.>", "stats.>"} {
+		keys, err := listKeys(ctx, wip, kind)
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range keys {
+			e, err := wip.Get(ctx, k)
+			if err != nil {
+				continue
+			}
+			if kind == "stats.>" {
+				var n uint64
+				if json.Unmarshal(e.Value(), &n) == nil {
+					st.Counters[strings.TrimPrefix(k, "stats.")] = n
+				}
+				continue
+			}
+			id := string(e.Value())
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			r, err := Get(ctx, js, id)
+			if err != nil || r.State.Terminal() {
+				continue
+			}
+			st.Runs = append(st.Runs, runStatus(r, agents, now))
+		}
+	}
+	slices.SortFunc(st.Runs, func(a, b RunStatus) int { return strings.Compare(a.ID, b.ID) })
+	return st, nil
+}
+
+func runStatus(r *wire.Run, agents []wire.Agent, now time.Time) RunStatus {
+	rs := RunStatus{ID: r.ID, Repo: r.Repo, Pipeline: r.Pipeline.Name, Branch: r.Branch, State: r.State, Tier: r.Tier}
+	if r.Pending != nil {
+		rs.Reason, rs.Detail, rs.Waited = r.Pending.Reason, r.Pending.Detail, now.Sub(r.Created)
+	} else if !r.Admitted.IsZero() {
+		rs.Waited = r.Admitted.Sub(r.Created)
+	}
+	for _, s := range r.Stages {
+		switch s.State {
+		case wire.StageQueued:
+			ss := StageStatus{Key: s.Key, State: s.State, Queue: s.Queue, Tier: r.Tier, Attempt: s.Attempt, Waited: now.Sub(s.Queued)}
+			ss.Reason, ss.Detail = stageReason(s.Queue, agents)
+			rs.Stages = append(rs.Stages, ss)
+		case wire.StageRunning:
+			rs.Stages = append(rs.Stages, StageStatus{Key: s.Key, State: s.State, Queue: s.Queue, Tier: r.Tier,
+				Attempt: s.Attempt, Agent: s.Agent, Waited: s.Started.Sub(s.Queued)})
+		}
+	}
+	return rs
+}
+
+// stageReason says why a queued stage on queue has not started.
+func stageReason(queue string, agents []wire.Agent) (string, string) {
+	serving, busy := 0, 0
+	for _, a := range agents {
+		if slices.Contains(a.Queues, queue) {
+			serving++
+			if a.Busy >= a.Slots {
+				busy++
+			}
+		}
+	}
+	switch {
+	case serving == 0:
+		return StageNoAgent, fmt.Sprintf("no agent serves queue %s", queue)
+	case busy == serving:
+		return StageAgentsBusy, fmt.Sprintf("all %d agents serving queue %s are busy", serving, queue)
+	}
+	return StageDispatching, fmt.Sprintf("%d of %d agents serving queue %s have a free slot", serving-busy, serving, queue)
+}
+
+func listAgents(ctx context.Context, js jetstream.JetStream) ([]wire.Agent, error) {
+	kv, err := js.KeyValue(ctx, subjects.AgentsBucket)
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", subjects.AgentsBucket, err)
+	}
+	keys, err := listKeys(ctx, kv, ">")
+	if err != nil {
+		return nil, err
+	}
+	var agents []wire.Agent
+	for _, k := range keys {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		var a wire.Agent
+		if json.Unmarshal(e.Value(), &a) == nil {
+			agents = append(agents, a)
+		}
+	}
+	return agents, nil
+}
+
+func listKeys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
+	lister, err := kv.ListKeysFiltered(ctx, filter)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list keys %s: %w", filter, err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
