@@ -174,3 +174,6 @@ func (s *Stack) Run(t testing.TB, text string, opts ...func(*wire.Trigger)) (*wi
 	t.Helper()
 	return s.Wait(t, s.Submit(t, text, opts...))
 }
+
+// ulidString returns a new ULID.
+func ulidString() string { return ulid.Make().String() }
