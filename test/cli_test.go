@@ -1,11 +1,15 @@
 package test
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/test/busybox"
 	"github.com/weft-ci/weft/wire"
 )
@@ -125,4 +129,86 @@ stages:
 	if res.Code != 3 || !strings.Contains(res.Stderr, "containerd unavailable") {
 		t.Errorf("weft run --executor containerd without containerd = exit %d, stderr %q; want 3 naming containerd", res.Code, res.Stderr)
 	}
+}
+
+func TestTriggerAndStatus(t *testing.T) {
+	t.Parallel()
+	s := StartStack(t, StackConfig{Listen: true, Dispatcher: dispatcher.Config{WIPLimit: 1}})
+	url := s.Bus.ClientURL()
+	dir := t.TempDir()
+	g := newGate(t)
+	write := func(name, text string) string {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	blocker := write("blocker.yml", g.pipeline("blocker", ""))
+	waiting := write("waiting.yml", "name: waiting\nstages:\n  - key: s\n    commands: [true]\n")
+	orphan := write("orphan.yml", "name: orphan\nqueue: gpu\nstages:\n  - key: s\n    commands: [true]\n")
+
+	trigger := func(args ...string) Result {
+		return RunWeft(t, weftBin, dir, nil, append([]string{"trigger", "--server", url}, args...)...)
+	}
+	first := trigger("--repo", "acme/api", "--delivery-id", "push-1", blocker)
+	again := trigger("--repo", "acme/api", "--delivery-id", "push-1", blocker)
+	if first.Code != 0 || again.Code != 0 || first.Stdout != again.Stdout || len(strings.TrimSpace(first.Stdout)) != 26 {
+		t.Fatalf("trigger twice = %d %q / %d %q; want the same run id both times", first.Code, first.Stdout, again.Code, again.Stdout)
+	}
+	blockerID := strings.TrimSpace(first.Stdout)
+	waitFor(t, s, blockerID, "started", stageIs("wait", wire.StageRunning))
+	waitingID := strings.TrimSpace(trigger("--repo", "acme/api", waiting).Stdout)
+	orphanID := strings.TrimSpace(trigger("--repo", "acme/web", orphan).Stdout)
+	waitFor(t, s, waitingID, "pending on wip", func(r *wire.Run) bool { return r.Pending != nil && r.Pending.Reason == wire.PendingWIP })
+	waitFor(t, s, orphanID, "queued", stageIs("s", wire.StageQueued))
+
+	res := RunWeft(t, weftBin, dir, nil, "status", "--server", url, "--json")
+	var st client.Status
+	if err := json.Unmarshal([]byte(res.Stdout), &st); res.Code != 0 || err != nil {
+		t.Fatalf("weft status --json = %d %q: %v", res.Code, res.Stderr, err)
+	}
+	byID := map[string]client.RunStatus{}
+	for _, r := range st.Runs {
+		byID[r.ID] = r
+	}
+	if r := byID[waitingID]; r.Reason != wire.PendingWIP || !strings.Contains(r.Detail, "1 of 1 runs of acme/api") {
+		t.Errorf("waiting run status %+v, want pending on wip", r)
+	}
+	if r := byID[orphanID]; len(r.Stages) != 1 || r.Stages[0].Reason != client.StageNoAgent || r.Stages[0].Queue != "gpu" {
+		t.Errorf("orphan run status %+v, want its stage waiting for an agent serving gpu", r)
+	}
+	if r := byID[blockerID]; len(r.Stages) != 1 || r.Stages[0].State != wire.StageRunning {
+		t.Errorf("blocker run status %+v, want its stage running", r)
+	}
+	text := RunWeft(t, weftBin, dir, nil, "status", "--server", url)
+	for _, want := range []string{waitingID, "1 of 1 runs of acme/api in flight", "no agent serves queue gpu", "1 agents"} {
+		if !strings.Contains(text.Stdout, want) {
+			t.Errorf("weft status lacks %q:\n%s", want, text.Stdout)
+		}
+	}
+	g.open(t)
+	waited := trigger("--repo", "acme/api", "--wait", waiting)
+	if waited.Code != 0 || !strings.Contains(waited.Stdout, "SUCCEEDED") {
+		t.Errorf("weft trigger --wait = %d:\n%s\n%s", waited.Code, waited.Stdout, waited.Stderr)
+	}
+}
+
+func TestTriggerRefusedExitsWithRetryAfter(t *testing.T) {
+	t.Parallel()
+	s := StartStack(t, StackConfig{Listen: true, Dispatcher: dispatcher.Config{WIPLimit: 1, WIPPolicy: dispatcher.PolicyRefuse, RetryAfter: 9 * time.Second}})
+	dir := t.TempDir()
+	g := newGate(t)
+	f := filepath.Join(dir, "p.yml")
+	if err := os.WriteFile(f, []byte(g.pipeline("p", "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res := RunWeft(t, weftBin, dir, nil, "trigger", "--server", s.Bus.ClientURL(), "--commit", "a", f); res.Code != 0 {
+		t.Fatalf("first trigger = %d %s", res.Code, res.Stderr)
+	}
+	res := RunWeft(t, weftBin, dir, nil, "trigger", "--server", s.Bus.ClientURL(), "--commit", "b", f)
+	if res.Code != 3 || !strings.Contains(res.Stderr, "retry after 9s") {
+		t.Errorf("second trigger = %d %q, want 3 with a retry-after", res.Code, res.Stderr)
+	}
+	g.open(t)
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/bus"
-	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/pipeline"
@@ -206,57 +205,16 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 		})
 	}
 
-	out := newPrinter(g.stdout, o.json, p)
+	sess := &session{g: g, js: b.JS, out: newPrinter(g.stdout, o.json, p), grace: o.killGrace, stackErr: stackErr}
 	trigger := wire.Trigger{
 		ID: ulid.Make().String(), File: filepath.Base(file), Pipeline: string(text),
 		Branch: branch, Commit: commit, Priority: tier, Time: time.Now(),
 	}
-	stopNotice := notifyAfter(2*time.Second, func() {
-		fmt.Fprintln(g.stderr, "weft: waiting for a dispatcher to admit the run...")
-	})
-	runID, err := client.Submit(submitCtx, b.JS, trigger)
-	stopNotice()
+	runID, err := sess.submit(ctx, submitCtx, trigger)
 	if err != nil {
-		if serr := stackErr(); serr != nil {
-			return serr
-		}
-		if errors.Is(err, client.ErrRefused) {
-			return withCode(exitUsage, err)
-		}
-		if ctx.Err() != nil {
-			return withCode(exitFailed, errors.New("interrupted before the run started"))
-		}
-		return withCode(exitInfra, err)
+		return err
 	}
-	out.start(runID)
-
-	// On Ctrl-C, ask for the cancel and keep following until the stages
-	// are stopped; a bounded wait keeps a wedged fleet from hanging us.
-	cancelled := context.AfterFunc(ctx, func() {
-		fmt.Fprintln(g.stderr, "weft: interrupted, cancelling the run")
-		cctx, cancel := context.WithTimeout(followCtx, 5*time.Second)
-		defer cancel()
-		if err := client.Cancel(cctx, b.JS, runID, "interrupted"); err != nil {
-			log.Error().Err(err).Msg("cancel run")
-		}
-		time.AfterFunc(o.killGrace+5*time.Second, stopFollow)
-	})
-	defer cancelled()
-
-	final, err := client.Follow(followCtx, b.JS, runID, out.update)
-	if err != nil {
-		if serr := stackErr(); serr != nil {
-			return serr
-		}
-		if ctx.Err() != nil {
-			return withCode(exitFailed, fmt.Errorf("run %s: interrupted and not confirmed cancelled: %w", runID, err))
-		}
-		return withCode(exitInfra, fmt.Errorf("follow run %s: %w", runID, err))
-	}
-	if final.State != wire.RunSucceeded {
-		return withCode(exitFailed, errSilent)
-	}
-	return nil
+	return sess.follow(ctx, followCtx, stopFollow, runID)
 }
 
 // localQueues returns every queue the pipeline's stages use, so the local
