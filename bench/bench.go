@@ -1,0 +1,170 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/rs/zerolog"
+
+	"github.com/weft-ci/weft/agent"
+	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/dispatcher"
+	"github.com/weft-ci/weft/wire"
+)
+
+// Options size the scenarios.
+type Options struct {
+	// Jobs is the size of the low-tier and background bursts; default 1000.
+	Jobs int
+	// Slots is the number of agent slots on the saturated queue; default 2.
+	Slots int
+	// StageTime is what each burst stage does (sleep); default 10ms.
+	StageTime time.Duration
+	// Probes is the number of main stages measured per phase in Isolation;
+	// default 20.
+	Probes int
+	// Progress receives one line per step; nil discards them.
+	Progress func(format string, args ...any)
+	// Logger receives the components' logs.
+	Logger zerolog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.Jobs == 0 {
+		o.Jobs = 1000
+	}
+	if o.Slots == 0 {
+		o.Slots = 2
+	}
+	if o.StageTime == 0 {
+		o.StageTime = 10 * time.Millisecond
+	}
+	if o.Probes == 0 {
+		o.Probes = 20
+	}
+	if o.Progress == nil {
+		o.Progress = func(string, ...any) {}
+	}
+}
+
+// embedded is a stack in this process, in a temporary directory.
+type embedded struct {
+	b      *bus.Bus
+	dir    string
+	cancel context.CancelFunc
+	// run runs a component until close.
+	run    func(func(context.Context) error)
+	wg     sync.WaitGroup
+	mu     sync.Mutex // guards err
+	err    error
+	log    zerolog.Logger
+	closed sync.Once
+}
+
+func start(ctx context.Context, dcfg dispatcher.Config, log zerolog.Logger) (*embedded, error) {
+	dir, err := os.MkdirTemp("", "weft-bench-")
+	if err != nil {
+		return nil, err
+	}
+	b, err := bus.Open(ctx, bus.Config{StoreDir: filepath.Join(dir, "js"), Logger: log})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	if err := bus.Provision(ctx, b.JS); err != nil {
+		b.Close()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	e := &embedded{b: b, dir: dir, log: log}
+	cctx, cancel := context.WithCancel(ctx)
+	e.cancel = cancel
+	e.run = func(f func(context.Context) error) {
+		e.wg.Go(func() {
+			if err := f(cctx); err != nil && cctx.Err() == nil {
+				e.mu.Lock()
+				e.err = err
+				e.mu.Unlock()
+			}
+		})
+	}
+	dcfg.Logger = log
+	d, err := dispatcher.New(ctx, b, dcfg)
+	if err != nil {
+		e.close()
+		return nil, err
+	}
+	e.run(d.Run)
+	return e, nil
+}
+
+func (e *embedded) agent(queue string, slots int) error {
+	a, err := agent.New(e.b, agent.Config{
+		Queues: []string{queue}, Slots: slots, WorkDir: filepath.Join(e.dir, "work-"+queue),
+		Env: os.Environ(), Executor: agent.ExecutorProcess, Logger: e.log,
+	})
+	if err != nil {
+		return err
+	}
+	e.run(a.Run)
+	return nil
+}
+
+// close stops the components and removes the stack; it is idempotent.
+func (e *embedded) close() error {
+	e.closed.Do(func() {
+		e.cancel()
+		e.wg.Wait()
+		e.b.Close()
+		os.RemoveAll(e.dir)
+	})
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
+}
+
+// submit triggers a run of text with opts applied.
+func (e *embedded) submit(ctx context.Context, text string, opts ...func(*wire.Trigger)) (string, error) {
+	t := wire.Trigger{ID: ulid.Make().String(), File: "bench.yml", Pipeline: text}
+	for _, o := range opts {
+		o(&t)
+	}
+	return client.Submit(ctx, e.b.JS, t)
+}
+
+// wait follows a run to its end.
+func (e *embedded) wait(ctx context.Context, id string) (*wire.Run, error) {
+	return client.Follow(ctx, e.b.JS, id, func(client.Update) {})
+}
+
+// burst returns pipelines with n stages in all that each sleep for d on
+// queue, in runs of at most 50 stages.
+func burst(name, queue string, n int, d time.Duration) []string {
+	var out []string
+	for i := 0; i < n; i += 50 {
+		var sb strings.Builder
+		fmt.Fprintf(&sb, "name: %s-%d\nqueue: %s\nstages:\n", name, i/50, queue)
+		for j := i; j < min(i+50, n); j++ {
+			fmt.Fprintf(&sb, "  - key: s%d\n    commands: [sleep %g]\n", j, d.Seconds())
+		}
+		out = append(out, sb.String())
+	}
+	return out
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
