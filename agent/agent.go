@@ -146,6 +146,8 @@ type source struct {
 	pending atomic.Bool
 	// woken is set by a wake-up and cleared by the fetch that follows it.
 	woken atomic.Bool
+	// paused is set while the queue is paused (weft queue pause).
+	paused atomic.Bool
 }
 
 // confirmWait is how long a fetch after a wake-up waits when a no-wait
@@ -192,7 +194,7 @@ func (s *scanner) next(ctx context.Context) jetstream.Msg {
 			s.lastFull = time.Now()
 		}
 		for _, src := range s.sources {
-			if !full && !src.pending.Load() {
+			if src.paused.Load() || (!full && !src.pending.Load()) {
 				continue
 			}
 			// Clear before fetching: a wake-up during the fetch sets it again.
@@ -209,6 +211,52 @@ func (s *scanner) next(ctx context.Context) jetstream.Msg {
 			return nil
 		case <-s.wake:
 		case <-rescan.C:
+		}
+	}
+}
+
+// pause pauses or resumes the sources of queue; a resume wakes the scan.
+func (s *scanner) pause(queue string, paused bool) {
+	for _, src := range s.sources {
+		if src.queue == queue {
+			src.paused.Store(paused)
+			src.pending.Store(true)
+		}
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// watchPauses follows the pause keys of the WIP bucket until ctx ends.
+func (s *scanner) watchPauses(ctx context.Context, js jetstream.JetStream) {
+	kv, err := js.KeyValue(ctx, subjects.WIPBucket)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("watch queue pauses")
+		return
+	}
+	w, err := kv.Watch(ctx, subjects.PauseKey("*"))
+	if err != nil {
+		s.log.Warn().Err(err).Msg("watch queue pauses")
+		return
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				continue
+			}
+			queue := strings.TrimPrefix(e.Key(), subjects.PauseKey(""))
+			paused := e.Operation() == jetstream.KeyValuePut
+			s.pause(queue, paused)
+			s.log.Info().Str("queue", queue).Bool("paused", paused).Msg("queue pause changed")
 		}
 	}
 }
@@ -305,6 +353,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	regCtx, stopRegistry := context.WithCancel(context.WithoutCancel(ctx))
 	var registry sync.WaitGroup
 	registry.Go(func() { a.advertise(regCtx) })
+	registry.Go(func() { sc.watchPauses(regCtx, a.js) })
 	defer func() {
 		stopRegistry()
 		registry.Wait()

@@ -126,3 +126,34 @@ func Get(ctx context.Context, js jetstream.JetStream, runID string) (*wire.Run, 
 	}
 	return &r, nil
 }
+
+// PauseQueue pauses queue: agents finish what they run but take no new job
+// from it until ResumeQueue. reason is shown by weft status.
+func PauseQueue(ctx context.Context, js jetstream.JetStream, queue, reason string) error {
+	if err := subjects.ValidateQueue(queue); err != nil {
+		return err
+	}
+	kv, err := js.KeyValue(ctx, subjects.WIPBucket)
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", subjects.WIPBucket, err)
+	}
+	if _, err := kv.Put(ctx, subjects.PauseKey(queue), []byte(reason)); err != nil {
+		return fmt.Errorf("pause queue %s: %w", queue, err)
+	}
+	return nil
+}
+
+// ResumeQueue resumes a paused queue.
+func ResumeQueue(ctx context.Context, js jetstream.JetStream, queue string) error {
+	if err := subjects.ValidateQueue(queue); err != nil {
+		return err
+	}
+	kv, err := js.KeyValue(ctx, subjects.WIPBucket)
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", subjects.WIPBucket, err)
+	}
+	if err := kv.Delete(ctx, subjects.PauseKey(queue)); err != nil {
+		return fmt.Errorf("resume queue %s: %w", queue, err)
+	}
+	return nil
+}

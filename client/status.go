@@ -26,6 +26,8 @@ type Status struct {
 	// Counters are the admission counters (backpressure refusals and
 	// waits per queue).
 	Counters map[string]uint64 `json:"counters,omitempty"`
+	// Paused maps each paused queue to the reason it was paused for.
+	Paused map[string]string `json:"paused,omitempty"`
 }
 
 // RunStatus is one live run.
@@ -69,6 +71,7 @@ type StageStatus struct {
 
 // Stage pending reasons.
 const (
+	StagePaused      = "paused"
 	StageNoAgent     = "no_agent"
 	StageAgentsBusy  = "agents_busy"
 	StageDispatching = "dispatching"
@@ -84,7 +87,16 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Agents: agents, Counters: map[string]uint64{}}
+	st := &Status{Agents: agents, Counters: map[string]uint64{}, Paused: map[string]string{}}
+	pauses, err := listKeys(ctx, wip, subjects.PauseKey("*"))
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range pauses {
+		if e, err := wip.Get(ctx, k); err == nil {
+			st.Paused[strings.TrimPrefix(k, subjects.PauseKey(""))] = string(e.Value())
+		}
+	}
 	now := time.Now()
 	seen := map[string]bool{}
 	for _, kind := range []string{"lease.>", "wait.>", "stats.>"} {
@@ -113,14 +125,14 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 			if err != nil || r.State.Terminal() {
 				continue
 			}
-			st.Runs = append(st.Runs, runStatus(r, agents, now))
+			st.Runs = append(st.Runs, runStatus(r, agents, st.Paused, now))
 		}
 	}
 	slices.SortFunc(st.Runs, func(a, b RunStatus) int { return strings.Compare(a.ID, b.ID) })
 	return st, nil
 }
 
-func runStatus(r *wire.Run, agents []wire.Agent, now time.Time) RunStatus {
+func runStatus(r *wire.Run, agents []wire.Agent, paused map[string]string, now time.Time) RunStatus {
 	rs := RunStatus{ID: r.ID, Repo: r.Repo, Pipeline: r.Pipeline.Name, Branch: r.Branch, State: r.State, Tier: r.Tier}
 	if r.Pending != nil {
 		rs.Reason, rs.Detail, rs.Waited = r.Pending.Reason, r.Pending.Detail, now.Sub(r.Created)
@@ -131,7 +143,7 @@ func runStatus(r *wire.Run, agents []wire.Agent, now time.Time) RunStatus {
 		switch s.State {
 		case wire.StageQueued:
 			ss := StageStatus{Key: s.Key, State: s.State, Queue: s.Queue, Tier: r.Tier, Attempt: s.Attempt, Waited: now.Sub(s.Queued)}
-			ss.Reason, ss.Detail = stageReason(s.Queue, agents)
+			ss.Reason, ss.Detail = stageReason(s.Queue, agents, paused)
 			rs.Stages = append(rs.Stages, ss)
 		case wire.StageRunning:
 			rs.Stages = append(rs.Stages, StageStatus{Key: s.Key, State: s.State, Queue: s.Queue, Tier: r.Tier,
@@ -142,7 +154,13 @@ func runStatus(r *wire.Run, agents []wire.Agent, now time.Time) RunStatus {
 }
 
 // stageReason says why a queued stage on queue has not started.
-func stageReason(queue string, agents []wire.Agent) (string, string) {
+func stageReason(queue string, agents []wire.Agent, paused map[string]string) (string, string) {
+	if why, ok := paused[queue]; ok {
+		if why == "" {
+			why = "no reason given"
+		}
+		return StagePaused, fmt.Sprintf("queue %s is paused: %s", queue, why)
+	}
 	serving, busy := 0, 0
 	for _, a := range agents {
 		if slices.Contains(a.Queues, queue) {

@@ -406,3 +406,8 @@ func KeyRepoToken(key string) string {
 	}
 	return parts[1]
 }
+
+// PauseKey is the key of the WIP bucket that pauses queue: agents take no
+// job from a paused queue until the key is deleted. PauseKey("*") matches
+// all of them.
+func PauseKey(queue string) string { return "pause." + queue }

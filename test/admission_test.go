@@ -365,3 +365,66 @@ func TestBackpressureWaitsAndCounts(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusSaysWhyStagesWait(t *testing.T) {
+	t.Parallel()
+	s := StartStack(t, StackConfig{})
+	ctx := context.Background()
+	g := newGate(t)
+	blocker := s.Submit(t, g.pipeline("blocker", "concurrency: {group: deploy}\n"), onRepo("acme/api"))
+	waitFor(t, s, blocker, "started", stageIs("wait", wire.StageRunning))
+	grouped := s.Submit(t, "name: deploy\nconcurrency: {group: deploy}\nstages:\n  - key: s\n    commands: [true]\n", onRepo("acme/api"))
+	waitFor(t, s, grouped, "pending on its group", func(r *wire.Run) bool { return r.Pending != nil && r.Pending.Reason == wire.PendingGroup })
+	other := s.Submit(t, "name: other\nstages:\n  - key: s\n    commands: [true]\n", onRepo("acme/web"))
+	waitFor(t, s, other, "queued", stageIs("s", wire.StageQueued))
+
+	reasons := func() map[string]string {
+		st, err := client.GetStatus(ctx, s.Bus.JS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, r := range st.Runs {
+			out[r.ID] = r.Reason
+			for _, ss := range r.Stages {
+				out[r.ID+"/"+ss.Key] = ss.Reason
+			}
+		}
+		return out
+	}
+	if !Eventually(10*time.Second, func() bool { return reasons()[other+"/s"] == client.StageAgentsBusy }) {
+		t.Errorf("status reasons %v, want the other run's stage waiting on busy agents", reasons())
+	}
+	if got := reasons()[grouped]; got != wire.PendingGroup {
+		t.Errorf("grouped run reason %q, want %q", got, wire.PendingGroup)
+	}
+	if err := client.PauseQueue(ctx, s.Bus.JS, subjects.DefaultQueue, "maintenance"); err != nil {
+		t.Fatal(err)
+	}
+	if got := reasons()[other+"/s"]; got != client.StagePaused {
+		t.Errorf("stage reason on a paused queue %q, want paused", got)
+	}
+	g.open(t)
+	if r, _ := s.Wait(t, blocker); r.State != wire.RunSucceeded {
+		t.Fatalf("blocker %s", r.State)
+	}
+	// The agent is idle now, and the queue paused: the stage stays queued
+	// while the agent has rescanned (its registry entry says not busy).
+	if !Eventually(10*time.Second, func() bool {
+		st, _ := client.GetStatus(ctx, s.Bus.JS)
+		return st != nil && len(st.Agents) == 1 && st.Agents[0].Busy == 0
+	}) {
+		t.Fatal("the agent never went idle")
+	}
+	if st := runDoc(t, s, other).Stage("s"); st.State != wire.StageQueued {
+		t.Errorf("stage on a paused queue is %s, want queued", st.State)
+	}
+	if err := client.ResumeQueue(ctx, s.Bus.JS, subjects.DefaultQueue); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{other, grouped} {
+		if r, _ := s.Wait(t, id); r.State != wire.RunSucceeded {
+			t.Errorf("run %s %s after resume", id, r.State)
+		}
+	}
+}

@@ -69,6 +69,9 @@ func printStatus(g *globals, st *client.Status) {
 	for _, a := range st.Agents {
 		fmt.Fprintf(g.stdout, "  %s  %s  queues %s  busy %d/%d  %s\n", a.ID, a.Hostname, strings.Join(a.Queues, ","), a.Busy, a.Slots, a.Executor)
 	}
+	for q, why := range st.Paused {
+		fmt.Fprintf(g.stdout, "queue %s paused: %s\n", q, dash(why))
+	}
 	for k, v := range st.Counters {
 		fmt.Fprintf(g.stdout, "%s: %d\n", k, v)
 	}
