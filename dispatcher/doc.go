@@ -27,4 +27,30 @@
 //   - Automatic retries (retry.automatic) apply to stages that failed with
 //     a command exit code, restricted to retry.exit_status when it is set;
 //     timeouts and cancels are not retried.
+//
+// Admission (admission.go) lives in the KV bucket weft_wip:
+//
+//   - A new run is created waiting, with a key wait.<repo>.<seq> where seq
+//     is the trigger's stream sequence: arrival order. admit walks a
+//     repository's waiting runs in that order and gives each a WIP slot
+//     (create-only key lease.<repo>.<slot> with a TTL) while slots are free,
+//     then queues its root stages; a run whose concurrency group is held
+//     (group.<repo>.<hash>) is passed over and keeps its place. Every run
+//     left waiting records why (wip, concurrency_group, backpressure).
+//   - Leases and group locks are renewed every LeaseTTL/3 while their run
+//     lives, by whichever dispatcher runs. KeyValue.Update writes a revision
+//     without a TTL (nats.go v1.55), so renewing publishes the revision with
+//     Nats-TTL and the expected last subject sequence instead. The leases of
+//     ended or unknown runs are deleted by that sweep; when no dispatcher is
+//     alive they expire by TTL. Either way a KV watch on the deletion admits
+//     the next waiting runs.
+//   - Concurrency groups are scoped to the repository, like WIP.
+//     cancel_in_progress cancels the group's run in flight and its older
+//     waiting runs; the new run starts when the one in flight has ended.
+//   - The refuse policy counts a repository's leases and waiting runs; a
+//     refusal's outcome lives TriggerDuplicates (5 s) in the dedup bucket,
+//     so the same delivery id can be retried after the retry-after.
+//   - Backpressure counts the jobs stored for a queue (queued or running)
+//     and is re-checked every RecheckInterval: no event says a queue
+//     drained. Counters live under stats.* in weft_wip.
 package dispatcher
