@@ -324,15 +324,31 @@ func WIP(ctx context.Context, o Options) (*WIPResult, error) {
 		runs = append(runs, r)
 	}
 	res := &WIPResult{Triggers: triggers, Limit: limit, Total: time.Since(start), InOrder: true}
+	for _, r := range runs {
+		if r.State == wire.RunSucceeded {
+			res.Finished++
+		}
+	}
+	res.MaxInFlight = MaxInFlight(runs)
+	slices.SortFunc(runs, func(a, b *wire.Run) int { return int(a.Seq) - int(b.Seq) })
+	for i := 1; i < len(runs); i++ {
+		if runs[i].Admitted.Before(runs[i-1].Admitted) {
+			res.InOrder = false
+		}
+	}
+	return res, e.close()
+}
+
+// MaxInFlight returns the most runs that were admitted and not finished at
+// one instant; a run ending at the instant another is admitted does not
+// overlap it.
+func MaxInFlight(runs []*wire.Run) int {
 	type edge struct {
 		at    time.Time
 		delta int
 	}
 	var edges []edge
 	for _, r := range runs {
-		if r.State == wire.RunSucceeded {
-			res.Finished++
-		}
 		edges = append(edges, edge{r.Admitted, 1}, edge{r.Finished, -1})
 	}
 	slices.SortFunc(edges, func(a, b edge) int {
@@ -341,16 +357,10 @@ func WIP(ctx context.Context, o Options) (*WIPResult, error) {
 		}
 		return a.delta - b.delta
 	})
-	n := 0
-	for _, ed := range edges {
-		n += ed.delta
-		res.MaxInFlight = max(res.MaxInFlight, n)
+	n, most := 0, 0
+	for _, e := range edges {
+		n += e.delta
+		most = max(most, n)
 	}
-	slices.SortFunc(runs, func(a, b *wire.Run) int { return int(a.Seq) - int(b.Seq) })
-	for i := 1; i < len(runs); i++ {
-		if runs[i].Admitted.Before(runs[i-1].Admitted) {
-			res.InOrder = false
-		}
-	}
-	return res, e.close()
+	return most
 }

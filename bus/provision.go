@@ -117,3 +117,21 @@ func JobConsumerConfig(c subjects.JobConsumerConfig) jetstream.ConsumerConfig {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
 }
+
+// Keys returns the keys of kv matching filter (a subject-style pattern
+// such as "lease.acme.*"), in the order they were last written; none is
+// not an error.
+func Keys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
+	lister, err := kv.ListKeysFiltered(ctx, filter)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list keys %s: %w", filter, err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	return keys, nil
+}

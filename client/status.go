@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -88,7 +88,7 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 		return nil, err
 	}
 	st := &Status{Agents: agents, Counters: map[string]uint64{}, Paused: map[string]string{}}
-	pauses, err := listKeys(ctx, wip, subjects.PauseKey("*"))
+	pauses, err := bus.Keys(ctx, wip, subjects.PauseKey("*"))
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +100,7 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 	now := time.Now()
 	seen := map[string]bool{}
 	for _, kind := range []string{"lease.>", "wait.>", "stats.>"} {
-		keys, err := listKeys(ctx, wip, kind)
+		keys, err := bus.Keys(ctx, wip, kind)
 		if err != nil {
 			return nil, err
 		}
@@ -184,7 +184,7 @@ func listAgents(ctx context.Context, js jetstream.JetStream) ([]wire.Agent, erro
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", subjects.AgentsBucket, err)
 	}
-	keys, err := listKeys(ctx, kv, ">")
+	keys, err := bus.Keys(ctx, kv, ">")
 	if err != nil {
 		return nil, err
 	}
@@ -200,19 +200,4 @@ func listAgents(ctx context.Context, js jetstream.JetStream) ([]wire.Agent, erro
 		}
 	}
 	return agents, nil
-}
-
-func listKeys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
-	lister, err := kv.ListKeysFiltered(ctx, filter)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("list keys %s: %w", filter, err)
-	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
-	}
-	return keys, nil
 }

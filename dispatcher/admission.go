@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/pipeline"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -32,21 +33,9 @@ func (d *Dispatcher) wipLimit(token string) int {
 	return d.cfg.WIPLimit
 }
 
-// keys lists the keys of the WIP bucket matching filter, in the order they
-// were created.
+// keys lists the keys of the WIP bucket matching filter.
 func (d *Dispatcher) keys(ctx context.Context, filter string) ([]string, error) {
-	lister, err := d.wip.ListKeysFiltered(ctx, filter)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("list %s: %w", filter, err)
-	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
-	}
-	return keys, nil
+	return bus.Keys(ctx, d.wip, filter)
 }
 
 // refusal returns the refusal of a trigger under the refuse policies, or

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/weft-ci/weft/agent"
+	"github.com/weft-ci/weft/bench"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/subjects"
@@ -186,25 +187,7 @@ func TestWIPLimitQueuesInArrivalOrder(t *testing.T) {
 		runs = append(runs, r)
 	}
 	// In flight from admission to the end: never more than 3 at once.
-	type edge struct {
-		at    time.Time
-		delta int
-	}
-	var edges []edge
-	for _, r := range runs {
-		edges = append(edges, edge{r.Admitted, 1}, edge{r.Finished, -1})
-	}
-	slices.SortFunc(edges, func(a, b edge) int {
-		if c := a.at.Compare(b.at); c != 0 {
-			return c
-		}
-		return a.delta - b.delta // an end before a start at the same instant
-	})
-	inFlight, most := 0, 0
-	for _, e := range edges {
-		inFlight += e.delta
-		most = max(most, inFlight)
-	}
+	most := bench.MaxInFlight(runs)
 	if most != 3 {
 		t.Errorf("at most %d runs in flight, want exactly 3", most)
 	}

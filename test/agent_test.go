@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -87,24 +86,7 @@ func TestLogsStreamWhileTheStageRuns(t *testing.T) {
 	s := StartStack(t, StackConfig{})
 	gate := filepath.Join(t.TempDir(), "gate")
 	id := s.Submit(t, "name: logs\nenv: {GATE: "+gate+"}\nstages:\n  - key: talk\n    commands:\n      - echo first line\n      - while [ ! -f \"$GATE\" ]; do sleep 0.02; done\n      - echo after gate\n")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var lines []string
-	r, err := client.Follow(ctx, s.Bus.JS, id, func(u client.Update) {
-		if u.Line == nil {
-			return
-		}
-		lines = append(lines, u.Line.Text)
-		if u.Line.Text == "first line" {
-			// The stage is still blocked on the gate: the line streamed.
-			if err := os.WriteFile(gate, nil, 0o600); err != nil {
-				t.Error(err)
-			}
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, lines := s.FollowOpening(t, id, "first line", gate)
 	if r.State != wire.RunSucceeded || strings.Join(lines, "|") != "first line|after gate" {
 		t.Errorf("run %s with lines %q, want succeeded with [first line after gate]", r.State, lines)
 	}

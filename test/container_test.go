@@ -199,25 +199,8 @@ func TestContainerOutputStreamsWhileItRuns(t *testing.T) {
 	Containerd(t)
 	s := StartStack(t, StackConfig{})
 	id := s.Submit(t, gatedStage)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var lines []string
-	r, err := client.Follow(ctx, s.Bus.JS, id, func(u client.Update) {
-		if u.Line == nil {
-			return
-		}
-		lines = append(lines, u.Line.Text)
-		if u.Line.Text == "waiting" {
-			// The container is blocked until the gate exists: the line
-			// arrived while it runs.
-			if err := os.WriteFile(filepath.Join(s.WorkDir, id, "gate"), nil, 0o644); err != nil {
-				t.Error(err)
-			}
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The container blocks until the gate exists in its workspace.
+	r, lines := s.FollowOpening(t, id, "waiting", filepath.Join(s.WorkDir, id, "gate"))
 	if r.State != wire.RunSucceeded || strings.Join(lines, ",") != "waiting,through" {
 		t.Errorf("run %s with lines %q, want succeeded with waiting,through", r.State, lines)
 	}

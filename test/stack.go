@@ -177,3 +177,29 @@ func (s *Stack) Run(t testing.TB, text string, opts ...func(*wire.Trigger)) (*wi
 
 // ulidString returns a new ULID.
 func ulidString() string { return ulid.Make().String() }
+
+// FollowOpening follows a run to its end, creating the file gate as soon as
+// the output line trigger arrives, and returns the final run and every
+// output line. A stage that blocks on the gate after printing trigger
+// proves the line was streamed while it ran.
+func (s *Stack) FollowOpening(t testing.TB, runID, trigger, gate string) (*wire.Run, []string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var lines []string
+	r, err := client.Follow(ctx, s.Bus.JS, runID, func(u client.Update) {
+		if u.Line == nil {
+			return
+		}
+		lines = append(lines, u.Line.Text)
+		if u.Line.Text == trigger {
+			if err := os.WriteFile(gate, nil, 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("follow %s: %v", runID, err)
+	}
+	return r, lines
+}
