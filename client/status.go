@@ -32,14 +32,17 @@ type Status struct {
 
 // RunStatus is one live run.
 type RunStatus struct {
-	ID       string `json:"id"`
+	// ID is the run id.
+	ID string `json:"id"`
+	// Repo, Pipeline and Branch say what the run builds.
 	Repo     string `json:"repo,omitempty"`
 	Pipeline string `json:"pipeline"`
 	Branch   string `json:"branch,omitempty"`
 	// State is queued (waiting for admission, or admitted with no stage
 	// started yet) or running.
 	State wire.RunState `json:"state"`
-	Tier  subjects.Tier `json:"tier"`
+	// Tier is the tier the run's stages are queued at.
+	Tier subjects.Tier `json:"tier"`
 	// Reason and Detail say why a run waits for admission; empty once
 	// admitted.
 	Reason string `json:"reason,omitempty"`
@@ -53,12 +56,15 @@ type RunStatus struct {
 
 // StageStatus is a queued or running stage.
 type StageStatus struct {
-	Key     string          `json:"key"`
-	State   wire.StageState `json:"state"`
-	Queue   string          `json:"queue"`
-	Tier    subjects.Tier   `json:"tier"`
-	Attempt int             `json:"attempt"`
-	Agent   string          `json:"agent,omitempty"`
+	// Key is the stage key; State is queued or running.
+	Key   string          `json:"key"`
+	State wire.StageState `json:"state"`
+	// Queue and Tier are where its job waits or waited.
+	Queue string        `json:"queue"`
+	Tier  subjects.Tier `json:"tier"`
+	// Attempt is the current attempt; Agent runs it, once running.
+	Attempt int    `json:"attempt"`
+	Agent   string `json:"agent,omitempty"`
 	// Reason says why a queued stage has not started: no_agent (no agent
 	// serves its queue), agents_busy (all of them are busy) or dispatching
 	// (an agent with a free slot is about to take it).
@@ -69,7 +75,7 @@ type StageStatus struct {
 	Waited time.Duration `json:"waited"`
 }
 
-// Stage pending reasons.
+// Reasons a queued stage has not started.
 const (
 	StagePaused      = "paused"
 	StageNoAgent     = "no_agent"

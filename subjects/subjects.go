@@ -182,15 +182,6 @@ func JobConsumer(queue string, tier Tier) string {
 	return "jobs_" + queue + "_" + string(tier)
 }
 
-// Storage says where a stream or bucket keeps its data.
-type Storage int
-
-// Storage kinds.
-const (
-	FileStorage Storage = iota
-	MemoryStorage
-)
-
 // Retention is a stream's retention policy.
 type Retention int
 
