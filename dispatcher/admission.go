@@ -259,10 +259,16 @@ func (d *Dispatcher) pend(ctx context.Context, runID, reason, detail string) {
 // release frees the WIP slot and concurrency lock of an ended run and
 // admits the next waiting runs of its repository.
 func (d *Dispatcher) release(ctx context.Context, r *wire.Run) error {
+	// A dispatcher that is stopping still frees what the run held.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
 	if r.Lease != "" {
-		d.releaseKey(ctx, r.Lease, r.ID)
+		d.releaseKey(rctx, r.Lease, r.ID)
 	}
-	d.releaseGroup(ctx, r)
+	d.releaseGroup(rctx, r)
+	if ctx.Err() != nil {
+		return nil
+	}
 	return d.admit(ctx, subjects.RepoToken(r.Repo))
 }
 
