@@ -47,6 +47,10 @@ type Config struct {
 	// LogFlush is how long output may wait before it is published;
 	// default 50ms.
 	LogFlush time.Duration
+	// AckWait is the AckWait of the job consumers this agent creates
+	// (existing ones keep theirs); default subjects.DefaultAckWait. The
+	// agent heartbeats every third of the consumer's actual AckWait.
+	AckWait time.Duration
 	// Executor is ExecutorAuto (default), ExecutorProcess or
 	// ExecutorContainerd.
 	Executor string
@@ -302,7 +306,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	sc := &scanner{bySubj: map[string]*source{}, wake: make(chan struct{}, 1), every: a.cfg.RescanInterval, log: a.log}
 	for _, q := range a.cfg.Queues {
-		if err := bus.EnsureJobConsumers(ctx, a.js, q); err != nil {
+		if err := bus.EnsureJobConsumers(ctx, a.js, q, a.cfg.AckWait); err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -34,19 +35,23 @@ func Provision(ctx context.Context, js jetstream.JetStream) error {
 			return fmt.Errorf("provision object store %s: %w", o.Name, err)
 		}
 	}
-	return EnsureJobConsumers(ctx, js, subjects.DefaultQueue)
+	return EnsureJobConsumers(ctx, js, subjects.DefaultQueue, 0)
 }
 
 // EnsureJobConsumers creates the durable consumer of every tier of queue
 // on the jobs stream where it is missing. An existing consumer is left as it
 // is, so an operator's tuning (AckWait, MaxDeliver with the nats CLI)
-// survives agents restarting; it is idempotent.
-func EnsureJobConsumers(ctx context.Context, js jetstream.JetStream, queue string) error {
+// survives agents restarting; it is idempotent. ackWait sets the AckWait
+// of the consumers it creates; 0 is subjects.DefaultAckWait.
+func EnsureJobConsumers(ctx context.Context, js jetstream.JetStream, queue string, ackWait time.Duration) error {
 	if err := subjects.ValidateQueue(queue); err != nil {
 		return err
 	}
 	for _, tier := range subjects.Tiers {
 		c := subjects.JobConsumerFor(queue, tier)
+		if ackWait > 0 {
+			c.AckWait = ackWait
+		}
 		if _, err := js.Consumer(ctx, subjects.JobsStream, c.Name); err == nil {
 			continue
 		} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
