@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -38,6 +39,11 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, ackWait time.Dura
 		a.log.Error().Err(err).Str("subject", msg.Subject()).Msg("terminating malformed job")
 		_ = msg.Term()
 		return
+	}
+	if meta, err := msg.Metadata(); err == nil && meta.NumDelivered > 1 {
+		if !a.takeOver(ctx, msg, &j) {
+			return
+		}
 	}
 	log := a.log.With().Str("run_id", j.RunID).Str("stage", j.Stage.Key).Int("attempt", j.Attempt).
 		Str("queue", j.Stage.Queue).Str("tier", string(j.Tier)).Logger()
@@ -166,4 +172,39 @@ func envList(env map[string]string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// takeOver decides what a redelivered job is: the stage its agent lost
+// (it runs as the next attempt) or a stale copy of a stage that moved on
+// (it is terminated unrun). It reports whether to run it.
+func (a *Agent) takeOver(ctx context.Context, msg jetstream.Msg, j *job) bool {
+	log := a.log.With().Str("run_id", j.RunID).Str("stage", j.Stage.Key).Int("job", j.Attempt).Logger()
+	kv, err := a.js.KeyValue(ctx, subjects.RunsBucket)
+	var entry jetstream.KeyValueEntry
+	if err == nil {
+		entry, err = kv.Get(ctx, j.RunID)
+	}
+	if err != nil {
+		// Without the run document the job cannot be judged: run it as it
+		// is; the dispatcher fences it if it is stale.
+		log.Warn().Err(err).Msg("redelivered job: run document unreadable")
+		return true
+	}
+	var r wire.Run
+	if err := json.Unmarshal(entry.Value(), &r); err != nil {
+		return true
+	}
+	s := r.Stage(j.Stage.Key)
+	if s == nil || s.State.Terminal() || s.Job != j.Attempt {
+		log.Info().Msg("stale redelivered job dropped")
+		_ = msg.Term()
+		return false
+	}
+	if s.State == wire.StageRunning {
+		// An agent started it and is gone: this is the next attempt.
+		j.Attempt = s.Attempt + 1
+		j.Env["WEFT_ATTEMPT"] = strconv.Itoa(j.Attempt)
+	}
+	log.Info().Int("attempt", j.Attempt).Msg("taking over a redelivered job")
+	return true
 }

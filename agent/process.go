@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -64,6 +65,10 @@ type processExecutor struct {
 }
 
 func (p processExecutor) run(ctx context.Context, spec execSpec, started func(time.Time), out func(stream, line string)) result {
+	// Pdeathsig fires when the thread that forked the shell exits: keep
+	// this goroutine on its thread until the shell is gone.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	// One pipe for both streams keeps lines in the order they were written.
 	outR, outW, err := os.Pipe()
 	if err != nil {
@@ -71,7 +76,9 @@ func (p processExecutor) run(ctx context.Context, spec execSpec, started func(ti
 	}
 	cmd := exec.Command("/bin/sh", "-c", script(spec.commands))
 	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = spec.dir, overlayEnv(p.baseEnv, spec.env), outW, outW
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: the shell dies with the agent, so a killed agent does not
+	// leave the stage's script running (its children may outlive it).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	err = cmd.Start()
 	outW.Close()
 	if err != nil {

@@ -35,6 +35,9 @@ func TestProvisionIsIdempotent(t *testing.T) {
 		}
 		return out
 	}
+	if err := bus.EnsureJobConsumers(ctx, b.JS, subjects.DefaultQueue, 0); err != nil {
+		t.Fatal(err)
+	}
 	before := snap()
 	for _, s := range subjects.Streams() {
 		if _, ok := before[s.Name]; !ok {
@@ -49,6 +52,9 @@ func TestProvisionIsIdempotent(t *testing.T) {
 	if err := bus.Provision(ctx, b.JS); err != nil {
 		t.Fatalf("second Provision: %v", err)
 	}
+	if err := bus.EnsureJobConsumers(ctx, b.JS, subjects.DefaultQueue, time.Second); err != nil {
+		t.Fatalf("second EnsureJobConsumers: %v", err)
+	}
 	after := snap()
 	if !reflect.DeepEqual(before, after) {
 		t.Errorf("second Provision changed streams:\nbefore %+v\nafter  %+v", before, after)
@@ -61,12 +67,18 @@ func TestProvisionIsIdempotent(t *testing.T) {
 		if got, want := c.CachedInfo().Config.FilterSubject, subjects.Job(subjects.DefaultQueue, tier); got != want {
 			t.Errorf("consumer %s filter = %q, want %q", tier, got, want)
 		}
+		if got := c.CachedInfo().Config.AckWait; got != subjects.DefaultAckWait {
+			t.Errorf("consumer %s AckWait = %v, want the first creator's %v kept", tier, got, subjects.DefaultAckWait)
+		}
 	}
 }
 
 func TestJobsAreRepublishedAfterStore(t *testing.T) {
 	b := test.Bus(t)
 	ctx := t.Context()
+	if err := bus.EnsureJobConsumers(ctx, b.JS, subjects.DefaultQueue, 0); err != nil {
+		t.Fatal(err)
+	}
 	sub, err := b.Conn.SubscribeSync(subjects.Wake(subjects.DefaultQueue))
 	if err != nil {
 		t.Fatal(err)

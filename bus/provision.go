@@ -12,8 +12,9 @@ import (
 )
 
 // Provision creates or updates every stream, KV bucket and object bucket of
-// package subjects, and the job consumers of the default queue. Running it
-// again with the same configuration changes nothing.
+// package subjects. Running it again with the same configuration changes
+// nothing. Job consumers are created by the agents that serve their queues
+// (EnsureJobConsumers), with the agents' AckWait.
 func Provision(ctx context.Context, js jetstream.JetStream) error {
 	for _, s := range subjects.Streams() {
 		if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(s)); err != nil {
@@ -35,7 +36,7 @@ func Provision(ctx context.Context, js jetstream.JetStream) error {
 			return fmt.Errorf("provision object store %s: %w", o.Name, err)
 		}
 	}
-	return EnsureJobConsumers(ctx, js, subjects.DefaultQueue, 0)
+	return nil
 }
 
 // EnsureJobConsumers creates the durable consumer of every tier of queue

@@ -132,6 +132,7 @@ func advance(r *wire.Run, now time.Time) []string {
 func queueAttempt(s *wire.StageRun, now time.Time) {
 	s.State = wire.StageQueued
 	s.Attempt++
+	s.Job = s.Attempt
 	s.Agent, s.ExitCode, s.Category, s.Message, s.LogSeq = "", -1, wire.CategoryNone, "", 0
 	s.Queued, s.Started, s.Heartbeat, s.Finished = now, time.Time{}, time.Time{}, time.Time{}
 }
@@ -175,7 +176,16 @@ const (
 // event from an attempt other than the stage's current one changes nothing.
 func apply(r *wire.Run, ev wire.Event, now time.Time) verdict {
 	s := r.Stage(ev.Stage)
-	if s == nil || ev.Attempt != s.Attempt {
+	if s == nil {
+		return ignored
+	}
+	if ev.Type == wire.Started && ev.Attempt > s.Attempt && (s.State == wire.StageQueued || s.State == wire.StageRunning) {
+		// The job was redelivered (its agent died or gave it back) and
+		// runs as the next attempt: it takes the stage over, and events of
+		// the attempt it replaces are fenced off from now on.
+		s.Attempt, s.State = ev.Attempt, wire.StageQueued
+	}
+	if ev.Attempt != s.Attempt {
 		return ignored
 	}
 	if s.State == wire.StageCancelled && (ev.Type == wire.Started || ev.Type == wire.Heartbeat) {

@@ -249,7 +249,7 @@ stages:
 			for _, s := range r.Stages {
 				want := wire.StageRun{Key: s.Key, State: wire.StagePending, Queue: s.Queue, ExitCode: -1}
 				if slices.Contains(tt.want, s.Key) {
-					want.State, want.Attempt, want.Queued = wire.StageQueued, 1, now
+					want.State, want.Attempt, want.Job, want.Queued = wire.StageQueued, 1, 1, now
 				}
 				if s != want {
 					t.Errorf("advance() stage %s = %+v, want %+v", s.Key, s, want)
@@ -572,7 +572,7 @@ stages:
 		{"started from an older attempt", started("flaky", 1)},
 		{"heartbeat from an older attempt", heartbeat("flaky", 1)},
 		{"finished from a later attempt", finished("lint", 2, 0, wire.CategoryNone)},
-		{"started from a later attempt", started("test", 2)},
+		{"finished from a later attempt", finished("test", 2, 0, wire.CategoryNone)},
 		{"finished of an unknown stage", finished("deploy", 1, 0, wire.CategoryNone)},
 		{"started of an unknown stage", started("deploy", 1)},
 		{"finished on a succeeded stage", finished("build", 1, 1, wire.CategoryCommand)},
@@ -712,7 +712,7 @@ stages:
 				if s.State != wire.StageQueued {
 					continue
 				}
-				want := wire.StageRun{Key: "flaky", State: wire.StageQueued, Attempt: res.attempt, Queue: s.Queue, ExitCode: -1, Queued: at(clock)}
+				want := wire.StageRun{Key: "flaky", State: wire.StageQueued, Attempt: res.attempt, Job: res.attempt, Queue: s.Queue, ExitCode: -1, Queued: at(clock)}
 				if *s != want {
 					t.Errorf("apply(%s) stage = %+v, want %+v", describe(ev), *s, want)
 				}
@@ -997,5 +997,28 @@ func TestAdmitRunAndSetPending(t *testing.T) {
 	}
 	if setPending(r, wire.PendingWIP, "x", at(5)) {
 		t.Errorf("setPending on an admitted run changed it")
+	}
+}
+
+func TestRedeliveredJobTakesTheStageOver(t *testing.T) {
+	r := newRun(testRunID, wire.Trigger{ID: "t"}, parse(t, diamond), 1, t0)
+	advance(r, t0)
+	if v := apply(r, wire.Event{Type: wire.Started, RunID: testRunID, Stage: "build", Attempt: 1, Agent: "a", Time: at(1)}, at(1)); v != applied {
+		t.Fatalf("start attempt 1 = %v", v)
+	}
+	// Agent a died; the job is redelivered to b as attempt 2.
+	if v := apply(r, wire.Event{Type: wire.Started, RunID: testRunID, Stage: "build", Attempt: 2, Agent: "b", Time: at(40)}, at(40)); v != applied {
+		t.Fatalf("start attempt 2 = %v", v)
+	}
+	s := r.Stage("build")
+	if s.Attempt != 2 || s.Job != 1 || s.Agent != "b" || s.State != wire.StageRunning || s.Started != at(40) {
+		t.Fatalf("after the takeover: %+v", *s)
+	}
+	// The zombie attempt 1 reports late: fenced off.
+	if v := apply(r, wire.Event{Type: wire.Finished, RunID: testRunID, Stage: "build", Attempt: 1, ExitCode: 1, Category: wire.CategoryCommand, Time: at(41)}, at(41)); v != ignored {
+		t.Errorf("finish of the replaced attempt = %v, want ignored", v)
+	}
+	if v := apply(r, wire.Event{Type: wire.Finished, RunID: testRunID, Stage: "build", Attempt: 2, Time: at(42)}, at(42)); v != applied || s.State != wire.StageSucceeded {
+		t.Errorf("finish of attempt 2 = %v, stage %s; want applied, succeeded", v, s.State)
 	}
 }

@@ -95,6 +95,10 @@ type StageRun struct {
 	State StageState `json:"state"`
 	// Attempt is the current (or last) attempt; 0 before the first.
 	Attempt int `json:"attempt"`
+	// Job is the attempt number of the stage's job message. A job that is
+	// redelivered (its agent died) runs as the next Attempt under the
+	// same Job.
+	Job int `json:"job,omitempty"`
 	// Queue is the agent queue the stage runs on.
 	Queue string `json:"queue"`
 	// Agent is the agent running or that ran the current attempt.

@@ -1,0 +1,102 @@
+package test
+
+import (
+	"context"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/wire"
+)
+
+// fleet is a weft server process and a client connection to it.
+type fleet struct {
+	url string
+	s   *Stack // Bus only: no in-process components
+}
+
+// startFleet starts `weft server` on a free port and connects to it.
+func startFleet(t *testing.T) *fleet {
+	t.Helper()
+	srv := startWeft(t, nil, "server", "--state", t.TempDir(), "--listen", "127.0.0.1:0")
+	line := srv.waitLine(t, &srv.stderr, 30*time.Second, "the server's URL", func(l string) bool { return strings.Contains(l, "listening on ") })
+	url := strings.Fields(strings.SplitN(line, "listening on ", 2)[1])[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := bus.Open(ctx, bus.Config{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return &fleet{url: url, s: &Stack{Bus: b, t: t}}
+}
+
+// agent starts `weft agent` with id and waits until it is registered.
+func (f *fleet) agent(t *testing.T, id string, args ...string) *proc {
+	t.Helper()
+	p := startWeft(t, nil, append([]string{"agent", "--join", f.url, "--id", id, "--executor", "process"}, args...)...)
+	if !Eventually(30*time.Second, func() bool {
+		st, err := client.GetStatus(context.Background(), f.s.Bus.JS)
+		if err != nil {
+			return false
+		}
+		for _, a := range st.Agents {
+			if a.ID == id {
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("agent %s never registered; stderr:\n%s", id, strings.Join(p.stderr.all(), "\n"))
+	}
+	return p
+}
+
+func TestAgentKilledMidStageRunsAgainElsewhere(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url)
+	const ackWait = 2 * time.Second
+	a := f.agent(t, "agent-a", "--ack-wait", ackWait.String())
+	id := f.s.Submit(t, "name: crash\nstages:\n  - key: s\n    commands:\n      - 'if [ \"$WEFT_ATTEMPT\" = 1 ]; then sleep 60; fi'\n      - echo attempt $WEFT_ATTEMPT\n")
+	t.Cleanup(func() {
+		for _, pid := range ProcessesWithEnv("WEFT_RUN_ID=" + id) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	waitFor(t, f.s, id, "running on agent-a", func(r *wire.Run) bool {
+		return r.Stage("s").State == wire.StageRunning && r.Stage("s").Agent == "agent-a"
+	})
+	f.agent(t, "agent-b", "--ack-wait", ackWait.String())
+	if err := a.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	r, updates := f.s.Wait(t, id)
+	st := r.Stage("s")
+	if r.State != wire.RunSucceeded || st.Attempt != 2 || st.Agent != "agent-b" {
+		t.Fatalf("run %s, stage attempt %d on %s; want succeeded on attempt 2 on agent-b", r.State, st.Attempt, st.Agent)
+	}
+	if recovery := st.Started.Sub(killed); recovery > ackWait+2*time.Second {
+		t.Errorf("the stage restarted %v after the kill, want at most AckWait + 2s = %v", recovery, ackWait+2*time.Second)
+	}
+	if got := strings.Join(stageLines(updates)["s"], ","); got != "attempt 2" {
+		t.Errorf("stage output %q, want attempt 2", got)
+	}
+}
+
+func TestAStageOfThreeAckWaitsKeepsOneAttempt(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url)
+	const ackWait = time.Second
+	f.agent(t, "agent-a", "--ack-wait", ackWait.String())
+	f.agent(t, "agent-b", "--ack-wait", ackWait.String())
+	r, _ := f.s.Run(t, "name: long\nstages:\n  - key: s\n    commands: [sleep 3.5]\n")
+	if st := r.Stage("s"); r.State != wire.RunSucceeded || st.Attempt != 1 {
+		t.Errorf("run %s, attempt %d; want succeeded on attempt 1 (heartbeats every AckWait/3)", r.State, st.Attempt)
+	}
+}
