@@ -176,7 +176,7 @@ func (d *Dispatcher) admit(ctx context.Context, token string) error {
 			continue
 		}
 		runID := string(entry.Value())
-		r, _, err := d.load(ctx, runID)
+		r, _, _, err := d.load(ctx, runID)
 		if err != nil || r.Lease != "" || r.State.Terminal() {
 			if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
 				_ = d.wip.Delete(ctx, wk)
@@ -307,7 +307,7 @@ func (d *Dispatcher) supersede(ctx context.Context, r *wire.Run) error {
 		}
 	}
 	for _, id := range victims {
-		v, _, err := d.load(ctx, id)
+		v, _, _, err := d.load(ctx, id)
 		if err != nil || v.Group != r.Group || v.Seq > r.Seq || v.State.Terminal() {
 			continue
 		}
@@ -367,7 +367,7 @@ func (d *Dispatcher) renew(ctx context.Context) {
 				continue
 			}
 			runID := string(e.Value())
-			r, _, err := d.load(ctx, runID)
+			r, _, _, err := d.load(ctx, runID)
 			if errors.Is(err, jetstream.ErrKeyNotFound) || (err == nil && r.State.Terminal()) {
 				d.releaseKey(ctx, k, runID)
 				continue

@@ -55,6 +55,14 @@ type Config struct {
 	Now func() time.Time
 }
 
+// A dispatcher that dies holds up to prefetch messages of each consumer
+// un-acked; they go to the other dispatchers (or its successor) after
+// handlerAckWait. Handling one message takes milliseconds.
+const (
+	prefetch       = 16
+	handlerAckWait = 10 * time.Second
+)
+
 // ErrInvalidConfig is wrapped by Config validation errors.
 var ErrInvalidConfig = errors.New("dispatcher: invalid config")
 
@@ -154,7 +162,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		Durable:       subjects.DispatcherTriggers,
 		FilterSubject: subjects.AllTriggers,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       handlerAckWait,
 	})
 	if err != nil {
 		return fmt.Errorf("dispatcher: triggers consumer: %w", err)
@@ -163,7 +171,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		Durable:       subjects.DispatcherEvents,
 		FilterSubject: subjects.AllEvents,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       handlerAckWait,
 	})
 	if err != nil {
 		return fmt.Errorf("dispatcher: events consumer: %w", err)
@@ -184,7 +192,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 // consume feeds messages to handle one at a time and acks each one handle
 // accepted; a handler error naks the message for a retry.
 func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, handle func(context.Context, jetstream.Msg) error) error {
-	it, err := c.Messages(jetstream.PullMaxMessages(64))
+	it, err := c.Messages(jetstream.PullMaxMessages(prefetch))
 	if err != nil {
 		return fmt.Errorf("dispatcher: consume: %w", err)
 	}
@@ -323,13 +331,49 @@ func (d *Dispatcher) handleEvent(ctx context.Context, msg jetstream.Msg) error {
 		d.log.Error().Err(err).Str("subject", msg.Subject()).Msg("dropping malformed event")
 		return nil
 	}
+	var err error
 	switch ev.Type {
 	case wire.CancelRequested:
-		return d.cancel(ctx, ev)
+		err = d.cancel(ctx, ev)
 	case wire.Started, wire.Heartbeat, wire.Finished:
-		return d.stageEvent(ctx, ev)
+		err = d.stageEvent(ctx, ev)
+	default:
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	// A redelivered event may have been applied by a dispatcher that died
+	// before it published what the change called for: finish that work.
+	if meta, merr := msg.Metadata(); merr == nil && meta.NumDelivered > 1 {
+		return d.repair(ctx, ev.RunID)
 	}
 	return nil
+}
+
+// repair publishes what a run document calls for, in case the dispatcher
+// that changed it died before doing so: the jobs of its queued stages
+// (their message ids make this a no-op when they were published within the
+// stream's duplicate window) and, for an ended run, the release of its
+// lease and lock.
+func (d *Dispatcher) repair(ctx context.Context, runID string) error {
+	d.forget(runID) // repair works from the stored document
+	r, _, _, err := d.load(ctx, runID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if r.State.Terminal() {
+		return d.release(ctx, r)
+	}
+	if r.CancelReason != "" {
+		if err := d.notifyCancel(runID); err != nil {
+			return err
+		}
+	}
+	return d.publishJobs(ctx, r, queuedKeys(r))
 }
 
 func (d *Dispatcher) stageEvent(ctx context.Context, ev wire.Event) error {
@@ -443,7 +487,7 @@ func (d *Dispatcher) get(ctx context.Context, id string) (*wire.Run, uint64, err
 // nil after when change reported no change (or the run does not exist).
 func (d *Dispatcher) update(ctx context.Context, id string, change func(*wire.Run) bool) (before, after *wire.Run, err error) {
 	for {
-		r, rev, err := d.load(ctx, id)
+		r, rev, cached, err := d.load(ctx, id)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			d.log.Warn().Str("run_id", id).Msg("event for unknown run")
 			return nil, nil, nil
@@ -453,6 +497,12 @@ func (d *Dispatcher) update(ctx context.Context, id string, change func(*wire.Ru
 		}
 		old := clone(r)
 		if !change(r) {
+			if cached {
+				// Another dispatcher may have moved the run on: decide
+				// "nothing to do" only on a fresh read.
+				d.forget(id)
+				continue
+			}
 			return old, nil, nil
 		}
 		data, err := json.Marshal(r)
@@ -473,20 +523,20 @@ func (d *Dispatcher) update(ctx context.Context, id string, change func(*wire.Ru
 }
 
 // load returns a copy of the run document and its revision, from the cache
-// or from the bucket.
-func (d *Dispatcher) load(ctx context.Context, id string) (*wire.Run, uint64, error) {
+// (cached is true) or from the bucket.
+func (d *Dispatcher) load(ctx context.Context, id string) (r *wire.Run, rev uint64, cached bool, err error) {
 	d.mu.Lock()
 	c, ok := d.cache[id]
 	d.mu.Unlock()
 	if ok {
-		return clone(c.run), c.rev, nil
+		return clone(c.run), c.rev, true, nil
 	}
-	r, rev, err := d.get(ctx, id)
+	r, rev, err = d.get(ctx, id)
 	if err == nil {
 		d.remember(r, rev)
 		r = clone(r)
 	}
-	return r, rev, err
+	return r, rev, false, err
 }
 
 func (d *Dispatcher) remember(r *wire.Run, rev uint64) {

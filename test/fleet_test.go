@@ -100,3 +100,91 @@ func TestAStageOfThreeAckWaitsKeepsOneAttempt(t *testing.T) {
 		t.Errorf("run %s, attempt %d; want succeeded on attempt 1 (heartbeats every AckWait/3)", r.State, st.Attempt)
 	}
 }
+
+// finishedEvents counts the finished events of each stage of a run.
+func finishedEvents(t *testing.T, s *Stack, r *wire.Run) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, st := range r.Stages {
+		for _, ev := range stageEvents(t, s.Bus.JS, r.ID, st.Key) {
+			if ev.Type == wire.Finished {
+				out[st.Key]++
+			}
+		}
+	}
+	return out
+}
+
+func TestTwoDispatchersAndOneKilledMidRun(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	d1 := startWeft(t, []string{"WEFT_LOG_LEVEL=info"}, "dispatcher", "--server", f.url, "--wip", "100")
+	d2 := startWeft(t, []string{"WEFT_LOG_LEVEL=info"}, "dispatcher", "--server", f.url, "--wip", "100")
+	defer func() {
+		if t.Failed() {
+			t.Logf("d1:\n%s\nd2:\n%s", strings.Join(d1.stderr.all(), "\n"), strings.Join(d2.stderr.all(), "\n"))
+		}
+	}()
+	f.agent(t, "agent-a", "--slots", "4")
+	text := "name: chain\nstages:\n" +
+		"  - key: a\n    commands: [sleep 0.05]\n" +
+		"  - key: b\n    depends_on: [a]\n    commands: [sleep 0.05]\n" +
+		"  - key: c\n    depends_on: [a]\n    commands: [sleep 0.05]\n" +
+		"  - key: d\n    depends_on: [b, c]\n    commands: [sleep 0.05]\n"
+	var ids []string
+	for range 10 {
+		ids = append(ids, f.s.Submit(t, text))
+	}
+	// Kill one dispatcher while the runs are in flight, start another.
+	waitFor(t, f.s, ids[0], "running", func(r *wire.Run) bool { return r.State == wire.RunRunning })
+	if err := d1.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	startWeft(t, nil, "dispatcher", "--server", f.url, "--wip", "100")
+	for _, id := range ids {
+		r := waitFor(t, f.s, id, "ended", func(r *wire.Run) bool { return r.State.Terminal() })
+		if r.State != wire.RunSucceeded {
+			t.Errorf("run %s %s: %+v", id, r.State, r.Stages)
+			continue
+		}
+		for key, n := range finishedEvents(t, f.s, r) {
+			if n != 1 {
+				t.Errorf("run %s stage %s finished %d times, want once", id, key, n)
+			}
+		}
+	}
+}
+
+func TestServerRestartMidRun(t *testing.T) {
+	t.Parallel()
+	state := t.TempDir()
+	srv := startWeft(t, nil, "server", "--state", state, "--listen", "127.0.0.1:0")
+	line := srv.waitLine(t, &srv.stderr, 30*time.Second, "the server's URL", func(l string) bool { return strings.Contains(l, "listening on ") })
+	url := strings.Fields(strings.SplitN(line, "listening on ", 2)[1])[0]
+	port := url[strings.LastIndexByte(url, ':')+1:]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := bus.Open(ctx, bus.Config{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	f := &fleet{url: url, s: &Stack{Bus: b, t: t}}
+	startWeft(t, nil, "dispatcher", "--server", url)
+	f.agent(t, "agent-a")
+	g := newGate(t)
+	id := f.s.Submit(t, "name: restart\nenv: {GATE: "+string(g)+"}\nstages:\n  - key: a\n    commands: ['while [ ! -f \"$GATE\" ]; do sleep 0.02; done']\n  - key: b\n    depends_on: [a]\n    commands: [echo after the restart]\n")
+	waitFor(t, f.s, id, "running", stageIs("a", wire.StageRunning))
+	// Stop the server (SIGKILL: no clean shutdown) and start it again on
+	// the same port and state.
+	if err := srv.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	srv.wait(t, 10*time.Second)
+	startWeft(t, nil, "server", "--state", state, "--listen", "127.0.0.1:"+port)
+	g.open(t)
+	r, _ := f.s.Wait(t, id)
+	if r.State != wire.RunSucceeded {
+		t.Errorf("run %s after a server restart: %+v", r.State, r.Stages)
+	}
+}
