@@ -51,6 +51,10 @@ type Config struct {
 	// (existing ones keep theirs); default subjects.DefaultAckWait. The
 	// agent heartbeats every third of the consumer's actual AckWait.
 	AckWait time.Duration
+	// MaxDeliver is the MaxDeliver of the job consumers this agent
+	// creates: after that many deliveries a job is dead-lettered. Default
+	// subjects.DefaultMaxDeliver.
+	MaxDeliver int
 	// Executor is ExecutorAuto (default), ExecutorProcess or
 	// ExecutorContainerd.
 	Executor string
@@ -306,7 +310,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	sc := &scanner{bySubj: map[string]*source{}, wake: make(chan struct{}, 1), every: a.cfg.RescanInterval, log: a.log}
 	for _, q := range a.cfg.Queues {
-		if err := bus.EnsureJobConsumers(ctx, a.js, q, a.cfg.AckWait); err != nil {
+		if err := bus.EnsureJobConsumers(ctx, a.js, q, a.cfg.AckWait, a.cfg.MaxDeliver); err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
 	}

@@ -35,7 +35,7 @@ func TestProvisionIsIdempotent(t *testing.T) {
 		}
 		return out
 	}
-	if err := bus.EnsureJobConsumers(ctx, b.JS, subjects.DefaultQueue, 0); err != nil {
+	if err := bus.EnsureJobConsumers(ctx, b.JS, subjects.DefaultQueue, 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	before := snap()
@@ -52,7 +52,7 @@ func TestProvisionIsIdempotent(t *testing.T) {
 	if err := bus.Provision(ctx, b.JS); err != nil {
 		t.Fatalf("second Provision: %v", err)
 	}
-	if err := bus.EnsureJobConsumers(ctx, b.JS, subjects.DefaultQueue, time.Second); err != nil {
+	if err := bus.EnsureJobConsumers(ctx, b.JS, subjects.DefaultQueue, time.Second, 0); err != nil {
 		t.Fatalf("second EnsureJobConsumers: %v", err)
 	}
 	after := snap()
@@ -76,7 +76,7 @@ func TestProvisionIsIdempotent(t *testing.T) {
 func TestJobsAreRepublishedAfterStore(t *testing.T) {
 	b := test.Bus(t)
 	ctx := t.Context()
-	if err := bus.EnsureJobConsumers(ctx, b.JS, subjects.DefaultQueue, 0); err != nil {
+	if err := bus.EnsureJobConsumers(ctx, b.JS, subjects.DefaultQueue, 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	sub, err := b.Conn.SubscribeSync(subjects.Wake(subjects.DefaultQueue))

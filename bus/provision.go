@@ -42,9 +42,9 @@ func Provision(ctx context.Context, js jetstream.JetStream) error {
 // EnsureJobConsumers creates the durable consumer of every tier of queue
 // on the jobs stream where it is missing. An existing consumer is left as it
 // is, so an operator's tuning (AckWait, MaxDeliver with the nats CLI)
-// survives agents restarting; it is idempotent. ackWait sets the AckWait
-// of the consumers it creates; 0 is subjects.DefaultAckWait.
-func EnsureJobConsumers(ctx context.Context, js jetstream.JetStream, queue string, ackWait time.Duration) error {
+// survives agents restarting; it is idempotent. ackWait and maxDeliver set
+// those of the consumers it creates; 0 is subjects' default.
+func EnsureJobConsumers(ctx context.Context, js jetstream.JetStream, queue string, ackWait time.Duration, maxDeliver int) error {
 	if err := subjects.ValidateQueue(queue); err != nil {
 		return err
 	}
@@ -52,6 +52,9 @@ func EnsureJobConsumers(ctx context.Context, js jetstream.JetStream, queue strin
 		c := subjects.JobConsumerFor(queue, tier)
 		if ackWait > 0 {
 			c.AckWait = ackWait
+		}
+		if maxDeliver > 0 {
+			c.MaxDeliver = maxDeliver
 		}
 		if _, err := js.Consumer(ctx, subjects.JobsStream, c.Name); err == nil {
 			continue

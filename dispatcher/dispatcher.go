@@ -176,10 +176,20 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dispatcher: events consumer: %w", err)
 	}
+	deadLetters, err := d.js.CreateOrUpdateConsumer(ctx, subjects.AdvisoriesStream, jetstream.ConsumerConfig{
+		Durable:       subjects.DispatcherDeadLetters,
+		FilterSubject: subjects.MaxDeliveries,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       handlerAckWait,
+	})
+	if err != nil {
+		return fmt.Errorf("dispatcher: dead-letter consumer: %w", err)
+	}
 	d.log.Info().Msg("dispatcher started")
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.consume(gctx, triggers, d.handleTrigger) })
 	g.Go(func() error { return d.consume(gctx, events, d.handleEvent) })
+	g.Go(func() error { return d.consume(gctx, deadLetters, d.handleDeadLetter) })
 	g.Go(func() error { return d.watchReleases(gctx) })
 	g.Go(func() error { return d.maintain(gctx) })
 	err = g.Wait()
@@ -337,6 +347,8 @@ func (d *Dispatcher) handleEvent(ctx context.Context, msg jetstream.Msg) error {
 		err = d.cancel(ctx, ev)
 	case wire.Started, wire.Heartbeat, wire.Finished:
 		err = d.stageEvent(ctx, ev)
+	case wire.ReplayRequested:
+		err = d.replay(ctx, ev)
 	default:
 		return nil
 	}

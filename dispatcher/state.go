@@ -295,3 +295,34 @@ func tierOf(r *wire.Run) subjects.Tier {
 	}
 	return r.Tier
 }
+
+// deadLetter fails a stage whose job (attempt job) exhausted its
+// deliveries. It returns false when the stage has moved on.
+func deadLetter(r *wire.Run, key string, job int, msg string, now time.Time) bool {
+	s := r.Stage(key)
+	if s == nil || s.Job != job || s.State.Terminal() {
+		return false
+	}
+	s.State, s.Category, s.Message, s.Finished = wire.StageFailed, wire.CategoryDeadLetter, msg, now
+	advance(r, now)
+	return true
+}
+
+// replayStage queues a failed stage again as a new attempt and makes the
+// stages skipped because of it pending again; the run becomes live. It
+// returns false for a stage that did not fail or a cancelled run.
+func replayStage(r *wire.Run, key string, now time.Time) bool {
+	s := r.Stage(key)
+	if s == nil || s.State != wire.StageFailed || r.CancelReason != "" {
+		return false
+	}
+	queueAttempt(s, now)
+	for i := range r.Stages {
+		if st := &r.Stages[i]; st.State == wire.StageSkipped {
+			st.State, st.Message, st.Finished = wire.StagePending, "", time.Time{}
+		}
+	}
+	r.State, r.Finished = wire.RunRunning, time.Time{}
+	advance(r, now)
+	return true
+}

@@ -24,6 +24,10 @@ const (
 	TriggersStream = "WEFT_TRIGGERS"
 	// DLQStream holds stage jobs that exhausted their deliveries.
 	DLQStream = "WEFT_DLQ"
+	// AdvisoriesStream keeps the server's max-deliveries advisories of the
+	// jobs stream, so that a dead job is handled even when no dispatcher
+	// was listening at the time.
+	AdvisoriesStream = "WEFT_ADVISORIES"
 )
 
 // KV and object bucket names.
@@ -49,6 +53,9 @@ const (
 	// DispatcherEvents is the durable consumer the dispatchers share on
 	// EventsStream.
 	DispatcherEvents = "dispatcher_events"
+	// DispatcherDeadLetters is the durable consumer the dispatchers share
+	// on AdvisoriesStream.
+	DispatcherDeadLetters = "dispatcher_dead_letters"
 )
 
 // Subject templates and wildcards. Use the builders below to fill them.
@@ -75,6 +82,9 @@ const (
 	AllDLQ = dlqPrefix + ".>"
 	// AllCancel matches every cancel notice.
 	AllCancel = cancelPrefix + ".*"
+	// MaxDeliveries matches the server's advisories for job messages that
+	// exhausted their deliveries.
+	MaxDeliveries = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + JobsStream + ".*"
 	// RunEvents matches run-level events of every run (weft.events.<run>).
 	RunEvents = eventsPrefix + ".*"
 )
@@ -115,6 +125,11 @@ func DLQ(queue string) string { return dlqPrefix + "." + queue }
 
 // Cancel returns the subject of a run's cancel notice: weft.cancel.<run>.
 func Cancel(run string) string { return cancelPrefix + "." + run }
+
+// DLQMsgID returns the Nats-Msg-Id of a dead job's copy in the DLQ.
+func DLQMsgID(run, stage string, job int) string {
+	return fmt.Sprintf("dlq.%s.%s.%d", run, stage, job)
+}
 
 // JobMsgID returns the Nats-Msg-Id of a stage attempt's job, so that
 // publishing the same attempt twice stores it once.
@@ -332,6 +347,12 @@ func Streams() []Stream {
 			Duplicates:  TriggerDuplicates,
 		},
 		{
+			Name:        AdvisoriesStream,
+			Description: "max-deliveries advisories of WEFT_JOBS, for the dispatchers' dead-letter handling",
+			Subjects:    []string{MaxDeliveries},
+			MaxAge:      DefaultEventRetention,
+		},
+		{
 			Name:        DLQStream,
 			Description: "weft stage jobs that exhausted their deliveries: weft.dlq.<queue>",
 			Subjects:    []string{AllDLQ},
@@ -402,3 +423,17 @@ func KeyRepoToken(key string) string {
 // job from a paused queue until the key is deleted. PauseKey("*") matches
 // all of them.
 func PauseKey(queue string) string { return "pause." + queue }
+
+// Headers of a dead job's copy in the DLQ.
+const (
+	// HeaderRun is the run id.
+	HeaderRun = "Weft-Run"
+	// HeaderStage is the stage key.
+	HeaderStage = "Weft-Stage"
+	// HeaderJob is the job's attempt number.
+	HeaderJob = "Weft-Job"
+	// HeaderSubject is the job subject it was on.
+	HeaderSubject = "Weft-Subject"
+	// HeaderDeliveries is how often it was delivered.
+	HeaderDeliveries = "Weft-Deliveries"
+)

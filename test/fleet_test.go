@@ -2,7 +2,12 @@ package test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -186,5 +191,58 @@ func TestServerRestartMidRun(t *testing.T) {
 	r, _ := f.s.Wait(t, id)
 	if r.State != wire.RunSucceeded {
 		t.Errorf("run %s after a server restart: %+v", r.State, r.Stages)
+	}
+}
+
+func TestAJobThatKeepsCrashingItsAgentIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url)
+	// Keep one agent alive: the stage kills each one that runs it.
+	ctx, cancel := context.WithCancel(context.Background())
+	var supervisor sync.WaitGroup
+	t.Cleanup(func() { cancel(); supervisor.Wait() })
+	supervisor.Go(func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			p := startWeft(t, nil, "agent", "--join", f.url, "--id", fmt.Sprintf("agent-%d", i),
+				"--executor", "process", "--ack-wait", "1s", "--max-deliver", "3")
+			select {
+			case <-p.done:
+			case <-ctx.Done():
+				_ = p.cmd.Process.Kill()
+				<-p.done
+			}
+		}
+	})
+	heal := filepath.Join(t.TempDir(), "heal")
+	id := f.s.Submit(t, "name: poison\nenv: {HEAL: "+heal+"}\nstages:\n"+
+		"  - key: poison\n    commands: ['[ -f \"$HEAL\" ] || kill -9 $PPID', echo healed]\n"+
+		"  - key: after\n    depends_on: [poison]\n    commands: [echo after]\n")
+	r := waitFor(t, f.s, id, "failed", func(r *wire.Run) bool { return r.State.Terminal() })
+	st := r.Stage("poison")
+	if r.State != wire.RunFailed || st.Category != wire.CategoryDeadLetter || r.Stage("after").State != wire.StageSkipped {
+		t.Fatalf("run %s, poison %s/%s, after %s; want failed, dead_letter, skipped", r.State, st.State, st.Category, r.Stage("after").State)
+	}
+	ls := RunWeft(t, weftBin, t.TempDir(), nil, "dlq", "ls", "--server", f.url, "--json")
+	var dls []client.DeadLetter
+	if err := json.Unmarshal([]byte(ls.Stdout), &dls); ls.Code != 0 || err != nil || len(dls) != 1 {
+		t.Fatalf("weft dlq ls = %d %q (%v), want one dead letter", ls.Code, ls.Stdout, err)
+	}
+	if dl := dls[0]; dl.RunID != id || dl.Stage != "poison" || dl.Deliveries != 3 {
+		t.Errorf("dead letter %+v, want run %s stage poison after 3 deliveries", dl, id)
+	}
+	if err := os.WriteFile(heal, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res := RunWeft(t, weftBin, t.TempDir(), nil, "dlq", "replay", "--server", f.url, fmt.Sprint(dls[0].Seq))
+	if res.Code != 0 {
+		t.Fatalf("weft dlq replay = %d %s", res.Code, res.Stderr)
+	}
+	r = waitFor(t, f.s, id, "succeeded after the replay", func(r *wire.Run) bool { return r.State == wire.RunSucceeded })
+	if st := r.Stage("poison"); st.Attempt <= 3 || r.Stage("after").State != wire.StageSucceeded {
+		t.Errorf("after the replay: poison attempt %d, after %s", st.Attempt, r.Stage("after").State)
+	}
+	if ls := RunWeft(t, weftBin, t.TempDir(), nil, "dlq", "ls", "--server", f.url, "--json"); strings.TrimSpace(ls.Stdout) != "null" {
+		t.Errorf("the DLQ after the replay: %s", ls.Stdout)
 	}
 }

@@ -106,6 +106,9 @@ const (
 	CancelRequested EventType = "cancel_requested"
 	// RunFinished: the run reached a terminal state.
 	RunFinished EventType = "run_finished"
+	// ReplayRequested: someone asked for a dead-lettered stage to run
+	// again (Stage names it).
+	ReplayRequested EventType = "replay_requested"
 )
 
 // Category classifies why a stage failed.
@@ -126,6 +129,9 @@ const (
 	CategoryInfra Category = "infra"
 	// CategoryOOM: the stage was killed for exceeding its memory limit.
 	CategoryOOM Category = "oom"
+	// CategoryDeadLetter: the stage's job exhausted its deliveries (its
+	// agents kept dying) and was moved to the dead-letter stream.
+	CategoryDeadLetter Category = "dead_letter"
 )
 
 // Event is a lifecycle event of a stage or a run.

@@ -169,5 +169,6 @@ it stops its running stages and hands their jobs back to the fleet.
 	f.StringVar(&containerd, "containerd-address", envOr("WEFT_CONTAINERD_ADDRESS", defaultContainerd), "containerd socket (env WEFT_CONTAINERD_ADDRESS)")
 	f.DurationVar(&cfg.KillGrace, "kill-grace", 10*time.Second, "time a stopped stage gets between SIGTERM and SIGKILL")
 	f.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "AckWait of job consumers this agent creates; it heartbeats every third")
+	f.IntVar(&cfg.MaxDeliver, "max-deliver", 5, "deliveries of a job before it is dead-lettered, for job consumers this agent creates")
 	return cmd
 }

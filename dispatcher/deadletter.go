@@ -1,0 +1,82 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+// maxDeliveriesAdvisory is the part of the server's advisory weft reads.
+type maxDeliveriesAdvisory struct {
+	Stream     string `json:"stream"`
+	Consumer   string `json:"consumer"`
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries uint64 `json:"deliveries"`
+}
+
+// handleDeadLetter moves a job that exhausted its deliveries to the DLQ:
+// copy, delete from the jobs stream (a work queue keeps it otherwise), and
+// fail its stage with category dead_letter. Each step is idempotent, so a
+// redelivered advisory finishes what a dead dispatcher started.
+func (d *Dispatcher) handleDeadLetter(ctx context.Context, msg jetstream.Msg) error {
+	var adv maxDeliveriesAdvisory
+	if err := json.Unmarshal(msg.Data(), &adv); err != nil || adv.Stream != subjects.JobsStream {
+		return nil
+	}
+	jobs, err := d.js.Stream(ctx, subjects.JobsStream)
+	if err != nil {
+		return fmt.Errorf("jobs stream: %w", err)
+	}
+	raw, err := jobs.GetMsg(ctx, adv.StreamSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil // acked at the last moment, or moved already
+	}
+	if err != nil {
+		return fmt.Errorf("get dead job %d: %w", adv.StreamSeq, err)
+	}
+	var job wire.Job
+	if err := json.Unmarshal(raw.Data, &job); err != nil {
+		d.log.Error().Err(err).Uint64("seq", adv.StreamSeq).Msg("dead job is not a job; deleting it")
+		return jobs.DeleteMsg(ctx, adv.StreamSeq)
+	}
+	log := d.log.With().Str("run_id", job.RunID).Str("stage", job.Stage.Key).Int("job", job.Attempt).Logger()
+	hdr := nats.Header{}
+	hdr.Set(subjects.HeaderRun, job.RunID)
+	hdr.Set(subjects.HeaderStage, job.Stage.Key)
+	hdr.Set(subjects.HeaderJob, strconv.Itoa(job.Attempt))
+	hdr.Set(subjects.HeaderSubject, raw.Subject)
+	hdr.Set(subjects.HeaderDeliveries, strconv.FormatUint(adv.Deliveries, 10))
+	if _, err := d.js.PublishMsg(ctx, &nats.Msg{Subject: subjects.DLQ(job.Stage.Queue), Header: hdr, Data: raw.Data},
+		jetstream.WithMsgID(subjects.DLQMsgID(job.RunID, job.Stage.Key, job.Attempt))); err != nil {
+		return fmt.Errorf("copy dead job to the DLQ: %w", err)
+	}
+	if err := jobs.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("delete dead job %d: %w", adv.StreamSeq, err)
+	}
+	log.Warn().Uint64("deliveries", adv.Deliveries).Msg("job dead-lettered")
+	before, after, err := d.update(ctx, job.RunID, func(r *wire.Run) bool {
+		return deadLetter(r, job.Stage.Key, job.Attempt, fmt.Sprintf("its job was dead-lettered after %d deliveries (weft dlq replay runs it again)", adv.Deliveries), d.cfg.Now())
+	})
+	if err != nil || after == nil {
+		return err
+	}
+	return d.afterUpdate(ctx, before, after)
+}
+
+// replay runs a failed stage again on an operator's request.
+func (d *Dispatcher) replay(ctx context.Context, ev wire.Event) error {
+	before, after, err := d.update(ctx, ev.RunID, func(r *wire.Run) bool { return replayStage(r, ev.Stage, d.cfg.Now()) })
+	if err != nil || after == nil {
+		return err
+	}
+	d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Msg("stage replayed")
+	return d.afterUpdate(ctx, before, after)
+}
