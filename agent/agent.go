@@ -325,7 +325,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			sc.bySubj[subjects.WakeFor(q, tier)] = src
 		}
 	}
-	ackWait := sc.sources[0].consumer.CachedInfo().Config.AckWait
+	limits := jobLimits{
+		ackWait:    sc.sources[0].consumer.CachedInfo().Config.AckWait,
+		maxDeliver: sc.sources[0].consumer.CachedInfo().Config.MaxDeliver,
+	}
 
 	var subs []*nats.Subscription
 	defer func() {
@@ -384,7 +387,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.setBusy(1)
 		wg.Go(func() {
 			defer func() { <-slots; a.setBusy(-1) }()
-			a.runJob(ctx, msg, ackWait)
+			a.runJob(ctx, msg, limits)
 		})
 	}
 }

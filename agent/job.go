@@ -33,17 +33,38 @@ type job struct {
 // runJob runs one job message to its end: started event, heartbeats, the
 // executor, log streaming, finished event, ack. When ctx ends first (the
 // agent stops) the stage is killed and the job nak'ed for another agent.
-func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, ackWait time.Duration) {
+// jobLimits are the job consumer's settings that shape a job's handling.
+type jobLimits struct {
+	ackWait    time.Duration // heartbeats go every third of it
+	maxDeliver int           // infrastructure failures are retried until it
+}
+
+// infraBackoff is the delay before delivery n+1 after an infrastructure
+// failure on delivery n.
+func infraBackoff(n int) time.Duration {
+	return min(time.Second<<min(n-1, 6), time.Minute)
+}
+
+func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits) {
 	var j job
 	if err := json.Unmarshal(msg.Data(), &j.Job); err != nil {
 		a.log.Error().Err(err).Str("subject", msg.Subject()).Msg("terminating malformed job")
 		_ = msg.Term()
 		return
 	}
-	if meta, err := msg.Metadata(); err == nil && meta.NumDelivered > 1 {
-		if !a.takeOver(ctx, msg, &j) {
-			return
+	if wait := time.Until(j.NotBefore); wait > 0 {
+		// A retry's backoff: JetStream hands the job back when it is due.
+		if err := msg.NakWithDelay(wait); err != nil {
+			a.log.Warn().Err(err).Msg("nak a retry before its time")
 		}
+		return
+	}
+	delivered := 1
+	if meta, err := msg.Metadata(); err == nil {
+		delivered = int(meta.NumDelivered)
+	}
+	if delivered > 1 && !a.takeOver(ctx, msg, &j) {
+		return
 	}
 	log := a.log.With().Str("run_id", j.RunID).Str("stage", j.Stage.Key).Int("attempt", j.Attempt).
 		Str("queue", j.Stage.Queue).Str("tier", string(j.Tier)).Logger()
@@ -82,18 +103,31 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, ackWait time.Dura
 	hbDone := make(chan struct{})
 	started := func(at time.Time) {
 		a.publishEvent(bg, wire.Event{Type: wire.Started, RunID: j.RunID, Stage: j.Stage.Key, Attempt: j.Attempt, Agent: a.cfg.ID, Time: at}, log)
-		wg.Go(func() { a.heartbeat(bg, msg, &j, ackWait/3, hbDone, log) })
+		wg.Go(func() { a.heartbeat(bg, msg, &j, limits.ackWait/3, hbDone, log) })
 	}
 	var res result
+	retry := time.Duration(0)
 	if ex, refusal := a.executorFor(&j.Job); ex == nil {
+		// This agent cannot run such stages at all: no point retrying.
 		res = result{exitCode: -1, category: wire.CategoryInfra, message: refusal}
 	} else {
 		res = ex.run(runCtx, execSpec{job: &j.Job, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
+		if res.category == wire.CategoryInfra && ctx.Err() == nil && (limits.maxDeliver <= 0 || delivered < limits.maxDeliver) {
+			// Infrastructure failures are retried within the delivery limit.
+			retry = infraBackoff(delivered)
+			logs.write(streamSystem, fmt.Sprintf("weft: %s; retrying in %s (delivery %d of %d)", res.message, retry, delivered, limits.maxDeliver))
+		}
 	}
 	close(hbDone)
 	logs.close()
 	wg.Wait()
 
+	if retry > 0 {
+		if err := msg.NakWithDelay(retry); err != nil {
+			log.Warn().Err(err).Msg("nak for an infrastructure retry")
+		}
+		return
+	}
 	switch cause := context.Cause(runCtx); {
 	case res.category != wire.CategoryNone && res.category != wire.CategoryCommand:
 		// The executor knows best (infra, oom).

@@ -48,8 +48,12 @@ type result struct {
 	message  string
 }
 
-// streamOutput names the combined stdout and stderr of a stage in log lines.
-const streamOutput = "output"
+// Streams of log lines: the stage's combined stdout and stderr, and weft's
+// own notes.
+const (
+	streamOutput = "output"
+	streamSystem = "system"
+)
 
 // script joins a stage's commands into one shell script that stops at the
 // first failing command.

@@ -1,6 +1,8 @@
 package dispatcher
 
 import (
+	"fmt"
+	"hash/fnv"
 	"slices"
 	"time"
 
@@ -134,7 +136,7 @@ func queueAttempt(s *wire.StageRun, now time.Time) {
 	s.Attempt++
 	s.Job = s.Attempt
 	s.Agent, s.ExitCode, s.Category, s.Message, s.LogSeq = "", -1, wire.CategoryNone, "", 0
-	s.Queued, s.Started, s.Heartbeat, s.Finished = now, time.Time{}, time.Time{}, time.Time{}
+	s.Queued, s.Started, s.Heartbeat, s.Finished, s.NotBefore = now, time.Time{}, time.Time{}, time.Time{}, time.Time{}
 }
 
 // finish sets the run's terminal state once every stage is terminal.
@@ -225,6 +227,7 @@ func apply(r *wire.Run, ev wire.Event, now time.Time) verdict {
 			s.State = wire.StageCancelled
 		case r.CancelReason == "" && retryable(r.Pipeline.Stage(s.Key), s, ev):
 			queueAttempt(s, now)
+			s.NotBefore = now.Add(retryDelay(r.ID, s.Key, s.Job))
 		default:
 			s.State = wire.StageFailed
 		}
@@ -233,12 +236,37 @@ func apply(r *wire.Run, ev wire.Event, now time.Time) verdict {
 	return ignored
 }
 
-// retryable reports whether a failed attempt gets another one.
+// retryable reports whether a failed attempt gets another one:
+// retry.automatic retries any failure, or with retry.exit_status only
+// commands that exited with one of those codes. Attempts a redelivery took
+// over do not count: retries are counted in jobs.
 func retryable(st *pipeline.Stage, s *wire.StageRun, ev wire.Event) bool {
-	if ev.Category != wire.CategoryCommand || s.Attempt > st.Retry.Automatic {
+	if s.Job > st.Retry.Automatic {
 		return false
 	}
-	return len(st.Retry.ExitStatus) == 0 || slices.Contains(st.Retry.ExitStatus, ev.ExitCode)
+	if len(st.Retry.ExitStatus) > 0 {
+		return ev.Category == wire.CategoryCommand && slices.Contains(st.Retry.ExitStatus, ev.ExitCode)
+	}
+	return ev.Category != wire.CategoryCancelled
+}
+
+// Retry backoff: the delay before retry n is retryBase * 2^(n-1), at most
+// retryMax, with +-20 % jitter.
+const (
+	retryBase = time.Second
+	retryMax  = time.Minute
+)
+
+// retryDelay returns the backoff before the job-th job of a stage. The
+// jitter is derived from the run, stage and job, so a republished job
+// carries the same delay.
+func retryDelay(runID, stage string, job int) time.Duration {
+	d := retryBase << min(job-2, 16)
+	d = min(d, retryMax)
+	h := fnv.New32a()
+	fmt.Fprintf(h, "%s/%s/%d", runID, stage, job)
+	jitter := float64(h.Sum32()%4001)/10000 - 0.2 // -0.2 .. +0.2
+	return time.Duration(float64(d) * (1 + jitter))
 }
 
 // cancel starts cancelling the run: pending and queued stages are cancelled
@@ -266,12 +294,13 @@ func queuedJobs(r *wire.Run, keys []string) []wire.Job {
 		s := r.Stage(key)
 		st := r.Pipeline.Stage(key)
 		jobs = append(jobs, wire.Job{
-			RunID:    r.ID,
-			Pipeline: r.Pipeline.Name,
-			Attempt:  s.Attempt,
-			Tier:     r.Tier,
-			Stage:    *st,
-			Env:      wire.JobEnv(r.Pipeline, st, r.ID, r.Branch, r.Commit, s.Attempt),
+			RunID:     r.ID,
+			Pipeline:  r.Pipeline.Name,
+			Attempt:   s.Attempt,
+			Tier:      r.Tier,
+			Stage:     *st,
+			Env:       wire.JobEnv(r.Pipeline, st, r.ID, r.Branch, r.Commit, s.Attempt),
+			NotBefore: s.NotBefore,
 		})
 	}
 	return jobs

@@ -643,9 +643,9 @@ func TestApplyRetry(t *testing.T) {
 			},
 		},
 		{
-			name:    "timeout not retried",
+			name:    "timeout retried by retry.automatic",
 			retry:   "{automatic: 2}",
-			results: []result{{-1, wire.CategoryTimeout, wire.StageFailed, 1}},
+			results: []result{{-1, wire.CategoryTimeout, wire.StageQueued, 2}},
 		},
 		{
 			name:    "timeout not retried even with a listed exit status",
@@ -653,9 +653,9 @@ func TestApplyRetry(t *testing.T) {
 			results: []result{{75, wire.CategoryTimeout, wire.StageFailed, 1}},
 		},
 		{
-			name:    "infra failure not retried",
+			name:    "infra failure retried by retry.automatic",
 			retry:   "{automatic: 2}",
-			results: []result{{-1, wire.CategoryInfra, wire.StageFailed, 1}},
+			results: []result{{-1, wire.CategoryInfra, wire.StageQueued, 2}},
 		},
 		{
 			name:  "any command failure retried without exit_status",
@@ -712,7 +712,8 @@ stages:
 				if s.State != wire.StageQueued {
 					continue
 				}
-				want := wire.StageRun{Key: "flaky", State: wire.StageQueued, Attempt: res.attempt, Job: res.attempt, Queue: s.Queue, ExitCode: -1, Queued: at(clock)}
+				want := wire.StageRun{Key: "flaky", State: wire.StageQueued, Attempt: res.attempt, Job: res.attempt, Queue: s.Queue, ExitCode: -1, Queued: at(clock),
+					NotBefore: at(clock).Add(retryDelay(r.ID, "flaky", res.attempt))}
 				if *s != want {
 					t.Errorf("apply(%s) stage = %+v, want %+v", describe(ev), *s, want)
 				}
@@ -728,8 +729,11 @@ stages:
 				}
 			}
 			wantRun, wantAfter := wire.RunFailed, wire.StageSkipped
-			if r.Stage("flaky").State == wire.StageSucceeded {
+			switch r.Stage("flaky").State {
+			case wire.StageSucceeded:
 				wantRun, wantAfter = wire.RunRunning, wire.StageQueued
+			case wire.StageQueued: // retrying
+				wantRun, wantAfter = wire.RunRunning, wire.StagePending
 			}
 			if r.State != wantRun || r.Stage("after").State != wantAfter {
 				t.Errorf("run state %q, after %q, want %q and %q", r.State, r.Stage("after").State, wantRun, wantAfter)
@@ -756,17 +760,18 @@ func TestRetryable(t *testing.T) {
 		{anyStatus, 1, wire.CategoryCommand, 1, true},
 		{anyStatus, 2, wire.CategoryCommand, 137, true},
 		{anyStatus, 3, wire.CategoryCommand, 1, false},
-		{anyStatus, 1, wire.CategoryTimeout, -1, false},
+		// retry.automatic without exit_status retries any failure.
+		{anyStatus, 1, wire.CategoryTimeout, -1, true},
 		{anyStatus, 1, wire.CategoryCancelled, -1, false},
-		{anyStatus, 1, wire.CategoryInfra, -1, false},
-		{anyStatus, 1, wire.CategoryOOM, 137, false},
+		{anyStatus, 1, wire.CategoryInfra, -1, true},
+		{anyStatus, 1, wire.CategoryOOM, 137, true},
 		{pipeline.Retry{}, 1, wire.CategoryCommand, 1, false},
 	}
 	for _, tt := range tests {
 		name := fmt.Sprintf("%+v/attempt%d/%s/%d", tt.retry, tt.attempt, tt.cat, tt.code)
 		t.Run(name, func(t *testing.T) {
 			st := &pipeline.Stage{Key: "s", Retry: tt.retry}
-			s := &wire.StageRun{Key: "s", Attempt: tt.attempt}
+			s := &wire.StageRun{Key: "s", Attempt: tt.attempt, Job: tt.attempt}
 			ev := finished("s", tt.attempt, tt.code, tt.cat)
 			if got := retryable(st, s, ev); got != tt.want {
 				t.Errorf("retryable(%+v, attempt %d, %s) = %t, want %t", tt.retry, tt.attempt, describe(ev), got, tt.want)
@@ -906,8 +911,11 @@ func TestQueuedJobs(t *testing.T) {
 			got := queuedJobs(r, []string{tt.key})
 			want := []wire.Job{{
 				RunID: testRunID, Pipeline: "envs", Attempt: tt.attempt, Tier: subjects.High,
-				Stage: *r.Pipeline.Stage(tt.key), Env: tt.env,
+				Stage: *r.Pipeline.Stage(tt.key), Env: tt.env, NotBefore: r.Stage(tt.key).NotBefore,
 			}}
+			if tt.attempt > 1 && !r.Stage(tt.key).NotBefore.After(r.Stage(tt.key).Queued) {
+				t.Errorf("a retry has no backoff: not before %v, queued %v", r.Stage(tt.key).NotBefore, r.Stage(tt.key).Queued)
+			}
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("queuedJobs(%q) = %+v, want %+v", tt.key, got, want)
 			}
@@ -1020,5 +1028,17 @@ func TestRedeliveredJobTakesTheStageOver(t *testing.T) {
 	}
 	if v := apply(r, wire.Event{Type: wire.Finished, RunID: testRunID, Stage: "build", Attempt: 2, Time: at(42)}, at(42)); v != applied || s.State != wire.StageSucceeded {
 		t.Errorf("finish of attempt 2 = %v, stage %s; want applied, succeeded", v, s.State)
+	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	for job, base := range map[int]time.Duration{2: time.Second, 3: 2 * time.Second, 4: 4 * time.Second, 20: time.Minute} {
+		d := retryDelay(testRunID, "s", job)
+		if d < base*8/10 || d > base*12/10 {
+			t.Errorf("retryDelay(job %d) = %v, want %v +-20%%", job, d, base)
+		}
+		if again := retryDelay(testRunID, "s", job); again != d {
+			t.Errorf("retryDelay(job %d) = %v then %v, want the same", job, d, again)
+		}
 	}
 }

@@ -141,11 +141,15 @@ func TestContainerCancelKillsAStageThatIgnoresSIGTERM(t *testing.T) {
 func TestContainerMissingImageIsAnInfraFailure(t *testing.T) {
 	t.Parallel()
 	Containerd(t)
-	s := StartStack(t, StackConfig{})
+	// One retry of the infrastructure failure, then the stage fails.
+	s := StartStack(t, StackConfig{MaxDeliver: 2})
 	// A registry on a closed loopback port: the pull fails at once.
 	const ref = "127.0.0.1:1/weft/missing:1"
-	r, _ := s.Run(t, "name: missing\nstages:\n  - key: s\n    image: "+ref+"\n    commands: [true]\n")
+	r, updates := s.Run(t, "name: missing\nstages:\n  - key: s\n    image: "+ref+"\n    commands: [true]\n")
 	st := r.Stage("s")
+	if lines := strings.Join(stageLines(updates)["s"], "\n"); !strings.Contains(lines, "retrying in 1s (delivery 1 of 2)") {
+		t.Errorf("stage log %q, want the infrastructure retry announced", lines)
+	}
 	if st.State != wire.StageFailed || st.Category != wire.CategoryInfra || !strings.Contains(st.Message, ref) {
 		t.Errorf("stage = %s, category %q, message %q; want failed, infra, naming %s", st.State, st.Category, st.Message, ref)
 	}

@@ -34,6 +34,9 @@ type StackConfig struct {
 	// Listen makes the embedded server listen on a free loopback port, so
 	// that other processes (weft run --server) can join.
 	Listen bool
+	// MaxDeliver is the agent's MaxDeliver (infrastructure retries);
+	// default 5.
+	MaxDeliver int
 	// Dispatcher configures the dispatcher; its Logger is the test's.
 	Dispatcher dispatcher.Config
 }
@@ -128,7 +131,7 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 	}
 	s.goRun("dispatcher", d.Run)
 	if !cfg.NoAgent {
-		s.Agent = s.AddAgent(agent.Config{Queues: queues, Slots: cfg.Slots, WorkDir: s.WorkDir, KillGrace: cfg.KillGrace})
+		s.Agent = s.AddAgent(agent.Config{Queues: queues, Slots: cfg.Slots, WorkDir: s.WorkDir, KillGrace: cfg.KillGrace, MaxDeliver: cfg.MaxDeliver})
 	}
 	s.stop = sync.OnceFunc(func() {
 		cancel()

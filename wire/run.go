@@ -110,6 +110,8 @@ type StageRun struct {
 	Message string `json:"message,omitempty"`
 	// LogSeq is the stream sequence of the stage's last log batch.
 	LogSeq uint64 `json:"log_seq,omitempty"`
+	// NotBefore is when a retry may start (backoff); zero for no wait.
+	NotBefore time.Time `json:"not_before,omitzero"`
 	// Queued, Started, Heartbeat and Finished time the current attempt.
 	Queued    time.Time `json:"queued,omitzero"`
 	Started   time.Time `json:"started,omitzero"`

@@ -72,6 +72,9 @@ type Job struct {
 	// Env is the stage's final environment: pipeline env, stage env and
 	// the WEFT_* variables, in that order of precedence (last wins).
 	Env map[string]string `json:"env"`
+	// NotBefore is when the job may start (a retry's backoff); an agent
+	// that gets it earlier hands it back with that delay.
+	NotBefore time.Time `json:"not_before,omitzero"`
 }
 
 // JobEnv returns the environment of a stage attempt: the pipeline's env,

@@ -189,6 +189,9 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 			WorkDir:    workDir,
 			Env:        os.Environ(),
 			KillGrace:  o.killGrace,
+			// One retry of an infrastructure failure: a local run has no
+			// other agent to hand it to.
+			MaxDeliver: 2,
 			Executor:   o.executor,
 			Containerd: container.Config{Address: o.containerd},
 			Logger:     log,
