@@ -184,11 +184,11 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 			return withCode(exitInfra, err)
 		}
 		a, err := agent.New(b, agent.Config{
-			Queues:     localQueues(p.Queue, p.Stages),
-			Slots:      o.slots,
-			WorkDir:    workDir,
-			Env:        os.Environ(),
-			KillGrace:  o.killGrace,
+			Queues:    localQueues(p.Queue, p.Stages),
+			Slots:     o.slots,
+			WorkDir:   workDir,
+			Env:       os.Environ(),
+			KillGrace: o.killGrace,
 			// One retry of an infrastructure failure: a local run has no
 			// other agent to hand it to.
 			MaxDeliver: 2,
