@@ -319,20 +319,26 @@ func (d *Dispatcher) supersede(ctx context.Context, r *wire.Run) error {
 }
 
 // maintain renews the leases and locks of live runs every LeaseTTL/3,
-// releases those of ended runs, and retries admission every
-// RecheckInterval (backpressure waits, missed watch events). It returns
-// when ctx ends.
+// releases those of ended runs, retries admission every RecheckInterval
+// (backpressure waits, missed watch events) and reconciles the admitted
+// runs every ReconcileInterval. It returns when ctx ends.
 func (d *Dispatcher) maintain(ctx context.Context) error {
 	renew := time.NewTicker(d.cfg.LeaseTTL / 3)
 	defer renew.Stop()
 	recheck := time.NewTicker(d.cfg.RecheckInterval)
 	defer recheck.Stop()
+	reconcile := time.NewTicker(d.cfg.ReconcileInterval)
+	defer reconcile.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-renew.C:
 			d.renew(ctx)
+		case <-reconcile.C:
+			if err := d.reconcile(ctx); err != nil && ctx.Err() == nil {
+				d.log.Warn().Err(err).Msg("reconcile")
+			}
 		case <-recheck.C:
 			waits, err := d.keys(ctx, "wait.>")
 			if err != nil {

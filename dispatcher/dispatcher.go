@@ -49,6 +49,9 @@ type Config struct {
 	// RecheckInterval is how often waiting runs are reconsidered without
 	// an event (backpressure clears without one); default 2s.
 	RecheckInterval time.Duration
+	// ReconcileInterval is how often admitted runs are checked for what
+	// events missed (a lost job, a lost finished event); default 30s.
+	ReconcileInterval time.Duration
 	// Logger receives the dispatcher's logs.
 	Logger zerolog.Logger
 	// Now is the clock; default time.Now.
@@ -116,6 +119,9 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 	}
 	if cfg.RecheckInterval == 0 {
 		cfg.RecheckInterval = 2 * time.Second
+	}
+	if cfg.ReconcileInterval == 0 {
+		cfg.ReconcileInterval = 30 * time.Second
 	}
 	for _, pol := range []*string{&cfg.WIPPolicy, &cfg.BackpressurePolicy} {
 		switch *pol {
@@ -465,20 +471,39 @@ func (d *Dispatcher) notifyCancel(runID string) error {
 // publishJobs publishes the job of each stage key with its attempt's
 // message id, so publishing twice stores it once.
 func (d *Dispatcher) publishJobs(ctx context.Context, r *wire.Run, keys []string) error {
-	for _, job := range queuedJobs(r, keys) {
+	seqs := map[string]uint64{}
+	jobs := queuedJobs(r, keys)
+	for _, job := range jobs {
 		data, err := json.Marshal(job)
 		if err != nil {
 			return fmt.Errorf("encode job %s: %w", job.Stage.Key, err)
 		}
 		subj := subjects.Job(job.Stage.Queue, tierOf(r))
 		id := subjects.JobMsgID(r.ID, job.Stage.Key, job.Attempt)
-		if _, err := d.js.Publish(ctx, subj, data, jetstream.WithMsgID(id)); err != nil {
+		ack, err := d.js.Publish(ctx, subj, data, jetstream.WithMsgID(id))
+		if err != nil {
 			return fmt.Errorf("publish stage %s: %w", id, err)
 		}
+		seqs[job.Stage.Key] = ack.Sequence
 		d.log.Debug().Str("run_id", r.ID).Str("stage", job.Stage.Key).Int("attempt", job.Attempt).
 			Str("queue", job.Stage.Queue).Str("tier", string(r.Tier)).Msg("stage queued")
 	}
-	return nil
+	if len(jobs) == 0 {
+		return nil
+	}
+	// Record where the jobs are, for the reconcile loop.
+	_, _, err := d.update(ctx, r.ID, func(r *wire.Run) bool {
+		changed := false
+		for _, job := range jobs {
+			s := r.Stage(job.Stage.Key)
+			if s != nil && s.Job == job.Attempt && s.JobSeq != seqs[s.Key] && (s.State == wire.StageQueued || s.State == wire.StageRunning) {
+				s.JobSeq = seqs[s.Key]
+				changed = true
+			}
+		}
+		return changed
+	})
+	return err
 }
 
 // get reads a run document and its revision.

@@ -135,7 +135,7 @@ func queueAttempt(s *wire.StageRun, now time.Time) {
 	s.State = wire.StageQueued
 	s.Attempt++
 	s.Job = s.Attempt
-	s.Agent, s.ExitCode, s.Category, s.Message, s.LogSeq = "", -1, wire.CategoryNone, "", 0
+	s.Agent, s.ExitCode, s.Category, s.Message, s.LogSeq, s.JobSeq = "", -1, wire.CategoryNone, "", 0, 0
 	s.Queued, s.Started, s.Heartbeat, s.Finished, s.NotBefore = now, time.Time{}, time.Time{}, time.Time{}, time.Time{}
 }
 
@@ -354,4 +354,29 @@ func replayStage(r *wire.Run, key string, now time.Time) bool {
 	r.State, r.Finished = wire.RunRunning, time.Time{}
 	advance(r, now)
 	return true
+}
+
+// repairRun applies what the reconcile loop found: finished events the run
+// never took (found), and stages whose job is gone (lost), which are
+// queued again as a new job. Then it advances the run. It reports whether
+// the document changed.
+func repairRun(r *wire.Run, found []wire.Event, lost []string, now time.Time) bool {
+	changed := false
+	for _, ev := range found {
+		if apply(r, ev, now) == applied {
+			changed = true
+		}
+	}
+	for _, key := range lost {
+		s := r.Stage(key)
+		if s == nil || (s.State != wire.StageQueued && s.State != wire.StageRunning) {
+			continue
+		}
+		queueAttempt(s, now)
+		s.Message = "its job was lost; queued again by the reconcile loop"
+		changed = true
+	}
+	state, queued := r.State, len(queuedKeys(r))
+	advance(r, now)
+	return changed || r.State != state || len(queuedKeys(r)) != queued
 }

@@ -110,6 +110,9 @@ type StageRun struct {
 	Message string `json:"message,omitempty"`
 	// LogSeq is the stream sequence of the stage's last log batch.
 	LogSeq uint64 `json:"log_seq,omitempty"`
+	// JobSeq is the jobs stream sequence of the stage's job message, so
+	// the reconcile loop can tell a job that is gone.
+	JobSeq uint64 `json:"job_seq,omitempty"`
 	// NotBefore is when a retry may start (backoff); zero for no wait.
 	NotBefore time.Time `json:"not_before,omitzero"`
 	// Queued, Started, Heartbeat and Finished time the current attempt.
