@@ -239,8 +239,8 @@ func TestAJobThatKeepsCrashingItsAgentIsDeadLettered(t *testing.T) {
 		t.Fatalf("weft dlq replay = %d %s", res.Code, res.Stderr)
 	}
 	r = waitFor(t, f.s, id, "succeeded after the replay", func(r *wire.Run) bool { return r.State == wire.RunSucceeded })
-	if st := r.Stage("poison"); st.Attempt <= 3 || r.Stage("after").State != wire.StageSucceeded {
-		t.Errorf("after the replay: poison attempt %d, after %s", st.Attempt, r.Stage("after").State)
+	if st := r.Stage("poison"); st.Job <= dls[0].Job || r.Stage("after").State != wire.StageSucceeded {
+		t.Errorf("after the replay: poison job %d (dead job %d), after %s; want a new job and after succeeded", st.Job, dls[0].Job, r.Stage("after").State)
 	}
 	if ls := RunWeft(t, weftBin, t.TempDir(), nil, "dlq", "ls", "--server", f.url, "--json"); strings.TrimSpace(ls.Stdout) != "null" {
 		t.Errorf("the DLQ after the replay: %s", ls.Stdout)
