@@ -246,3 +246,20 @@ func TestAJobThatKeepsCrashingItsAgentIsDeadLettered(t *testing.T) {
 		t.Errorf("the DLQ after the replay: %s", ls.Stdout)
 	}
 }
+
+func TestChaosLosesNothing(t *testing.T) {
+	t.Parallel()
+	res := RunWeft(t, weftBin, t.TempDir(), nil, "bench", "chaos", "--runs", "30", "--json")
+	var out struct {
+		Chaos struct {
+			Runs, Lost int
+			FinishedTwice          int `json:"finished_twice"`
+		} `json:"chaos"`
+	}
+	if err := json.Unmarshal([]byte(res.Stdout), &out); res.Code != 0 || err != nil {
+		t.Fatalf("weft bench chaos = %d %v\n%s\n%s", res.Code, err, res.Stdout, res.Stderr)
+	}
+	if c := out.Chaos; c.Runs != 30 || c.Lost != 0 || c.FinishedTwice != 0 {
+		t.Errorf("chaos = %+v, want 30 runs, none lost, none finished twice", c)
+	}
+}

@@ -15,10 +15,11 @@ import (
 func benchCommand(g *globals) *cobra.Command {
 	var (
 		o      bench.Options
+		co     bench.ChaosOptions
 		asJSON bool
 	)
 	cmd := &cobra.Command{
-		Use:   "bench [hotfix|isolation|wip]...",
+		Use:   "bench [hotfix|isolation|wip|chaos]...",
 		Short: "Measure priority, queue isolation and WIP limits on an embedded stack",
 		Long: `bench runs scenarios on an embedded stack (nats-server, dispatcher and
 host-process agents in this process, state in a temporary directory) and
@@ -31,15 +32,19 @@ prints each figure next to its baseline, measured in the same run:
              --jobs stages on the background queue (its own agent)
   wip        20 simultaneous triggers of one repository with WIP limit 3:
              the most runs in flight, how many finished, admission order
+  chaos      --runs two-stage runs on --agents agent processes while a
+             random agent is SIGKILLed about every second and the
+             dispatcher process every 4 seconds: runs lost, stages
+             finished twice, time from a kill to the stage's restart
 
-With no scenario it runs all three. Progress goes to stderr.
+With no scenario it runs hotfix, isolation and wip. Progress goes to stderr.
 
 ` + exitCodesHelp,
 		Example: "  weft bench\n  weft bench hotfix --jobs 1000 --slots 2 --json",
 		Args: usageArgs(func(_ *cobra.Command, args []string) error {
 			for _, a := range args {
-				if !slices.Contains([]string{"hotfix", "isolation", "wip"}, a) {
-					return fmt.Errorf("unknown scenario %q: want hotfix, isolation or wip", a)
+				if !slices.Contains([]string{"hotfix", "isolation", "wip", "chaos"}, a) {
+					return fmt.Errorf("unknown scenario %q: want hotfix, isolation, wip or chaos", a)
 				}
 			}
 			return nil
@@ -63,6 +68,9 @@ With no scenario it runs all three. Progress goes to stderr.
 					r, err = bench.Isolation(cmd.Context(), o)
 				case "wip":
 					r, err = bench.WIP(cmd.Context(), o)
+				case "chaos":
+					co.Progress = o.Progress
+					r, err = bench.Chaos(cmd.Context(), co)
 				}
 				if err != nil {
 					return withCode(exitInfra, fmt.Errorf("bench %s: %w", name, err))
@@ -81,6 +89,8 @@ With no scenario it runs all three. Progress goes to stderr.
 	f.IntVar(&o.Slots, "slots", 2, "agent slots on the saturated queue")
 	f.DurationVar(&o.StageTime, "stage-time", 10*time.Millisecond, "how long each burst stage sleeps")
 	f.IntVar(&o.Probes, "probes", 20, "main stages measured per isolation phase")
+	f.IntVar(&co.Runs, "runs", 200, "chaos: runs to trigger")
+	f.IntVar(&co.Agents, "agents", 3, "chaos: agent processes")
 	f.BoolVar(&asJSON, "json", false, "print the results as one JSON document (durations in ns)")
 	return cmd
 }
@@ -103,6 +113,12 @@ func printBench(g *globals, results map[string]any) {
 		fmt.Fprintf(w, "wip\tmost runs in flight (limit %d)\t%d\t\t\n", r.Limit, r.MaxInFlight)
 		fmt.Fprintf(w, "\truns finished of %d; admitted in trigger order\t%d; %t\t\t\n", r.Triggers, r.Finished, r.InOrder)
 		fmt.Fprintf(w, "\twall time\t%s\t\t\n", ms(r.Total))
+	}
+	if r, ok := results["chaos"].(*bench.ChaosResult); ok {
+		fmt.Fprintf(w, "chaos\truns lost of %d (%d agent kills, %d dispatcher kills)\t%d\t\t\n", r.Runs, r.AgentKills, r.DispatcherKills, r.Lost)
+		fmt.Fprintf(w, "\tstages finished twice\t%d\t\t\n", r.FinishedTwice)
+		fmt.Fprintf(w, "\tstages restarted after a kill; kill to restart p50 / max\t%d; %s / %s\t\t\n", r.Takeovers, ms(r.RecoveryP50), ms(r.RecoveryMax))
+		fmt.Fprintf(w, "\twall time\t%s\t\t\n", ms(r.Wall))
 	}
 	w.Flush()
 }
