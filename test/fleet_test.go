@@ -252,8 +252,8 @@ func TestChaosLosesNothing(t *testing.T) {
 	res := RunWeft(t, weftBin, t.TempDir(), nil, "bench", "chaos", "--runs", "30", "--json")
 	var out struct {
 		Chaos struct {
-			Runs, Lost int
-			FinishedTwice          int `json:"finished_twice"`
+			Runs, Lost    int
+			FinishedTwice int `json:"finished_twice"`
 		} `json:"chaos"`
 	}
 	if err := json.Unmarshal([]byte(res.Stdout), &out); res.Code != 0 || err != nil {
