@@ -22,6 +22,7 @@ import (
 var (
 	errTimeout      = errors.New("agent: stage timed out")
 	errRunCancelled = errors.New("agent: run cancelled")
+	errSuperseded   = errors.New("agent: another attempt took the stage over")
 )
 
 // job is one stage attempt running on this agent.
@@ -135,6 +136,10 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits)
 		res.category, res.message = wire.CategoryTimeout, fmt.Sprintf("timed out after %s", j.Stage.Timeout)
 	case errors.Is(cause, errRunCancelled):
 		res.category, res.message = wire.CategoryCancelled, "run cancelled"
+	case errors.Is(cause, errSuperseded):
+		// The job is another agent's now: report nothing, ack nothing.
+		log.Warn().Msg("stage taken over by another attempt; stopped it")
+		return
 	case ctx.Err() != nil:
 		log.Info().Msg("agent stopping, job handed back")
 		if err := msg.Nak(); err != nil {
@@ -190,6 +195,13 @@ func (a *Agent) heartbeat(ctx context.Context, msg jetstream.Msg, j *job, every 
 		case <-done:
 			return
 		case now := <-t.C:
+			if a.superseded(ctx, j) {
+				// This agent lost the job (it was redelivered while this one
+				// was unreachable): stop, so the zombie attempt's work and
+				// output end here.
+				j.cancel(errSuperseded)
+				return
+			}
 			if err := msg.InProgress(); err != nil {
 				log.Warn().Err(err).Msg("in progress")
 			}
@@ -241,4 +253,23 @@ func (a *Agent) takeOver(ctx context.Context, msg jetstream.Msg, j *job) bool {
 	}
 	log.Info().Int("attempt", j.Attempt).Msg("taking over a redelivered job")
 	return true
+}
+
+// superseded reports whether the run document shows the stage held by a
+// later attempt than j's. An unreadable document is not a reason to stop.
+func (a *Agent) superseded(ctx context.Context, j *job) bool {
+	kv, err := a.js.KeyValue(ctx, subjects.RunsBucket)
+	if err != nil {
+		return false
+	}
+	e, err := kv.Get(ctx, j.RunID)
+	if err != nil {
+		return false
+	}
+	var r wire.Run
+	if json.Unmarshal(e.Value(), &r) != nil {
+		return false
+	}
+	s := r.Stage(j.Stage.Key)
+	return s != nil && s.Attempt > j.Attempt
 }
