@@ -26,6 +26,15 @@
 //     WorkDir is touched.
 //   - An agent that is stopped while a stage runs kills the stage and naks
 //     the job, so another agent runs it; it reports no result for it.
+//   - A redelivered job (its agent died) is checked against the run
+//     document: a stale copy is terminated unrun; otherwise it runs as the
+//     next attempt. At every heartbeat the agent checks that its attempt
+//     still holds the stage, and stops a stage another attempt took over.
+//   - A host stage's shell gets SIGKILL when its agent dies (Pdeathsig, on
+//     a goroutine locked to its thread).
+//   - Infrastructure failures are retried by nak with backoff until the
+//     consumer's MaxDeliver; a stage this agent cannot run at all (an
+//     image without containerd) fails at once.
 //   - Agents learn of new jobs from the headers-only republish of stored
 //     jobs (weft.wake.<queue>.<tier>): a wake-up marks its queue and tier
 //     pending, and a scan fetches only from pending tiers, highest first,

@@ -24,9 +24,23 @@
 //     so "cancelled" means the processes are gone. A job of a cancelled
 //     run that an agent starts anyway is answered with another cancel
 //     notice.
-//   - Automatic retries (retry.automatic) apply to stages that failed with
-//     a command exit code, restricted to retry.exit_status when it is set;
-//     timeouts and cancels are not retried.
+//   - retry.automatic retries any failure but a cancel, restricted to
+//     command exit codes in retry.exit_status when it is set. Retries are
+//     counted in jobs (StageRun.Job), not attempts: a redelivered job runs
+//     as the next attempt of the same job. A retry's job carries NotBefore
+//     (1 s doubling to 1 min, +-20 % jitter derived from run, stage and
+//     job) and an agent that gets it early naks it with that delay.
+//   - A job is dead-lettered from the server's max-deliveries advisory,
+//     captured in WEFT_ADVISORIES: copied to WEFT_DLQ, deleted from
+//     WEFT_JOBS (a work queue keeps it otherwise), its stage failed with
+//     category dead_letter. A replay queues the stage as a new job and
+//     makes what it skipped pending again; it does not re-enter admission.
+//   - With several dispatchers a cached run document may be stale: a
+//     decision that nothing changes is taken only on a fresh read, and
+//     writes are compare-and-set. A redelivered event is followed by a
+//     repair (republish the queued jobs, release an ended run's lease) for
+//     a dispatcher that died half-way. The reconcile loop checks each
+//     admitted run's job messages by their recorded stream sequence.
 //
 // Admission (admission.go) lives in the KV bucket weft_wip:
 //
