@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -12,11 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
-	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -246,7 +242,7 @@ func Chaos(ctx context.Context, o ChaosOptions) (*ChaosResult, error) {
 			res.Lost++
 		}
 		for _, st := range r.Stages {
-			evs, err := stageEventsOf(ctx, b.JS, r.ID, st.Key)
+			evs, err := client.StageEvents(ctx, b.JS, r.ID, st.Key)
 			if err != nil {
 				return nil, err
 			}
@@ -286,30 +282,4 @@ func Chaos(ctx context.Context, o ChaosOptions) (*ChaosResult, error) {
 
 func jitter(mean time.Duration) time.Duration {
 	return time.Duration(float64(mean) * (0.5 + rand.Float64()))
-}
-
-// stageEventsOf reads every lifecycle event of one stage.
-func stageEventsOf(ctx context.Context, js jetstream.JetStream, runID, stage string) ([]wire.Event, error) {
-	c, err := js.OrderedConsumer(ctx, subjects.EventsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.StageEvent(runID, stage)}})
-	if err != nil {
-		return nil, err
-	}
-	var out []wire.Event
-	for {
-		batch, err := c.FetchNoWait(100)
-		if err != nil {
-			return nil, err
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var ev wire.Event
-			if json.Unmarshal(m.Data(), &ev) == nil {
-				out = append(out, ev)
-			}
-		}
-		if n == 0 {
-			return out, nil
-		}
-	}
 }

@@ -157,3 +157,30 @@ func ResumeQueue(ctx context.Context, js jetstream.JetStream, queue string) erro
 	}
 	return nil
 }
+
+// StageEvents returns every stored lifecycle event of one stage of a run,
+// in order.
+func StageEvents(ctx context.Context, js jetstream.JetStream, runID, stage string) ([]wire.Event, error) {
+	c, err := js.OrderedConsumer(ctx, subjects.EventsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.StageEvent(runID, stage)}})
+	if err != nil {
+		return nil, fmt.Errorf("events of %s/%s: %w", runID, stage, err)
+	}
+	var out []wire.Event
+	for {
+		batch, err := c.FetchNoWait(100)
+		if err != nil {
+			return nil, fmt.Errorf("events of %s/%s: %w", runID, stage, err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			var ev wire.Event
+			if json.Unmarshal(m.Data(), &ev) == nil {
+				out = append(out, ev)
+			}
+		}
+		if n == 0 {
+			return out, nil
+		}
+	}
+}

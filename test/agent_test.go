@@ -21,31 +21,11 @@ func stageEvents(t *testing.T, js jetstream.JetStream, runID, stage string) []wi
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := js.OrderedConsumer(ctx, subjects.EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subjects.StageEvent(runID, stage)},
-	})
+	evs, err := client.StageEvents(ctx, js, runID, stage)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var events []wire.Event
-	for {
-		batch, err := c.FetchNoWait(100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for msg := range batch.Messages() {
-			n++
-			var ev wire.Event
-			if err := json.Unmarshal(msg.Data(), &ev); err != nil {
-				t.Fatal(err)
-			}
-			events = append(events, ev)
-		}
-		if n == 0 {
-			return events
-		}
-	}
+	return evs
 }
 
 func TestHeartbeatsKeepALongStageOnOneAttempt(t *testing.T) {
