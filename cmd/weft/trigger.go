@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,6 +18,8 @@ import (
 // fleetFlags are the flags of commands that talk to a fleet's NATS.
 type fleetFlags struct {
 	server, creds string
+	// flag names the URL flag in messages; default --server.
+	flag string
 }
 
 func (f *fleetFlags) add(cmd *cobra.Command) {
@@ -29,7 +30,11 @@ func (f *fleetFlags) add(cmd *cobra.Command) {
 // open connects to the fleet; exit 2 without a server, 3 when unreachable.
 func (f *fleetFlags) open(ctx context.Context, g *globals, name string) (*bus.Bus, error) {
 	if f.server == "" {
-		return nil, withCode(exitUsage, errors.New("--server (or WEFT_SERVER) is required"))
+		flag := f.flag
+		if flag == "" {
+			flag = "--server"
+		}
+		return nil, withCode(exitUsage, fmt.Errorf("%s (or WEFT_SERVER) is required", flag))
 	}
 	b, err := bus.Open(ctx, bus.Config{URL: f.server, CredsFile: f.creds, Name: name, Logger: g.logger()})
 	if err != nil {
