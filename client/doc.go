@@ -1,7 +1,9 @@
 // Package client is the Go API for asking weft for runs and following them:
 // Submit publishes a trigger and returns the run it started, Follow streams
 // a run's stage transitions and output until it ends, and Cancel asks for a
-// run to be cancelled. The CLI's run, and anything that wants to drive weft
+// run to be cancelled. GetStatus says what is in flight and why what waits
+// is waiting; PauseQueue and ResumeQueue stop and restart a queue;
+// DeadLetters and Replay handle jobs that exhausted their deliveries. The CLI's run, and anything that wants to drive weft
 // from Go, use it; it talks only to the bus.
 //
 // Decisions taken where the design was silent:

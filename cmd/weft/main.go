@@ -80,7 +80,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Short: "weft is a CI/CD build fabric on NATS JetStream",
 		Long: `weft runs pipelines (YAML DAGs of stages) on agents that pull jobs from
 priority-tiered JetStream subjects. With no server configured, weft run
-starts everything in-process and runs the pipeline on this machine.
+starts everything in-process and runs the pipeline on this machine. A fleet
+runs weft server (or any NATS with JetStream), weft dispatcher and
+weft agent --join on as many machines as it likes; weft trigger, status,
+queue and dlq talk to it.
 
 ` + exitCodesHelp,
 		SilenceUsage:  true,
