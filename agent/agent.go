@@ -78,6 +78,9 @@ type Agent struct {
 	// before any job starts.
 	containers    *container.Runtime
 	containerdErr error
+	// runs is the runs bucket, read to judge redelivered jobs and to see
+	// a stage taken over. Set by Run before any job starts.
+	runs jetstream.KeyValue
 
 	busy    atomic.Int32  // stages running now
 	changed chan struct{} // signalled when busy changes
@@ -302,6 +305,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.WorkDir, 0o750); err != nil {
 		return fmt.Errorf("agent: work dir: %w", err)
 	}
+	runs, err := a.js.KeyValue(ctx, subjects.RunsBucket)
+	if err != nil {
+		return fmt.Errorf("agent: bucket %s: %w", subjects.RunsBucket, err)
+	}
+	a.runs = runs
 	if err := a.openContainerd(ctx); err != nil {
 		return err
 	}

@@ -225,19 +225,11 @@ func envList(env map[string]string) []string {
 // (it is terminated unrun). It reports whether to run it.
 func (a *Agent) takeOver(ctx context.Context, msg jetstream.Msg, j *job) bool {
 	log := a.log.With().Str("run_id", j.RunID).Str("stage", j.Stage.Key).Int("job", j.Attempt).Logger()
-	kv, err := a.js.KeyValue(ctx, subjects.RunsBucket)
-	var entry jetstream.KeyValueEntry
-	if err == nil {
-		entry, err = kv.Get(ctx, j.RunID)
-	}
+	r, err := a.runDoc(ctx, j.RunID)
 	if err != nil {
 		// Without the run document the job cannot be judged: run it as it
 		// is; the dispatcher fences it if it is stale.
 		log.Warn().Err(err).Msg("redelivered job: run document unreadable")
-		return true
-	}
-	var r wire.Run
-	if err := json.Unmarshal(entry.Value(), &r); err != nil {
 		return true
 	}
 	s := r.Stage(j.Stage.Key)
@@ -258,18 +250,23 @@ func (a *Agent) takeOver(ctx context.Context, msg jetstream.Msg, j *job) bool {
 // superseded reports whether the run document shows the stage held by a
 // later attempt than j's. An unreadable document is not a reason to stop.
 func (a *Agent) superseded(ctx context.Context, j *job) bool {
-	kv, err := a.js.KeyValue(ctx, subjects.RunsBucket)
+	r, err := a.runDoc(ctx, j.RunID)
 	if err != nil {
-		return false
-	}
-	e, err := kv.Get(ctx, j.RunID)
-	if err != nil {
-		return false
-	}
-	var r wire.Run
-	if json.Unmarshal(e.Value(), &r) != nil {
 		return false
 	}
 	s := r.Stage(j.Stage.Key)
 	return s != nil && s.Attempt > j.Attempt
+}
+
+// runDoc reads a run document from the runs bucket.
+func (a *Agent) runDoc(ctx context.Context, runID string) (*wire.Run, error) {
+	e, err := a.runs.Get(ctx, runID)
+	if err != nil {
+		return nil, fmt.Errorf("run %s: %w", runID, err)
+	}
+	var r wire.Run
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, fmt.Errorf("decode run %s: %w", runID, err)
+	}
+	return &r, nil
 }
