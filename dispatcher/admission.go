@@ -103,11 +103,11 @@ func (d *Dispatcher) overloaded(ctx context.Context, queues []string) (string, u
 	if d.cfg.MaxPending <= 0 {
 		return "", 0, nil
 	}
+	st, err := d.js.Stream(ctx, subjects.JobsStream)
+	if err != nil {
+		return "", 0, fmt.Errorf("jobs stream: %w", err)
+	}
 	for _, q := range queues {
-		st, err := d.js.Stream(ctx, subjects.JobsStream)
-		if err != nil {
-			return "", 0, fmt.Errorf("jobs stream: %w", err)
-		}
 		info, err := st.Info(ctx, jetstream.WithSubjectFilter(subjects.Job(q, "*")))
 		if err != nil {
 			return "", 0, fmt.Errorf("jobs of queue %s: %w", q, err)
