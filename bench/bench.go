@@ -160,7 +160,9 @@ func burst(name, queue string, n int, d time.Duration) []string {
 	return out
 }
 
-func percentile(d []time.Duration, p float64) time.Duration {
+// Percentile returns the p-quantile (0..1) of d, the nearest rank; 0 for
+// no samples. d is not changed.
+func Percentile(d []time.Duration, p float64) time.Duration {
 	if len(d) == 0 {
 		return 0
 	}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 
@@ -272,11 +271,7 @@ func Chaos(ctx context.Context, o ChaosOptions) (*ChaosResult, error) {
 			}
 		}
 	}
-	if len(recoveries) > 0 {
-		slices.Sort(recoveries)
-		res.RecoveryP50 = recoveries[len(recoveries)/2]
-		res.RecoveryMax = recoveries[len(recoveries)-1]
-	}
+	res.RecoveryP50, res.RecoveryMax = Percentile(recoveries, 0.5), Percentile(recoveries, 1)
 	return res, nil
 }
 

@@ -88,7 +88,7 @@ func Hotfix(ctx context.Context, o Options) (*HotfixResult, error) {
 			}
 		}
 	}
-	res.StageRun = percentile(runs, 0.5)
+	res.StageRun = Percentile(runs, 0.5)
 
 	o.Progress("hotfix: the same workload through one FIFO subject")
 	if res.FIFO, err = fifo(ctx, e, o); err != nil {
@@ -265,8 +265,8 @@ func Isolation(ctx context.Context, o Options) (*IsolationResult, error) {
 			}
 		}
 	}
-	res.QuietP50, res.QuietP99 = percentile(quiet, 0.5), percentile(quiet, 0.99)
-	res.BusyP50, res.BusyP99 = percentile(busy, 0.5), percentile(busy, 0.99)
+	res.QuietP50, res.QuietP99 = Percentile(quiet, 0.5), Percentile(quiet, 0.99)
+	res.BusyP50, res.BusyP99 = Percentile(busy, 0.5), Percentile(busy, 0.99)
 	if res.QuietP50 > 0 {
 		res.Ratio = float64(res.BusyP50) / float64(res.QuietP50)
 	}

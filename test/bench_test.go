@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/bench"
 	"github.com/weft-ci/weft/test/busybox"
 	"github.com/weft-ci/weft/wire"
 )
@@ -63,10 +63,9 @@ func (q *rawQueue) work(d time.Duration) (time.Time, bool) {
 	return time.Time{}, false
 }
 
+// percentile is bench.Percentile in milliseconds.
 func percentile(d []time.Duration, p float64) float64 {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return float64(s[min(len(s)-1, int(float64(len(s))*p))].Microseconds()) / 1000
+	return float64(bench.Percentile(d, p).Microseconds()) / 1000
 }
 
 // BenchmarkDispatchLatency measures stage-ready (the dispatcher queues the
