@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -247,7 +246,7 @@ func (s *scanner) watchPauses(ctx context.Context, js jetstream.JetStream) {
 		s.log.Warn().Err(err).Msg("watch queue pauses")
 		return
 	}
-	w, err := kv.Watch(ctx, subjects.PauseKey("*"))
+	w, err := kv.Watch(ctx, subjects.AllPauses)
 	if err != nil {
 		s.log.Warn().Err(err).Msg("watch queue pauses")
 		return
@@ -264,7 +263,7 @@ func (s *scanner) watchPauses(ctx context.Context, js jetstream.JetStream) {
 			if e == nil {
 				continue
 			}
-			queue := strings.TrimPrefix(e.Key(), subjects.PauseKey(""))
+			queue := subjects.PausedQueue(e.Key())
 			paused := e.Operation() == jetstream.KeyValuePut
 			s.pause(queue, paused)
 			s.log.Info().Str("queue", queue).Bool("paused", paused).Msg("queue pause changed")
@@ -352,7 +351,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		subs = append(subs, s)
 	}
 	s, err := a.nc.Subscribe(subjects.AllCancel, func(m *nats.Msg) {
-		a.cancelRun(strings.TrimPrefix(m.Subject, strings.TrimSuffix(subjects.AllCancel, "*")))
+		a.cancelRun(subjects.CancelRun(m.Subject))
 	})
 	if err != nil {
 		return fmt.Errorf("agent: subscribe cancels: %w", err)

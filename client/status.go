@@ -94,18 +94,18 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 		return nil, err
 	}
 	st := &Status{Agents: agents, Counters: map[string]uint64{}, Paused: map[string]string{}}
-	pauses, err := bus.Keys(ctx, wip, subjects.PauseKey("*"))
+	pauses, err := bus.Keys(ctx, wip, subjects.AllPauses)
 	if err != nil {
 		return nil, err
 	}
 	for _, k := range pauses {
 		if e, err := wip.Get(ctx, k); err == nil {
-			st.Paused[strings.TrimPrefix(k, subjects.PauseKey(""))] = string(e.Value())
+			st.Paused[subjects.PausedQueue(k)] = string(e.Value())
 		}
 	}
 	now := time.Now()
 	seen := map[string]bool{}
-	for _, kind := range []string{"lease.>", "wait.>", "stats.>"} {
+	for _, kind := range []string{subjects.AllLeases, subjects.AllWaits, subjects.AllStats} {
 		keys, err := bus.Keys(ctx, wip, kind)
 		if err != nil {
 			return nil, err
@@ -115,10 +115,10 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 			if err != nil {
 				continue
 			}
-			if kind == "stats.>" {
+			if kind == subjects.AllStats {
 				var n uint64
 				if json.Unmarshal(e.Value(), &n) == nil {
-					st.Counters[strings.TrimPrefix(k, "stats.")] = n
+					st.Counters[subjects.StatsName(k)] = n
 				}
 				continue
 			}

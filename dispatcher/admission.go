@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -43,11 +42,11 @@ func (d *Dispatcher) keys(ctx context.Context, filter string) ([]string, error) 
 func (d *Dispatcher) refusal(ctx context.Context, t wire.Trigger, p *pipeline.Pipeline) (*wire.Outcome, error) {
 	if d.cfg.WIPPolicy == PolicyRefuse {
 		token := subjects.RepoToken(t.Repo)
-		leases, err := d.keys(ctx, subjects.RepoKeys("lease", t.Repo))
+		leases, err := d.keys(ctx, subjects.RepoLeases(token))
 		if err != nil {
 			return nil, err
 		}
-		waits, err := d.keys(ctx, subjects.RepoKeys("wait", t.Repo))
+		waits, err := d.keys(ctx, subjects.RepoWaits(token))
 		if err != nil {
 			return nil, err
 		}
@@ -125,7 +124,7 @@ func (d *Dispatcher) overloaded(ctx context.Context, queues []string) (string, u
 
 // count increments a counter in the WIP bucket (stats.<name>), best effort.
 func (d *Dispatcher) count(ctx context.Context, name string) {
-	key := "stats." + name
+	key := subjects.StatsKey(name)
 	for range 10 {
 		var n uint64
 		var rev uint64
@@ -155,11 +154,11 @@ func (d *Dispatcher) count(ctx context.Context, name string) {
 func (d *Dispatcher) admit(ctx context.Context, token string) error {
 	d.admitMu.Lock()
 	defer d.admitMu.Unlock()
-	waits, err := d.keys(ctx, "wait."+token+".*")
+	waits, err := d.keys(ctx, subjects.RepoWaits(token))
 	if err != nil || len(waits) == 0 {
 		return err
 	}
-	leases, err := d.keys(ctx, "lease."+token+".*")
+	leases, err := d.keys(ctx, subjects.RepoLeases(token))
 	if err != nil {
 		return err
 	}
@@ -176,7 +175,7 @@ func (d *Dispatcher) admit(ctx context.Context, token string) error {
 			continue
 		}
 		runID := string(entry.Value())
-		r, _, _, err := d.load(ctx, runID)
+		r, _, _, err := d.runs.load(ctx, runID)
 		if err != nil || r.Lease != "" || r.State.Terminal() {
 			if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
 				_ = d.wip.Delete(ctx, wk)
@@ -230,7 +229,7 @@ func (d *Dispatcher) admit(ctx context.Context, token string) error {
 			continue
 		}
 		held[lease] = true
-		before, after, err := d.update(ctx, runID, func(r *wire.Run) bool { return admitRun(r, lease, d.cfg.Now()) })
+		before, after, err := d.runs.update(ctx, runID, func(r *wire.Run) bool { return admitRun(r, lease, d.cfg.Now()) })
 		if err != nil || after == nil {
 			d.releaseKey(ctx, lease, runID)
 			d.releaseGroup(ctx, r)
@@ -251,7 +250,7 @@ func (d *Dispatcher) admit(ctx context.Context, token string) error {
 
 // pend records why a run waits, when that changed.
 func (d *Dispatcher) pend(ctx context.Context, runID, reason, detail string) {
-	if _, _, err := d.update(ctx, runID, func(r *wire.Run) bool { return setPending(r, reason, detail, d.cfg.Now()) }); err != nil {
+	if _, _, err := d.runs.update(ctx, runID, func(r *wire.Run) bool { return setPending(r, reason, detail, d.cfg.Now()) }); err != nil {
 		d.log.Warn().Err(err).Str("run_id", runID).Msg("record pending reason")
 	}
 }
@@ -297,7 +296,7 @@ func (d *Dispatcher) supersede(ctx context.Context, r *wire.Run) error {
 	if e, err := d.wip.Get(ctx, subjects.GroupKey(r.Repo, r.Group)); err == nil && string(e.Value()) != r.ID {
 		victims = append(victims, string(e.Value()))
 	}
-	waits, err := d.keys(ctx, "wait."+token+".*")
+	waits, err := d.keys(ctx, subjects.RepoWaits(token))
 	if err != nil {
 		return err
 	}
@@ -307,7 +306,7 @@ func (d *Dispatcher) supersede(ctx context.Context, r *wire.Run) error {
 		}
 	}
 	for _, id := range victims {
-		v, _, _, err := d.load(ctx, id)
+		v, _, _, err := d.runs.load(ctx, id)
 		if err != nil || v.Group != r.Group || v.Seq > r.Seq || v.State.Terminal() {
 			continue
 		}
@@ -340,7 +339,7 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 				d.log.Warn().Err(err).Msg("reconcile")
 			}
 		case <-recheck.C:
-			waits, err := d.keys(ctx, "wait.>")
+			waits, err := d.keys(ctx, subjects.AllWaits)
 			if err != nil {
 				d.log.Warn().Err(err).Msg("list waiting runs")
 				continue
@@ -361,7 +360,7 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 // renew extends the TTL of every lease and lock whose run is live, and
 // deletes those whose run ended or is gone.
 func (d *Dispatcher) renew(ctx context.Context) {
-	for _, filter := range []string{"lease.>", "group.>"} {
+	for _, filter := range []string{subjects.AllLeases, subjects.AllGroups} {
 		keys, err := d.keys(ctx, filter)
 		if err != nil {
 			d.log.Warn().Err(err).Msg("list leases")
@@ -373,7 +372,7 @@ func (d *Dispatcher) renew(ctx context.Context) {
 				continue
 			}
 			runID := string(e.Value())
-			r, _, _, err := d.load(ctx, runID)
+			r, _, _, err := d.runs.load(ctx, runID)
 			if errors.Is(err, jetstream.ErrKeyNotFound) || (err == nil && r.State.Terminal()) {
 				d.releaseKey(ctx, k, runID)
 				continue
@@ -383,7 +382,7 @@ func (d *Dispatcher) renew(ctx context.Context) {
 			}
 			// KeyValue.Update would drop the key's TTL; publish the new
 			// revision with a TTL, on the expected last revision.
-			if _, err := d.js.Publish(ctx, "$KV."+subjects.WIPBucket+"."+k, e.Value(),
+			if _, err := d.js.Publish(ctx, subjects.KVSubject(subjects.WIPBucket, k), e.Value(),
 				jetstream.WithExpectLastSequencePerSubject(e.Revision()), jetstream.WithMsgTTL(d.cfg.LeaseTTL)); err != nil {
 				d.log.Debug().Err(err).Str("key", k).Msg("renew lease")
 			}
@@ -395,7 +394,7 @@ func (d *Dispatcher) renew(ctx context.Context) {
 // of its leases or locks goes away: released, or expired because no
 // dispatcher renewed it.
 func (d *Dispatcher) watchReleases(ctx context.Context) error {
-	w, err := d.wip.WatchFiltered(ctx, []string{"lease.>", "group.>"}, jetstream.UpdatesOnly())
+	w, err := d.wip.WatchFiltered(ctx, []string{subjects.AllLeases, subjects.AllGroups}, jetstream.UpdatesOnly())
 	if err != nil {
 		return fmt.Errorf("dispatcher: watch leases: %w", err)
 	}
@@ -412,7 +411,7 @@ func (d *Dispatcher) watchReleases(ctx context.Context) error {
 				continue
 			}
 			token := subjects.KeyRepoToken(e.Key())
-			if token == "" || strings.HasPrefix(e.Key(), "stats.") {
+			if token == "" {
 				continue
 			}
 			if err := d.admit(ctx, token); err != nil && ctx.Err() == nil {

@@ -62,7 +62,7 @@ func (d *Dispatcher) handleDeadLetter(ctx context.Context, msg jetstream.Msg) er
 		return fmt.Errorf("delete dead job %d: %w", adv.StreamSeq, err)
 	}
 	log.Warn().Uint64("deliveries", adv.Deliveries).Msg("job dead-lettered")
-	before, after, err := d.update(ctx, job.RunID, func(r *wire.Run) bool {
+	before, after, err := d.runs.update(ctx, job.RunID, func(r *wire.Run) bool {
 		return deadLetter(r, job.Stage.Key, job.Attempt, fmt.Sprintf("its job was dead-lettered after %d deliveries (weft dlq replay runs it again)", adv.Deliveries), d.cfg.Now())
 	})
 	if err != nil || after == nil {
@@ -73,7 +73,7 @@ func (d *Dispatcher) handleDeadLetter(ctx context.Context, msg jetstream.Msg) er
 
 // replay runs a failed stage again on an operator's request.
 func (d *Dispatcher) replay(ctx context.Context, ev wire.Event) error {
-	before, after, err := d.update(ctx, ev.RunID, func(r *wire.Run) bool { return replayStage(r, ev.Stage, d.cfg.Now()) })
+	before, after, err := d.runs.update(ctx, ev.RunID, func(r *wire.Run) bool { return replayStage(r, ev.Stage, d.cfg.Now()) })
 	if err != nil || after == nil {
 		return err
 	}

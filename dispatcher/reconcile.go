@@ -23,7 +23,7 @@ const maxRepairs = 100
 // there is one, else queued again; a ready stage never queued is queued;
 // a run whose stages all ended is finished.
 func (d *Dispatcher) reconcile(ctx context.Context) error {
-	leases, err := d.keys(ctx, "lease.>")
+	leases, err := d.keys(ctx, subjects.AllLeases)
 	if err != nil {
 		return err
 	}
@@ -45,7 +45,7 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 			continue
 		}
 		runID := string(e.Value())
-		r, _, err := d.get(ctx, runID)
+		r, _, err := d.runs.get(ctx, runID)
 		if err != nil || r.State.Terminal() {
 			continue
 		}
@@ -67,7 +67,7 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 				budget--
 			}
 		}
-		before, after, err := d.update(ctx, runID, func(r *wire.Run) bool { return repairRun(r, found, lost, d.cfg.Now()) })
+		before, after, err := d.runs.update(ctx, runID, func(r *wire.Run) bool { return repairRun(r, found, lost, d.cfg.Now()) })
 		if err != nil {
 			return err
 		}

@@ -297,6 +297,7 @@ func queuedJobs(r *wire.Run, keys []string) []wire.Job {
 			RunID:     r.ID,
 			Pipeline:  r.Pipeline.Name,
 			Attempt:   s.Attempt,
+			Job:       s.Job,
 			Tier:      r.Tier,
 			Stage:     *st,
 			Env:       wire.JobEnv(r.Pipeline, st, r.ID, r.Branch, r.Commit, s.Attempt),

@@ -137,16 +137,26 @@ func JobMsgID(run, stage string, attempt int) string {
 	return fmt.Sprintf("%s.%s.%d", run, stage, attempt)
 }
 
-var tokenUnsafe = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
-
-// RepoToken turns a repository name such as "acme/api" into a single subject
-// token ("acme_api"); an empty name becomes "local".
+// RepoToken turns a repository name into a single subject and KV-key
+// token, injectively: letters, digits and '-' stay as they are, and every
+// other byte (including '_' itself) becomes '_' and two hex digits, so
+// "acme/api" is "acme_2fapi" and "acme_api" is "acme_5fapi". An empty name
+// (a local run) becomes "_", which no other name produces.
 func RepoToken(repo string) string {
-	t := tokenUnsafe.ReplaceAllString(repo, "_")
-	if t == "" {
-		return "local"
+	if repo == "" {
+		return "_"
 	}
-	return t
+	var b strings.Builder
+	for i := 0; i < len(repo); i++ {
+		c := repo[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-':
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "_%02x", c)
+		}
+	}
+	return b.String()
 }
 
 // Tier is a priority tier. Agents take jobs from the highest non-empty tier.
@@ -386,43 +396,89 @@ func DedupKey(triggerID string) string {
 }
 
 // Keys of the WIP bucket. A repository's keys share the token
-// RepoToken(repo), so one filter lists them.
+// RepoToken(repo), so one filter lists them. Every key pattern and parser
+// of the bucket is here.
+const (
+	leaseKind = "lease"
+	groupKind = "group"
+	waitKind  = "wait"
+	statsKind = "stats"
+	pauseKind = "pause"
+
+	// AllLeases matches every WIP lease: lease.<repo>.<slot>.
+	AllLeases = leaseKind + ".>"
+	// AllGroups matches every concurrency-group lock: group.<repo>.<hash>.
+	AllGroups = groupKind + ".>"
+	// AllWaits matches every waiting run: wait.<repo>.<seq>.
+	AllWaits = waitKind + ".>"
+	// AllStats matches every counter: stats.<name>.
+	AllStats = statsKind + ".>"
+	// AllPauses matches every paused queue: pause.<queue>.
+	AllPauses = pauseKind + ".*"
+)
 
 // LeaseKey is the key of WIP slot slot of repo: lease.<repo>.<slot>.
 func LeaseKey(repo string, slot int) string {
-	return fmt.Sprintf("lease.%s.%d", RepoToken(repo), slot)
+	return fmt.Sprintf("%s.%s.%d", leaseKind, RepoToken(repo), slot)
 }
 
 // GroupKey is the key of the lock of a concurrency group of repo:
 // group.<repo>.<hash of group>.
 func GroupKey(repo, group string) string {
 	sum := sha256.Sum256([]byte(group))
-	return "group." + RepoToken(repo) + "." + hex.EncodeToString(sum[:12])
+	return groupKind + "." + RepoToken(repo) + "." + hex.EncodeToString(sum[:12])
 }
 
 // WaitKey is the key that keeps a run waiting for admission in arrival
 // order: wait.<repo>.<seq>, seq zero-padded so keys sort like numbers.
 func WaitKey(repo string, seq uint64) string {
-	return fmt.Sprintf("wait.%s.%020d", RepoToken(repo), seq)
+	return fmt.Sprintf("%s.%s.%020d", waitKind, RepoToken(repo), seq)
 }
 
-// RepoKeys returns the filter of one kind ("lease", "group" or "wait") of
-// repo's keys in the WIP bucket.
-func RepoKeys(kind, repo string) string { return kind + "." + RepoToken(repo) + ".*" }
+// RepoLeases, RepoGroups and RepoWaits are the filters of one
+// repository's leases, group locks and waiting runs; token is
+// RepoToken(repo).
+func RepoLeases(token string) string { return leaseKind + "." + token + ".*" }
 
-// KeyRepoToken returns the repository token of a WIP bucket key.
+// RepoGroups: see RepoLeases.
+func RepoGroups(token string) string { return groupKind + "." + token + ".*" }
+
+// RepoWaits: see RepoLeases.
+func RepoWaits(token string) string { return waitKind + "." + token + ".*" }
+
+// KeyRepoToken returns the repository token of a lease, group or wait key
+// of the WIP bucket, or "" for any other key.
 func KeyRepoToken(key string) string {
 	parts := strings.SplitN(key, ".", 3)
 	if len(parts) < 3 {
 		return ""
 	}
-	return parts[1]
+	switch parts[0] {
+	case leaseKind, groupKind, waitKind:
+		return parts[1]
+	}
+	return ""
 }
 
+// StatsKey is the key of the counter name: stats.<name>.
+func StatsKey(name string) string { return statsKind + "." + name }
+
+// StatsName returns the counter name of a stats key.
+func StatsName(key string) string { return strings.TrimPrefix(key, statsKind+".") }
+
 // PauseKey is the key of the WIP bucket that pauses queue: agents take no
-// job from a paused queue until the key is deleted. PauseKey("*") matches
-// all of them.
-func PauseKey(queue string) string { return "pause." + queue }
+// job from a paused queue until the key is deleted.
+func PauseKey(queue string) string { return pauseKind + "." + queue }
+
+// PausedQueue returns the queue of a pause key.
+func PausedQueue(key string) string { return strings.TrimPrefix(key, pauseKind+".") }
+
+// KVSubject returns the subject a KV bucket stores key on, for writes the
+// KV API does not offer (a revision with a per-message TTL).
+func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
+
+// CancelRun returns the run id of a cancel notice subject (see Cancel).
+func CancelRun(subject string) string { return strings.TrimPrefix(subject, cancelPrefix+".") }
 
 // Headers of a dead job's copy in the DLQ.
 const (

@@ -41,8 +41,8 @@ func TestNames(t *testing.T) {
 		{RunEvent("R"), "weft.events.R"},
 		{Logs("R", "build"), "weft.logs.R.build"},
 		{RunLogs("R"), "weft.logs.R.*"},
-		{Trigger("acme/api.v2"), "weft.triggers.acme_api_v2"},
-		{Trigger(""), "weft.triggers.local"},
+		{Trigger("acme/api.v2"), "weft.triggers.acme_2fapi_2ev2"},
+		{Trigger(""), "weft.triggers._"},
 		{Cancel("R"), "weft.cancel.R"},
 		{JobConsumer("cross-repo", Low), "jobs_cross-repo_low"},
 		{JobMsgID("R", "build", 3), "R.build.3"},
@@ -68,4 +68,24 @@ func TestJobStreamRepublishesToWakeSubjects(t *testing.T) {
 		return
 	}
 	t.Fatalf("no %s stream", JobsStream)
+}
+
+// Names that differ only in '.', '/' or '_' are different repositories:
+// their tokens (and so their WIP slots and groups) must differ.
+func TestRepoTokenIsInjective(t *testing.T) {
+	names := []string{"", "_", "local", "acme/api", "acme_api", "acme.api", "acme-api", "acme_2fapi", "Acme/api", "acme/api/", "a/b_c", "a_b/c", "日本/x"}
+	seen := map[string]string{}
+	for _, n := range names {
+		tok := RepoToken(n)
+		if other, ok := seen[tok]; ok {
+			t.Errorf("RepoToken(%q) = RepoToken(%q) = %q", n, other, tok)
+		}
+		seen[tok] = n
+		if strings.ContainsAny(tok, ".*> \t/") || tok == "" {
+			t.Errorf("RepoToken(%q) = %q: not a single subject token", n, tok)
+		}
+		if got := KeyRepoToken(LeaseKey(n, 2)); got != tok {
+			t.Errorf("KeyRepoToken(LeaseKey(%q)) = %q, want %q", n, got, tok)
+		}
+	}
 }

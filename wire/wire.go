@@ -63,8 +63,13 @@ type Job struct {
 	RunID string `json:"run_id"`
 	// Pipeline is the pipeline's name.
 	Pipeline string `json:"pipeline"`
-	// Attempt counts from 1.
+	// Attempt is the stage attempt the job was queued as, counting from
+	// 1. A redelivered job runs as a later attempt of the same Job.
 	Attempt int `json:"attempt"`
+	// Job is the stage's job number (wire.StageRun.Job): an agent runs
+	// the job only while the run document says it is the stage's current
+	// job.
+	Job int `json:"job"`
 	// Tier is the tier the job was queued at.
 	Tier subjects.Tier `json:"tier"`
 	// Stage is the stage's specification.
@@ -147,6 +152,9 @@ type Event struct {
 	Stage string `json:"stage,omitempty"`
 	// Attempt is the stage attempt the event is about.
 	Attempt int `json:"attempt,omitempty"`
+	// Job is the job number of that attempt (wire.Job.Job): an attempt's
+	// events count only while its job is the stage's current job.
+	Job int `json:"job,omitempty"`
 	// Agent is the id of the agent running the attempt.
 	Agent string `json:"agent,omitempty"`
 	// Time is when it happened, on the publisher's clock.

@@ -1,0 +1,179 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+// handleEvent applies a lifecycle event to its run.
+func (d *Dispatcher) handleEvent(ctx context.Context, msg jetstream.Msg) error {
+	var ev wire.Event
+	if err := json.Unmarshal(msg.Data(), &ev); err != nil || ev.RunID == "" {
+		d.log.Error().Err(err).Str("subject", msg.Subject()).Msg("dropping malformed event")
+		return nil
+	}
+	var err error
+	switch ev.Type {
+	case wire.CancelRequested:
+		err = d.cancel(ctx, ev)
+	case wire.Started, wire.Heartbeat, wire.Finished:
+		err = d.stageEvent(ctx, ev)
+	case wire.ReplayRequested:
+		err = d.replay(ctx, ev)
+	default:
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	// A redelivered event may have been applied by a dispatcher that died
+	// before it published what the change called for: finish that work.
+	if meta, merr := msg.Metadata(); merr == nil && meta.NumDelivered > 1 {
+		return d.repair(ctx, ev.RunID)
+	}
+	return nil
+}
+
+// repair publishes what a run document calls for, in case the dispatcher
+// that changed it died before doing so: the jobs of its queued stages
+// (their message ids make this a no-op when they were published within the
+// stream's duplicate window) and, for an ended run, the release of its
+// lease and lock.
+func (d *Dispatcher) repair(ctx context.Context, runID string) error {
+	d.runs.forget(runID) // repair works from the stored document
+	r, _, _, err := d.runs.load(ctx, runID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if r.State.Terminal() {
+		return d.release(ctx, r)
+	}
+	if r.CancelReason != "" {
+		if err := d.notifyCancel(runID); err != nil {
+			return err
+		}
+	}
+	return d.publishJobs(ctx, r, queuedKeys(r))
+}
+
+func (d *Dispatcher) stageEvent(ctx context.Context, ev wire.Event) error {
+	var v verdict
+	before, after, err := d.runs.update(ctx, ev.RunID, func(r *wire.Run) bool {
+		v = apply(r, ev, d.cfg.Now())
+		if v != applied {
+			return false
+		}
+		advance(r, d.cfg.Now())
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if v == recancel {
+		return d.notifyCancel(ev.RunID)
+	}
+	if v != applied {
+		if ev.Type == wire.Finished {
+			d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Int("attempt", ev.Attempt).Msg("stale finish ignored")
+		}
+		return nil
+	}
+	return d.afterUpdate(ctx, before, after)
+}
+
+func (d *Dispatcher) cancel(ctx context.Context, ev wire.Event) error {
+	reason := ev.Message
+	if reason == "" {
+		reason = "cancel requested"
+	}
+	before, after, err := d.runs.update(ctx, ev.RunID, func(r *wire.Run) bool {
+		return cancel(r, reason, d.cfg.Now())
+	})
+	if err != nil || after == nil {
+		return err
+	}
+	d.log.Info().Str("run_id", ev.RunID).Str("reason", reason).Msg("run cancelling")
+	if err := d.notifyCancel(ev.RunID); err != nil {
+		return err
+	}
+	return d.afterUpdate(ctx, before, after)
+}
+
+// afterUpdate publishes what a successful run update calls for: the jobs of
+// newly queued stage attempts, and the run's end.
+func (d *Dispatcher) afterUpdate(ctx context.Context, before, after *wire.Run) error {
+	var keys []string
+	for i, s := range after.Stages {
+		b := before.Stages[i]
+		if s.State == wire.StageQueued && (b.State != wire.StageQueued || b.Attempt != s.Attempt) {
+			keys = append(keys, s.Key)
+		}
+	}
+	if err := d.publishJobs(ctx, after, keys); err != nil {
+		return err
+	}
+	if after.State.Terminal() && !before.State.Terminal() {
+		d.log.Info().Str("run_id", after.ID).Str("state", string(after.State)).Msg("run finished")
+		data, _ := json.Marshal(wire.Event{Type: wire.RunFinished, RunID: after.ID, Time: after.Finished, Message: string(after.State)})
+		if _, err := d.js.Publish(ctx, subjects.RunEvent(after.ID), data); err != nil {
+			return fmt.Errorf("publish run %s finished: %w", after.ID, err)
+		}
+		return d.release(ctx, after)
+	}
+	return nil
+}
+
+func (d *Dispatcher) notifyCancel(runID string) error {
+	if err := d.nc.Publish(subjects.Cancel(runID), nil); err != nil {
+		return fmt.Errorf("cancel notice %s: %w", runID, err)
+	}
+	return nil
+}
+
+// publishJobs publishes the job of each stage key with its attempt's
+// message id, so publishing twice stores it once.
+func (d *Dispatcher) publishJobs(ctx context.Context, r *wire.Run, keys []string) error {
+	seqs := map[string]uint64{}
+	jobs := queuedJobs(r, keys)
+	for _, job := range jobs {
+		data, err := json.Marshal(job)
+		if err != nil {
+			return fmt.Errorf("encode job %s: %w", job.Stage.Key, err)
+		}
+		subj := subjects.Job(job.Stage.Queue, tierOf(r))
+		id := subjects.JobMsgID(r.ID, job.Stage.Key, job.Attempt)
+		ack, err := d.js.Publish(ctx, subj, data, jetstream.WithMsgID(id))
+		if err != nil {
+			return fmt.Errorf("publish stage %s: %w", id, err)
+		}
+		seqs[job.Stage.Key] = ack.Sequence
+		d.log.Debug().Str("run_id", r.ID).Str("stage", job.Stage.Key).Int("attempt", job.Attempt).
+			Str("queue", job.Stage.Queue).Str("tier", string(r.Tier)).Msg("stage queued")
+	}
+	if len(jobs) == 0 {
+		return nil
+	}
+	// Record where the jobs are, for the reconcile loop.
+	_, _, err := d.runs.update(ctx, r.ID, func(r *wire.Run) bool {
+		changed := false
+		for _, job := range jobs {
+			s := r.Stage(job.Stage.Key)
+			if s != nil && s.Job == job.Attempt && s.JobSeq != seqs[s.Key] && (s.State == wire.StageQueued || s.State == wire.StageRunning) {
+				s.JobSeq = seqs[s.Key]
+				changed = true
+			}
+		}
+		return changed
+	})
+	return err
+}
