@@ -96,30 +96,42 @@ func rootQueues(p *pipeline.Pipeline, override string) []string {
 	return qs
 }
 
-// overloaded returns the first of queues holding more than MaxPending jobs
+// overloaded returns the first of queues holding MaxPending jobs or more
 // and its count, or "" when none does.
 func (d *Dispatcher) overloaded(ctx context.Context, queues []string) (string, uint64, error) {
-	if d.cfg.MaxPending <= 0 {
-		return "", 0, nil
-	}
-	st, err := d.js.Stream(ctx, subjects.JobsStream)
+	depth, err := d.queueDepths(ctx, queues)
 	if err != nil {
-		return "", 0, fmt.Errorf("jobs stream: %w", err)
+		return "", 0, err
 	}
 	for _, q := range queues {
-		info, err := st.Info(ctx, jetstream.WithSubjectFilter(subjects.Job(q, "*")))
-		if err != nil {
-			return "", 0, fmt.Errorf("jobs of queue %s: %w", q, err)
-		}
-		var n uint64
-		for _, c := range info.State.Subjects {
-			n += c
-		}
-		if n >= uint64(d.cfg.MaxPending) {
-			return q, n, nil
+		if depth[q] >= uint64(d.cfg.MaxPending) {
+			return q, depth[q], nil
 		}
 	}
 	return "", 0, nil
+}
+
+// queueDepths counts the jobs stored (queued or running) for each queue,
+// with one stream lookup per queue; nil without a MaxPending bound.
+func (d *Dispatcher) queueDepths(ctx context.Context, queues []string) (map[string]uint64, error) {
+	if d.cfg.MaxPending <= 0 || len(queues) == 0 {
+		return nil, nil
+	}
+	st, err := d.js.Stream(ctx, subjects.JobsStream)
+	if err != nil {
+		return nil, fmt.Errorf("jobs stream: %w", err)
+	}
+	depth := make(map[string]uint64, len(queues))
+	for _, q := range queues {
+		info, err := st.Info(ctx, jetstream.WithSubjectFilter(subjects.Job(q, "*")))
+		if err != nil {
+			return nil, fmt.Errorf("jobs of queue %s: %w", q, err)
+		}
+		for _, c := range info.State.Subjects {
+			depth[q] += c
+		}
+	}
+	return depth, nil
 }
 
 // count increments a counter in the WIP bucket (stats.<name>), best effort.
@@ -145,107 +157,206 @@ func (d *Dispatcher) count(ctx context.Context, name string) {
 	}
 }
 
-// admit admits the waiting runs of a repository, in arrival order, while
-// WIP slots are free: a run of a concurrency group whose lock another run
-// holds is passed over and keeps its place. Every run left waiting has its
-// pending reason recorded. Safe to call any time and from any dispatcher:
-// slots and locks are taken with create-only KV writes and a run is
-// admitted by compare-and-set.
+// maxPlans bounds how often one admit call plans again after losing a
+// race to another dispatcher; what is left is taken by the next event or
+// recheck.
+const maxPlans = 8
+
+// admit admits the waiting runs of a repository: it reads a snapshot,
+// plans on it (plan.go) and applies the steps with create-only and
+// compare-and-set writes. A race lost to another dispatcher makes it plan
+// again on a new snapshot; it never releases a key it did not take for a
+// run that cannot use it. Safe to call any time and from any dispatcher.
 func (d *Dispatcher) admit(ctx context.Context, token string) error {
 	d.admitMu.Lock()
 	defer d.admitMu.Unlock()
-	waits, err := d.keys(ctx, subjects.RepoWaits(token))
-	if err != nil || len(waits) == 0 {
-		return err
-	}
-	leases, err := d.keys(ctx, subjects.RepoLeases(token))
-	if err != nil {
-		return err
-	}
-	limit := d.wipLimit(token)
-	held := map[string]bool{}
-	for _, k := range leases {
-		held[k] = true
-	}
-	slices.Sort(waits) // zero-padded sequences: arrival order
-	now := d.cfg.Now()
-	for _, wk := range waits {
-		entry, err := d.wip.Get(ctx, wk)
-		if err != nil {
-			continue
-		}
-		runID := string(entry.Value())
-		r, _, _, err := d.runs.load(ctx, runID)
-		if err != nil || r.Lease != "" || r.State.Terminal() {
-			if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
-				_ = d.wip.Delete(ctx, wk)
-			}
-			continue
-		}
-		if r.Group != "" {
-			if e, err := d.wip.Get(ctx, subjects.GroupKey(r.Repo, r.Group)); err == nil && string(e.Value()) != runID {
-				d.pend(ctx, runID, wire.PendingGroup, fmt.Sprintf("run %s of concurrency group %q is in flight", e.Value(), r.Group))
-				continue
-			}
-		}
-		if len(held) >= limit {
-			d.pend(ctx, runID, wire.PendingWIP, fmt.Sprintf("%d of %d runs of %s in flight", len(held), limit, repoName(r.Repo)))
-			continue
-		}
-		if q, n, err := d.overloaded(ctx, rootQueues(r.Pipeline, "")); err != nil {
+	for range maxPlans {
+		snap, err := d.snapshot(ctx, token)
+		if err != nil || len(snap.Waiting) == 0 {
 			return err
-		} else if q != "" {
-			d.pend(ctx, runID, wire.PendingBackpressure, fmt.Sprintf("queue %s holds %d pending jobs (bound %d)", q, n, d.cfg.MaxPending))
-			d.count(ctx, "backpressure_waited."+q)
-			continue
 		}
-		if r.Group != "" {
-			gk := subjects.GroupKey(r.Repo, r.Group)
-			if _, err := d.wip.Create(ctx, gk, []byte(runID), jetstream.KeyTTL(d.cfg.LeaseTTL)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-				return fmt.Errorf("lock group %s: %w", gk, err)
-			} else if err != nil {
-				if e, gerr := d.wip.Get(ctx, gk); gerr != nil || string(e.Value()) != runID {
-					continue // taken in between
-				}
-			}
-		}
-		lease := ""
-		for slot := range limit {
-			k := subjects.LeaseKey(r.Repo, slot)
-			if held[k] {
-				continue
-			}
-			if _, err := d.wip.Create(ctx, k, []byte(runID), jetstream.KeyTTL(d.cfg.LeaseTTL)); err == nil {
-				lease = k
-				break
-			} else if !errors.Is(err, jetstream.ErrKeyExists) {
-				return fmt.Errorf("lease %s: %w", k, err)
-			}
-			held[k] = true
-		}
-		if lease == "" {
-			d.releaseGroup(ctx, r)
-			d.pend(ctx, runID, wire.PendingWIP, fmt.Sprintf("%d of %d runs of %s in flight", limit, limit, repoName(r.Repo)))
-			continue
-		}
-		held[lease] = true
-		before, after, err := d.runs.update(ctx, runID, func(r *wire.Run) bool { return admitRun(r, lease, d.cfg.Now()) })
-		if err != nil || after == nil {
-			d.releaseKey(ctx, lease, runID)
-			d.releaseGroup(ctx, r)
-			delete(held, lease)
-			if err != nil {
-				return err
-			}
-			continue
-		}
-		_ = d.wip.Delete(ctx, wk)
-		d.log.Info().Str("run_id", runID).Str("lease", lease).Dur("waited", now.Sub(r.Created)).Msg("run admitted")
-		if err := d.afterUpdate(ctx, before, after); err != nil {
+		again, err := d.applyPlan(ctx, token, plan(snap))
+		if err != nil || !again {
 			return err
 		}
 	}
 	return nil
+}
+
+// snapshot reads what admission decides on for one repository.
+func (d *Dispatcher) snapshot(ctx context.Context, token string) (snapshot, error) {
+	s := snapshot{Limit: d.wipLimit(token), Slots: map[int]string{}, Groups: map[string]string{}, MaxPending: d.cfg.MaxPending}
+	waits, err := d.keys(ctx, subjects.RepoWaits(token))
+	if err != nil || len(waits) == 0 {
+		return s, err
+	}
+	leases, err := d.keys(ctx, subjects.RepoLeases(token))
+	if err != nil {
+		return s, err
+	}
+	for _, k := range leases {
+		slot, ok := subjects.LeaseSlot(k)
+		if !ok {
+			continue
+		}
+		if e, err := d.wip.Get(ctx, k); err == nil {
+			s.Slots[slot] = string(e.Value())
+		}
+	}
+	slices.Sort(waits) // zero-padded sequences: arrival order
+	var queues []string
+	for _, wk := range waits {
+		e, err := d.wip.Get(ctx, wk)
+		if err != nil {
+			continue
+		}
+		w := waiting{ID: string(e.Value()), WaitKey: wk}
+		r, err := d.waitingRun(ctx, w.ID)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			w.Done = true
+		case err != nil:
+			return s, err
+		case r.Lease != "" || r.State.Terminal():
+			w.Done = true
+		default:
+			s.Repo = r.Repo
+			w.Group, w.Roots = r.Group, rootsOf(r)
+			if w.Group != "" {
+				if _, ok := s.Groups[w.Group]; !ok {
+					if e, err := d.wip.Get(ctx, subjects.GroupKey(r.Repo, w.Group)); err == nil {
+						s.Groups[w.Group] = string(e.Value())
+					}
+				}
+			}
+			for q := range w.Roots {
+				if !slices.Contains(queues, q) {
+					queues = append(queues, q)
+				}
+			}
+		}
+		s.Waiting = append(s.Waiting, w)
+	}
+	s.Depth, err = d.queueDepths(ctx, queues)
+	return s, err
+}
+
+// waitingRun reads the document of a waiting run. A cached document is
+// enough to decide the run still waits; that it does not (admitted or
+// ended) is decided on a fresh read, since a replayed run waits again.
+func (d *Dispatcher) waitingRun(ctx context.Context, id string) (*wire.Run, error) {
+	r, _, cached, err := d.runs.load(ctx, id)
+	if err == nil && cached && (r.Lease != "" || r.State.Terminal()) {
+		d.runs.forget(id)
+		r, _, _, err = d.runs.load(ctx, id)
+	}
+	return r, err
+}
+
+// applyPlan applies the steps of a plan in order. It reports again when a
+// step lost a race (a slot or lock taken in between by another run): the
+// rest of the plan is stale, and admit plans again.
+func (d *Dispatcher) applyPlan(ctx context.Context, token string, steps []action) (again bool, err error) {
+	for _, st := range steps {
+		switch st.Kind {
+		case actDrop:
+			d.drop(ctx, st.Run)
+		case actWait:
+			d.pend(ctx, st.Run.ID, st.Reason, st.Detail)
+			if st.Reason == wire.PendingBackpressure {
+				d.count(ctx, "backpressure_waited."+st.Queue)
+			}
+		case actAdmit:
+			lost, err := d.admitOne(ctx, st)
+			if err != nil || lost {
+				return lost, err
+			}
+		}
+	}
+	return false, nil
+}
+
+// drop removes the wait key of a run that no longer waits and, when the
+// run ended, frees what it may hold from an admission cut short.
+func (d *Dispatcher) drop(ctx context.Context, w waiting) {
+	if r, _, err := d.runs.get(ctx, w.ID); err == nil && r.State.Terminal() {
+		d.releaseAll(ctx, r)
+	}
+	if err := d.wip.Delete(ctx, w.WaitKey); err != nil {
+		d.log.Warn().Err(err).Str("key", w.WaitKey).Msg("remove wait key")
+	}
+}
+
+// admitOne takes the group lock and the slot of an admit step, both
+// create-only (a key that already names this run is its own, from an
+// admission cut short), then admits the run by compare-and-set and queues
+// its root stages. It reports lost when another run holds the lock or
+// the slot.
+func (d *Dispatcher) admitOne(ctx context.Context, st action) (lost bool, err error) {
+	id := st.Run.ID
+	r, _, err := d.runs.get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if r.Group != "" {
+		if mine, err := d.take(ctx, subjects.GroupKey(r.Repo, r.Group), id); err != nil || !mine {
+			return !mine, err
+		}
+	}
+	lease := subjects.LeaseKey(r.Repo, st.Slot)
+	if mine, err := d.take(ctx, lease, id); err != nil || !mine {
+		return !mine, err
+	}
+	before, after, err := d.runs.update(ctx, id, func(r *wire.Run) bool { return admitRun(r, lease, d.cfg.Now()) })
+	if err != nil {
+		return false, err
+	}
+	if after == nil {
+		// Admitted by another dispatcher, or ended while it waited. The
+		// group lock is the run's either way; the slot is freed only when
+		// the run does not name it.
+		cur, _, err := d.runs.get(ctx, id)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			d.releaseKey(ctx, lease, id)
+		case err != nil:
+			return false, err
+		case cur.State.Terminal():
+			d.releaseAll(ctx, cur)
+			d.releaseKey(ctx, lease, id)
+		case cur.Lease != lease:
+			d.releaseKey(ctx, lease, id)
+		}
+		return true, nil
+	}
+	if err := d.wip.Delete(ctx, st.Run.WaitKey); err != nil {
+		d.log.Warn().Err(err).Str("key", st.Run.WaitKey).Msg("remove wait key")
+	}
+	d.log.Info().Str("run_id", id).Str("lease", lease).Dur("waited", d.cfg.Now().Sub(r.Created)).Msg("run admitted")
+	return false, d.afterUpdate(ctx, before, after)
+}
+
+// take creates key naming runID, create-only. It reports whether the key
+// is runID's: created now, or already naming it.
+func (d *Dispatcher) take(ctx context.Context, key, runID string) (bool, error) {
+	_, err := d.wip.Create(ctx, key, []byte(runID))
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return false, fmt.Errorf("take %s: %w", key, err)
+	}
+	e, err := d.wip.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil // released in between: plan again
+	}
+	if err != nil {
+		return false, fmt.Errorf("take %s: %w", key, err)
+	}
+	return string(e.Value()) == runID, nil
 }
 
 // pend records why a run waits, when that changed.
@@ -261,23 +372,26 @@ func (d *Dispatcher) release(ctx context.Context, r *wire.Run) error {
 	// A dispatcher that is stopping still frees what the run held.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if r.Lease != "" {
-		d.releaseKey(rctx, r.Lease, r.ID)
-	}
-	d.releaseGroup(rctx, r)
+	d.releaseAll(rctx, r)
 	if ctx.Err() != nil {
 		return nil
 	}
 	return d.admit(ctx, subjects.RepoToken(r.Repo))
 }
 
-func (d *Dispatcher) releaseGroup(ctx context.Context, r *wire.Run) {
+// releaseAll deletes the lease and the group lock of r where r holds
+// them. Call it only for a run that ended.
+func (d *Dispatcher) releaseAll(ctx context.Context, r *wire.Run) {
+	if r.Lease != "" {
+		d.releaseKey(ctx, r.Lease, r.ID)
+	}
 	if r.Group != "" {
 		d.releaseKey(ctx, subjects.GroupKey(r.Repo, r.Group), r.ID)
 	}
 }
 
-// releaseKey deletes a lease or lock key if runID still holds it.
+// releaseKey deletes a lease or lock key if runID still holds it, on the
+// revision it read, so a key taken in between by another run stays.
 func (d *Dispatcher) releaseKey(ctx context.Context, key, runID string) {
 	e, err := d.wip.Get(ctx, key)
 	if err != nil || string(e.Value()) != runID {
@@ -317,13 +431,13 @@ func (d *Dispatcher) supersede(ctx context.Context, r *wire.Run) error {
 	return nil
 }
 
-// maintain renews the leases and locks of live runs every LeaseTTL/3,
-// releases those of ended runs, retries admission every RecheckInterval
-// (backpressure waits, missed watch events) and reconciles the admitted
-// runs every ReconcileInterval. It returns when ctx ends.
+// maintain sweeps the leases and locks of ended runs every SweepInterval,
+// retries admission every RecheckInterval (backpressure waits, missed
+// watch events) and reconciles the admitted runs every ReconcileInterval.
+// It returns when ctx ends.
 func (d *Dispatcher) maintain(ctx context.Context) error {
-	renew := time.NewTicker(d.cfg.LeaseTTL / 3)
-	defer renew.Stop()
+	sweep := time.NewTicker(d.cfg.SweepInterval)
+	defer sweep.Stop()
 	recheck := time.NewTicker(d.cfg.RecheckInterval)
 	defer recheck.Stop()
 	reconcile := time.NewTicker(d.cfg.ReconcileInterval)
@@ -332,8 +446,8 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-renew.C:
-			d.renew(ctx)
+		case <-sweep.C:
+			d.sweep(ctx)
 		case <-reconcile.C:
 			if err := d.reconcile(ctx); err != nil && ctx.Err() == nil {
 				d.log.Warn().Err(err).Msg("reconcile")
@@ -357,9 +471,12 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 	}
 }
 
-// renew extends the TTL of every lease and lock whose run is live, and
-// deletes those whose run ended or is gone.
-func (d *Dispatcher) renew(ctx context.Context) {
+// sweep deletes every lease and lock whose run ended or is gone, and
+// every lease of a run that was admitted under another one (an admission
+// two dispatchers raced on). Leases and locks have no TTL: they belong to
+// their run, not to a dispatcher, so no dispatcher being alive for a while
+// never frees the slot of a live run.
+func (d *Dispatcher) sweep(ctx context.Context) {
 	for _, filter := range []string{subjects.AllLeases, subjects.AllGroups} {
 		keys, err := d.keys(ctx, filter)
 		if err != nil {
@@ -372,27 +489,23 @@ func (d *Dispatcher) renew(ctx context.Context) {
 				continue
 			}
 			runID := string(e.Value())
-			r, _, _, err := d.runs.load(ctx, runID)
-			if errors.Is(err, jetstream.ErrKeyNotFound) || (err == nil && r.State.Terminal()) {
-				d.releaseKey(ctx, k, runID)
+			r, _, err := d.runs.get(ctx, runID)
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+			case err != nil:
+				continue
+			case r.State.Terminal():
+			case filter == subjects.AllLeases && r.Lease != "" && r.Lease != k:
+			default:
 				continue
 			}
-			if err != nil {
-				continue
-			}
-			// KeyValue.Update would drop the key's TTL; publish the new
-			// revision with a TTL, on the expected last revision.
-			if _, err := d.js.Publish(ctx, subjects.KVSubject(subjects.WIPBucket, k), e.Value(),
-				jetstream.WithExpectLastSequencePerSubject(e.Revision()), jetstream.WithMsgTTL(d.cfg.LeaseTTL)); err != nil {
-				d.log.Debug().Err(err).Str("key", k).Msg("renew lease")
-			}
+			d.releaseKey(ctx, k, runID)
 		}
 	}
 }
 
 // watchReleases admits the next waiting runs of a repository whenever one
-// of its leases or locks goes away: released, or expired because no
-// dispatcher renewed it.
+// of its leases or locks goes away.
 func (d *Dispatcher) watchReleases(ctx context.Context) error {
 	w, err := d.wip.WatchFiltered(ctx, []string{subjects.AllLeases, subjects.AllGroups}, jetstream.UpdatesOnly())
 	if err != nil {

@@ -71,12 +71,20 @@ func (d *Dispatcher) handleDeadLetter(ctx context.Context, msg jetstream.Msg) er
 	return d.afterUpdate(ctx, before, after)
 }
 
-// replay runs a failed stage again on an operator's request.
+// replay runs a failed stage again on an operator's request. A run that
+// had ended waits for admission again, in its original arrival order, so
+// it holds a WIP slot and its group's lock while the stage runs.
 func (d *Dispatcher) replay(ctx context.Context, ev wire.Event) error {
 	before, after, err := d.runs.update(ctx, ev.RunID, func(r *wire.Run) bool { return replayStage(r, ev.Stage, d.cfg.Now()) })
 	if err != nil || after == nil {
 		return err
 	}
 	d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Msg("stage replayed")
+	if after.Lease == "" {
+		if _, err := d.wip.Create(ctx, subjects.WaitKey(after.Repo, after.Seq), []byte(after.ID)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("queue run %s for admission: %w", after.ID, err)
+		}
+		return d.admit(ctx, subjects.RepoToken(after.Repo))
+	}
 	return d.afterUpdate(ctx, before, after)
 }

@@ -37,10 +37,10 @@ type Config struct {
 	BackpressurePolicy string
 	// RetryAfter is what a refusal tells the client; default 30s.
 	RetryAfter time.Duration
-	// LeaseTTL is how long a WIP lease or group lock survives without
-	// renewal (the dispatchers renew every third of it); default
-	// subjects.DefaultLeaseTTL.
-	LeaseTTL time.Duration
+	// SweepInterval is how often the leases and locks of ended runs are
+	// deleted (those a dispatcher that died did not release); default
+	// DefaultSweepInterval.
+	SweepInterval time.Duration
 	// RecheckInterval is how often waiting runs are reconsidered without
 	// an event (backpressure clears without one); default 2s.
 	RecheckInterval time.Duration
@@ -59,6 +59,17 @@ type Config struct {
 const (
 	prefetch       = 16
 	handlerAckWait = 10 * time.Second
+)
+
+// Defaults of Config.
+const (
+	// DefaultSweepInterval is how often leases and locks of ended runs are
+	// swept.
+	DefaultSweepInterval = 20 * time.Second
+	// DefaultReconcileInterval is how often admitted runs are reconciled.
+	DefaultReconcileInterval = 30 * time.Second
+	// DefaultRecheckInterval is how often waiting runs are reconsidered.
+	DefaultRecheckInterval = 2 * time.Second
 )
 
 // ErrInvalidConfig is wrapped by Config validation errors.
@@ -92,17 +103,17 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 	if cfg.WIPLimit == 0 {
 		cfg.WIPLimit = subjects.DefaultWIPLimit
 	}
-	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = subjects.DefaultLeaseTTL
+	if cfg.SweepInterval == 0 {
+		cfg.SweepInterval = DefaultSweepInterval
 	}
 	if cfg.RetryAfter == 0 {
 		cfg.RetryAfter = 30 * time.Second
 	}
 	if cfg.RecheckInterval == 0 {
-		cfg.RecheckInterval = 2 * time.Second
+		cfg.RecheckInterval = DefaultRecheckInterval
 	}
 	if cfg.ReconcileInterval == 0 {
-		cfg.ReconcileInterval = 30 * time.Second
+		cfg.ReconcileInterval = DefaultReconcileInterval
 	}
 	for _, pol := range []*string{&cfg.WIPPolicy, &cfg.BackpressurePolicy} {
 		switch *pol {
@@ -113,8 +124,8 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 			return nil, fmt.Errorf("%w: policy %q is not queue or refuse", ErrInvalidConfig, *pol)
 		}
 	}
-	if cfg.WIPLimit < 1 || cfg.LeaseTTL < 3*time.Second {
-		return nil, fmt.Errorf("%w: wip limit must be >= 1 and lease ttl >= 3s", ErrInvalidConfig)
+	if cfg.WIPLimit < 1 || cfg.SweepInterval < 0 || cfg.ReconcileInterval < 0 || cfg.RecheckInterval < 0 {
+		return nil, fmt.Errorf("%w: wip limit must be >= 1 and intervals > 0", ErrInvalidConfig)
 	}
 	limits := map[string]int{}
 	for repo, n := range cfg.WIPLimits {

@@ -4,11 +4,16 @@
 // and advances the run's state machine from the lifecycle events agents
 // publish. It never executes user code and never imports the agent.
 //
-// The decisions (which stages are ready, what an event does to a run) are
-// pure functions on a run document in state.go; dispatcher.go applies them
-// to JetStream. Every change to a run document is a compare-and-set on the
-// key's revision, so two dispatchers, or a restarted one, can work on the
-// same runs: the dispatcher keeps no state that is not in JetStream.
+// The decisions are pure functions: what an event does to a run and which
+// stages are ready (state.go), and which waiting runs are admitted into
+// which slot (plan.go). The rest applies them to JetStream, one file a
+// layer: the consumer loop (dispatcher.go), triggers (trigger.go), events
+// and job publishing (events.go), admission (admission.go), the reconcile
+// loop (reconcile.go), dead letters (deadletter.go) and the run-document
+// store with its cache (store.go). Every change to a run document is a
+// compare-and-set on the key's revision, so two dispatchers, or a
+// restarted one, can work on the same runs: the dispatcher keeps no state
+// that is not in JetStream.
 //
 // Decisions taken where the design was silent:
 //
@@ -38,26 +43,48 @@
 //   - With several dispatchers a cached run document may be stale: a
 //     decision that nothing changes is taken only on a fresh read, and
 //     writes are compare-and-set. A redelivered event is followed by a
-//     repair (republish the queued jobs, release an ended run's lease) for
-//     a dispatcher that died half-way. The reconcile loop checks each
-//     admitted run's job messages by their recorded stream sequence.
+//     repair (publish the queued jobs not recorded as published, resend a
+//     cancel notice, release an ended run's lease) for a dispatcher that
+//     died half-way. A job whose message is recorded (StageRun.JobSeq) is
+//     never published again: past the stream's 2-minute Nats-Msg-Id
+//     window a second publish would be a second copy.
+//   - The reconcile loop walks every lease (every admitted live run):
+//     it publishes a queued stage's job that was never recorded as
+//     published (a dispatcher died between writing the run and
+//     publishing, in admission, a handler, the dead-letter path or the
+//     reconcile loop itself), finishes a stage from its stored finished
+//     event when its job is gone, queues again (or, in a run being
+//     cancelled, cancels) a stage whose job is gone and whose attempt has
+//     not heartbeated within its consumer's AckWait, and resends the
+//     cancel notice of every run being cancelled. What it found lost is
+//     acted on only if the stage still names that job and message, so two
+//     passes never requeue a stage twice.
+//   - A replay of a stage of a run that ended sends the run back to
+//     admission (a wait key in its original arrival order): it runs
+//     holding a WIP slot and its group's lock, like any run.
 //
-// Admission (admission.go) lives in the KV bucket weft_wip:
+// Admission (admission.go, plan.go) lives in the KV bucket weft_wip:
 //
 //   - A new run is created waiting, with a key wait.<repo>.<seq> where seq
-//     is the trigger's stream sequence: arrival order. admit walks a
-//     repository's waiting runs in that order and gives each a WIP slot
-//     (create-only key lease.<repo>.<slot> with a TTL) while slots are free,
-//     then queues its root stages; a run whose concurrency group is held
-//     (group.<repo>.<hash>) is passed over and keeps its place. Every run
-//     left waiting records why (wip, concurrency_group, backpressure).
-//   - Leases and group locks are renewed every LeaseTTL/3 while their run
-//     lives, by whichever dispatcher runs. KeyValue.Update writes a revision
-//     without a TTL (nats.go v1.55), so renewing publishes the revision with
-//     Nats-TTL and the expected last subject sequence instead. The leases of
-//     ended or unknown runs are deleted by that sweep; when no dispatcher is
-//     alive they expire by TTL. Either way a KV watch on the deletion admits
-//     the next waiting runs.
+//     is the trigger's stream sequence: arrival order. admit reads a
+//     snapshot of a repository (waiting runs in that order, held slots
+//     lease.<repo>.<slot>, group locks group.<repo>.<hash>, queue depths),
+//     plan decides (admit into a slot, wait with a reason, drop the wait
+//     key of a run that no longer waits), and the steps are applied with
+//     create-only writes (lock, then slot) and a compare-and-set of the run
+//     document. A key that already names the run is its own (an admission
+//     cut short); a key naming another run is a lost race, and admit plans
+//     again on a new snapshot. Nothing is ever released because a race was
+//     lost, except a slot the run provably does not use (its document
+//     names another one).
+//   - Leases and group locks belong to their run and carry no TTL: they
+//     are deleted when the run ends, by the dispatcher that ends it, or by
+//     the sweep every dispatcher runs every SweepInterval, which deletes a
+//     lease or lock whose run ended or is gone and a lease of a run
+//     admitted under another key. A TTL renewed by dispatchers would free
+//     the slot of a live run whenever none renewed in time (all down, or
+//     one stuck behind a long pass), and admission would then exceed the
+//     limit. A KV watch on the deletions admits the next waiting runs.
 //   - Concurrency groups are scoped to the repository, like WIP.
 //     cancel_in_progress cancels the group's run in flight and its older
 //     waiting runs; the new run starts when the one in flight has ended.

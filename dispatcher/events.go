@@ -42,10 +42,11 @@ func (d *Dispatcher) handleEvent(ctx context.Context, msg jetstream.Msg) error {
 }
 
 // repair publishes what a run document calls for, in case the dispatcher
-// that changed it died before doing so: the jobs of its queued stages
-// (their message ids make this a no-op when they were published within the
-// stream's duplicate window) and, for an ended run, the release of its
-// lease and lock.
+// that changed it died before doing so: the jobs of its queued stages not
+// recorded as published (their message ids make this a no-op when they
+// were published within the stream's duplicate window), the cancel notice
+// of a run being cancelled and, for an ended run, the release of its lease
+// and lock.
 func (d *Dispatcher) repair(ctx context.Context, runID string) error {
 	d.runs.forget(runID) // repair works from the stored document
 	r, _, _, err := d.runs.load(ctx, runID)
@@ -63,7 +64,7 @@ func (d *Dispatcher) repair(ctx context.Context, runID string) error {
 			return err
 		}
 	}
-	return d.publishJobs(ctx, r, queuedKeys(r))
+	return d.publishJobs(ctx, r, unpublishedKeys(r))
 }
 
 func (d *Dispatcher) stageEvent(ctx context.Context, ev wire.Event) error {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -17,11 +18,26 @@ import (
 // the next pass.
 const maxRepairs = 100
 
-// reconcile scans the admitted runs and repairs what events missed: a
-// queued or running stage whose job message is gone (deleted, or acked
-// with its finished event lost) is finished from the stored event when
-// there is one, else queued again; a ready stage never queued is queued;
-// a run whose stages all ended is finished.
+// unpublishedAfter is how long a stage may be queued with no recorded job
+// message before the reconcile loop publishes its job: longer than the
+// few milliseconds between writing a run document and publishing what it
+// calls for, and than a handler's redelivery.
+const unpublishedAfter = 2 * handlerAckWait
+
+// reconcile scans the admitted runs (every live lease) and repairs what
+// events missed:
+//
+//   - a queued stage whose job was never recorded as published (a
+//     dispatcher died, or a publish failed, between writing the run and
+//     publishing its jobs) gets its job published;
+//   - a queued or running stage whose job message is gone (deleted, or
+//     acked with its finished event lost) is finished from the stored
+//     event when there is one; else, unless its attempt heartbeated within
+//     its consumer's AckWait (a takeover whose job a superseded attempt
+//     acked), it is queued again (or cancelled, in a run being cancelled);
+//   - a run being cancelled gets its cancel notice again, for agents that
+//     missed it;
+//   - a run whose stages all ended is finished.
 func (d *Dispatcher) reconcile(ctx context.Context) error {
 	leases, err := d.keys(ctx, subjects.AllLeases)
 	if err != nil {
@@ -35,6 +51,19 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("events stream: %w", err)
 	}
+	ackWaits := map[string]time.Duration{}
+	ackWait := func(r *wire.Run, s wire.StageRun) time.Duration {
+		name := subjects.JobConsumer(s.Queue, tierOf(r))
+		if w, ok := ackWaits[name]; ok {
+			return w
+		}
+		w := subjects.DefaultAckWait
+		if c, err := d.js.Consumer(ctx, subjects.JobsStream, name); err == nil {
+			w = c.CachedInfo().Config.AckWait
+		}
+		ackWaits[name] = w
+		return w
+	}
 	budget := maxRepairs
 	for _, k := range leases {
 		if budget <= 0 {
@@ -46,13 +75,26 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 		}
 		runID := string(e.Value())
 		r, _, err := d.runs.get(ctx, runID)
-		if err != nil || r.State.Terminal() {
-			continue
+		if err != nil || r.State.Terminal() || r.Lease != k {
+			continue // the sweep frees what ended runs hold
 		}
+		if r.CancelReason != "" {
+			if err := d.notifyCancel(runID); err != nil {
+				return err
+			}
+		}
+		now := d.cfg.Now()
 		var found []wire.Event
-		var lost []string
+		var lost []lostJob
+		var unpublished []string
 		for _, s := range r.Stages {
-			if (s.State != wire.StageQueued && s.State != wire.StageRunning) || s.JobSeq == 0 {
+			if s.State != wire.StageQueued && s.State != wire.StageRunning {
+				continue
+			}
+			if s.JobSeq == 0 {
+				if s.State == wire.StageQueued && now.Sub(s.Queued) >= unpublishedAfter {
+					unpublished = append(unpublished, s.Key)
+				}
 				continue
 			}
 			if _, err := jobs.GetMsg(ctx, s.JobSeq); err == nil || !errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -62,9 +104,18 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 				found = append(found, ev)
 				continue
 			}
+			if s.State == wire.StageRunning && now.Sub(s.Heartbeat) < ackWait(r, s) {
+				continue // its attempt is alive
+			}
 			if budget > 0 {
-				lost = append(lost, s.Key)
+				lost = append(lost, lostJob{Key: s.Key, Job: s.Job, Seq: s.JobSeq})
 				budget--
+			}
+		}
+		if len(unpublished) > 0 {
+			d.log.Warn().Str("run_id", runID).Strs("stages", unpublished).Msg("publishing jobs a dispatcher wrote but never published")
+			if err := d.publishJobs(ctx, r, unpublished); err != nil {
+				return err
 			}
 		}
 		before, after, err := d.runs.update(ctx, runID, func(r *wire.Run) bool { return repairRun(r, found, lost, d.cfg.Now()) })
@@ -72,7 +123,7 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 			return err
 		}
 		if after != nil {
-			d.log.Warn().Str("run_id", runID).Strs("requeued", lost).Int("finished", len(found)).Msg("run repaired by the reconcile loop")
+			d.log.Warn().Str("run_id", runID).Int("lost", len(lost)).Int("finished", len(found)).Msg("run repaired by the reconcile loop")
 			if err := d.afterUpdate(ctx, before, after); err != nil {
 				return err
 			}
@@ -82,14 +133,15 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 }
 
 // lastFinished returns the stored finished event of the stage's current
-// attempt, if the stage's last event is one.
+// job and attempt (or of a takeover attempt of that job), if the stage's
+// last event is one.
 func lastFinished(ctx context.Context, events jetstream.Stream, runID string, s wire.StageRun) (wire.Event, bool) {
 	m, err := events.GetLastMsgForSubject(ctx, subjects.StageEvent(runID, s.Key))
 	if err != nil {
 		return wire.Event{}, false
 	}
 	var ev wire.Event
-	if json.Unmarshal(m.Data, &ev) != nil || ev.Type != wire.Finished || ev.Attempt != s.Attempt {
+	if json.Unmarshal(m.Data, &ev) != nil || ev.Type != wire.Finished || ev.Attempt < s.Attempt || (ev.Job != 0 && ev.Job != s.Job) {
 		return wire.Event{}, false
 	}
 	return ev, true

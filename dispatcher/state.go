@@ -178,13 +178,19 @@ const (
 // event from an attempt other than the stage's current one changes nothing.
 func apply(r *wire.Run, ev wire.Event, now time.Time) verdict {
 	s := r.Stage(ev.Stage)
-	if s == nil {
+	if s == nil || (ev.Job != 0 && ev.Job != s.Job) {
+		// An event of another job of the stage (one the reconcile loop
+		// replaced, or a retry's predecessor) changes nothing.
 		return ignored
 	}
-	if ev.Type == wire.Started && ev.Attempt > s.Attempt && (s.State == wire.StageQueued || s.State == wire.StageRunning) {
+	takeover := ev.Type == wire.Started || (ev.Type == wire.Finished && ev.Job == s.Job)
+	if takeover && ev.Attempt > s.Attempt && (s.State == wire.StageQueued || s.State == wire.StageRunning) {
 		// The job was redelivered (its agent died or gave it back) and
 		// runs as the next attempt: it takes the stage over, and events of
-		// the attempt it replaces are fenced off from now on.
+		// the attempt it replaces are fenced off from now on. A takeover
+		// may finish without starting (it could not start, or found the
+		// run cancelled): its finish, tagged with the stage's job, ends
+		// the stage all the same.
 		s.Attempt, s.State = ev.Attempt, wire.StageQueued
 	}
 	if ev.Attempt != s.Attempt {
@@ -318,6 +324,21 @@ func queuedKeys(r *wire.Run) []string {
 	return keys
 }
 
+// unpublishedKeys returns the keys of the queued stages whose job message
+// is not recorded as stored (JobSeq 0): those a dispatcher that died, or a
+// failed publish, may have left unpublished. A stage whose job is stored
+// is never published again: a second message of one job, past the
+// stream's duplicate window, would be a second copy.
+func unpublishedKeys(r *wire.Run) []string {
+	var keys []string
+	for _, s := range r.Stages {
+		if s.State == wire.StageQueued && s.JobSeq == 0 {
+			keys = append(keys, s.Key)
+		}
+	}
+	return keys
+}
+
 // tierOf returns the run's tier, defaulting to normal.
 func tierOf(r *wire.Run) subjects.Tier {
 	if r.Tier == "" {
@@ -338,43 +359,65 @@ func deadLetter(r *wire.Run, key string, job int, msg string, now time.Time) boo
 	return true
 }
 
-// replayStage queues a failed stage again as a new attempt and makes the
-// stages skipped because of it pending again; the run becomes live. It
+// replayStage makes a failed stage run again on an operator's request, as
+// a new job, and makes the stages skipped because of it pending again. In
+// a live run the stage is queued at once. A run that ended has given up
+// its WIP slot and group lock: it goes back to waiting for admission
+// (queued with no lease), and its stage is queued when it is admitted. It
 // returns false for a stage that did not fail or a cancelled run.
 func replayStage(r *wire.Run, key string, now time.Time) bool {
 	s := r.Stage(key)
 	if s == nil || s.State != wire.StageFailed || r.CancelReason != "" {
 		return false
 	}
-	queueAttempt(s, now)
 	for i := range r.Stages {
 		if st := &r.Stages[i]; st.State == wire.StageSkipped {
 			st.State, st.Message, st.Finished = wire.StagePending, "", time.Time{}
 		}
 	}
-	r.State, r.Finished = wire.RunRunning, time.Time{}
+	s.State, s.Message, s.Category, s.ExitCode, s.Finished = wire.StagePending, "", wire.CategoryNone, -1, time.Time{}
+	if r.State.Terminal() {
+		r.State, r.Finished, r.Lease, r.Admitted = wire.RunQueued, time.Time{}, "", time.Time{}
+		r.Pending = &wire.Pending{Reason: wire.PendingAdmission, Detail: "replayed: waiting for admission again", Since: now}
+		return true
+	}
 	advance(r, now)
 	return true
 }
 
+// lostJob is a job the reconcile loop found gone from the jobs stream:
+// the stage, its job number and the job message's sequence as it read
+// them. It is acted on only if the stage still names that job.
+type lostJob struct {
+	Key string
+	Job int
+	Seq uint64
+}
+
 // repairRun applies what the reconcile loop found: finished events the run
 // never took (found), and stages whose job is gone (lost), which are
-// queued again as a new job. Then it advances the run. It reports whether
+// queued again as a new job, or cancelled in a run being cancelled. A lost
+// job the stage no longer names (another pass or dispatcher requeued it
+// already) changes nothing. Then it advances the run. It reports whether
 // the document changed.
-func repairRun(r *wire.Run, found []wire.Event, lost []string, now time.Time) bool {
+func repairRun(r *wire.Run, found []wire.Event, lost []lostJob, now time.Time) bool {
 	changed := false
 	for _, ev := range found {
 		if apply(r, ev, now) == applied {
 			changed = true
 		}
 	}
-	for _, key := range lost {
-		s := r.Stage(key)
-		if s == nil || (s.State != wire.StageQueued && s.State != wire.StageRunning) {
+	for _, l := range lost {
+		s := r.Stage(l.Key)
+		if s == nil || s.Job != l.Job || s.JobSeq != l.Seq || (s.State != wire.StageQueued && s.State != wire.StageRunning) {
 			continue
 		}
-		queueAttempt(s, now)
-		s.Message = "its job was lost; queued again by the reconcile loop"
+		if r.CancelReason != "" {
+			s.State, s.Message, s.Finished = wire.StageCancelled, "run cancelled: its job was lost", now
+		} else {
+			queueAttempt(s, now)
+			s.Message = "its job was lost; queued again by the reconcile loop"
+		}
 		changed = true
 	}
 	state, queued := r.State, len(queuedKeys(r))

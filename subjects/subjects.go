@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -34,7 +35,9 @@ const (
 const (
 	// RunsBucket holds one run document per run id, updated by CAS.
 	RunsBucket = "weft_runs"
-	// WIPBucket holds per-repository WIP leases with a TTL.
+	// WIPBucket holds admission state: per-repository WIP leases and
+	// concurrency-group locks (no TTL: they go when their run ends),
+	// waiting runs, queue pauses and counters.
 	WIPBucket = "weft_wip"
 	// DedupBucket holds one create-only key per trigger with a TTL; its
 	// value is the trigger's outcome (the run id, or why it was refused).
@@ -295,9 +298,6 @@ const (
 	DefaultEventRetention = 7 * 24 * time.Hour
 	// DefaultDedupWindow is how long a trigger is remembered.
 	DefaultDedupWindow = 60 * time.Second
-	// DefaultLeaseTTL is how long a WIP lease or concurrency lock outlives
-	// the last renewal by a dispatcher.
-	DefaultLeaseTTL = 60 * time.Second
 	// DefaultWIPLimit is how many runs of one repository are in flight.
 	DefaultWIPLimit = 3
 	// TriggerDuplicates is the triggers stream's Nats-Msg-Id window. It is
@@ -473,8 +473,8 @@ func PauseKey(queue string) string { return pauseKind + "." + queue }
 // PausedQueue returns the queue of a pause key.
 func PausedQueue(key string) string { return strings.TrimPrefix(key, pauseKind+".") }
 
-// KVSubject returns the subject a KV bucket stores key on, for writes the
-// KV API does not offer (a revision with a per-message TTL).
+// KVSubject returns the subject a KV bucket stores key on, for reading a
+// key's raw message (its headers) from the bucket's stream.
 func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
 
 // CancelRun returns the run id of a cancel notice subject (see Cancel).
@@ -493,3 +493,13 @@ const (
 	// HeaderDeliveries is how often it was delivered.
 	HeaderDeliveries = "Weft-Deliveries"
 )
+
+// LeaseSlot returns the slot number of a lease key.
+func LeaseSlot(key string) (int, bool) {
+	i := strings.LastIndexByte(key, '.')
+	if !strings.HasPrefix(key, leaseKind+".") || i < 0 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(key[i+1:])
+	return n, err == nil && n >= 0
+}

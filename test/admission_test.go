@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/bench"
 	"github.com/weft-ci/weft/client"
@@ -97,27 +95,30 @@ func TestCriticalStageRunsNextOnABusyQueue(t *testing.T) {
 	}
 }
 
+// A burst on one queue does not touch another queue: a main stage
+// submitted behind 500 queued cross-repo stages, which their agent is
+// working through, runs and finishes while most of them still wait. Were
+// the main stage behind the burst anywhere (one subject, one FIFO in the
+// dispatcher), the burst would have drained first.
 func TestQueuesIsolate(t *testing.T) {
 	t.Parallel()
 	s := StartStack(t, StackConfig{NoAgent: true, Dispatcher: dispatcher.Config{WIPLimit: 100}})
 	s.AddAgent(agent.Config{Queues: []string{"main"}})
-	s.AddAgent(agent.Config{Queues: []string{"cross-repo"}})
-	g := newGate(t)
-	// Occupy the cross-repo agent, then queue 500 stages behind it.
-	blocker := s.Submit(t, g.pipeline("blocker", "queue: cross-repo\n"))
-	waitFor(t, s, blocker, "started", stageIs("wait", wire.StageRunning))
 	var burst []string
 	for i := range 5 {
 		var sb strings.Builder
 		fmt.Fprintf(&sb, "name: burst-%d\nqueue: cross-repo\nstages:\n", i)
 		for j := range 100 {
-			fmt.Fprintf(&sb, "  - key: s%d\n    commands: [true]\n", j)
+			fmt.Fprintf(&sb, "  - key: s%d\n    commands: [sleep 0.02]\n", j)
 		}
 		burst = append(burst, s.Submit(t, sb.String()))
 	}
 	for _, id := range burst {
 		waitFor(t, s, id, "fully queued", func(r *wire.Run) bool { return len(queuedKeysOf(r)) == 100 })
 	}
+	// The burst's agent starts on it; then the main stage is triggered.
+	s.AddAgent(agent.Config{Queues: []string{"cross-repo"}})
+	waitFor(t, s, burst[0], "the burst under way", func(r *wire.Run) bool { return len(queuedKeysOf(r)) < 100 })
 	main := s.Submit(t, "name: main\nqueue: main\nstages:\n  - key: s\n    commands: [true]\n")
 	m, _ := s.Wait(t, main)
 	if m.State != wire.RunSucceeded {
@@ -127,10 +128,9 @@ func TestQueuesIsolate(t *testing.T) {
 	for _, id := range burst {
 		backlog += len(queuedKeysOf(runDoc(t, s, id)))
 	}
-	if backlog != 500 {
-		t.Errorf("when the main stage finished, %d cross-repo stages were still queued, want all 500", backlog)
+	if backlog < 250 {
+		t.Errorf("when the main stage finished, %d of 500 cross-repo stages were still queued; the main stage waited behind the burst", backlog)
 	}
-	g.open(t)
 }
 
 func queuedKeysOf(r *wire.Run) []string {
@@ -221,48 +221,35 @@ func TestWIPLimitRefusesWithRetryAfter(t *testing.T) {
 	}
 }
 
-func TestALeaseWithNoLiveHolderExpires(t *testing.T) {
+// A lease whose run is gone (a dispatcher died before releasing it) is
+// freed by the sweep, and the next waiting run is admitted.
+func TestALeaseWithNoLiveRunIsSwept(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name     string
-		leaseTTL time.Duration // the dispatcher's: it sweeps every third
-		keyTTL   time.Duration // the dead holder's lease
-		within   time.Duration
-	}{
-		// The dispatcher's sweep finds the lease's run gone and frees it.
-		{"released by the renewal sweep", 3 * time.Second, time.Hour, 3*time.Second + 2*time.Second},
-		// No sweep in time: the key's TTL frees it and the watch admits.
-		{"expired by its TTL", time.Hour, 2 * time.Second, 2*time.Second + 2*time.Second},
+	const sweep = 2 * time.Second
+	s := StartStack(t, StackConfig{Dispatcher: dispatcher.Config{WIPLimit: 1, SweepInterval: sweep}})
+	wip, err := s.Bus.JS.KeyValue(context.Background(), subjects.WIPBucket)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			s := StartStack(t, StackConfig{Dispatcher: dispatcher.Config{WIPLimit: 1, LeaseTTL: tt.leaseTTL}})
-			wip, err := s.Bus.JS.KeyValue(context.Background(), subjects.WIPBucket)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// The only slot, held by a run nobody will ever finish.
-			if _, err := wip.Create(context.Background(), subjects.LeaseKey("acme/api", 0), []byte("01DEADDEADDEADDEADDEADDEAD"), jetstream.KeyTTL(tt.keyTTL)); err != nil {
-				t.Fatal(err)
-			}
-			id := s.Submit(t, "name: next\nstages:\n  - key: s\n    commands: [true]\n", onRepo("acme/api"))
-			r := waitFor(t, s, id, "pending on wip", func(r *wire.Run) bool { return r.Pending != nil && r.Pending.Reason == wire.PendingWIP })
-			if !strings.Contains(r.Pending.Detail, "1 of 1 runs of acme/api") {
-				t.Errorf("pending detail %q", r.Pending.Detail)
-			}
-			st, err := client.GetStatus(context.Background(), s.Bus.JS)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(st.Runs) != 1 || st.Runs[0].Reason != wire.PendingWIP {
-				t.Errorf("status = %+v, want the run pending on wip", st.Runs)
-			}
-			final, _ := s.Wait(t, id)
-			if waited := final.Admitted.Sub(final.Created); final.State != wire.RunSucceeded || waited > tt.within {
-				t.Errorf("run %s admitted %v after creation; want succeeded within %v", final.State, waited, tt.within)
-			}
-		})
+	// The only slot, held by a run nobody will ever finish.
+	if _, err := wip.Create(context.Background(), subjects.LeaseKey("acme/api", 0), []byte("01DEADDEADDEADDEADDEADDEAD")); err != nil {
+		t.Fatal(err)
+	}
+	id := s.Submit(t, "name: next\nstages:\n  - key: s\n    commands: [true]\n", onRepo("acme/api"))
+	r := waitFor(t, s, id, "pending on wip", func(r *wire.Run) bool { return r.Pending != nil && r.Pending.Reason == wire.PendingWIP })
+	if !strings.Contains(r.Pending.Detail, "1 of 1 runs of acme/api") {
+		t.Errorf("pending detail %q", r.Pending.Detail)
+	}
+	st, err := client.GetStatus(context.Background(), s.Bus.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Runs) != 1 || st.Runs[0].Reason != wire.PendingWIP {
+		t.Errorf("status = %+v, want the run pending on wip", st.Runs)
+	}
+	final, _ := s.Wait(t, id)
+	if waited := final.Admitted.Sub(final.Created); final.State != wire.RunSucceeded || waited > sweep+2*time.Second {
+		t.Errorf("run %s admitted %v after creation; want succeeded within %v", final.State, waited, sweep+2*time.Second)
 	}
 }
 

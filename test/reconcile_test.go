@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -34,7 +35,9 @@ func TestReconcileRequeuesADeletedJob(t *testing.T) {
 	}
 }
 
-func TestReconcileRepairsADroppedFinishedEvent(t *testing.T) {
+// A stage whose job was acked and whose finished event was lost from the
+// stream runs again as a new job.
+func TestReconcileRunsAgainAStageWhoseFinishWasLost(t *testing.T) {
 	t.Parallel()
 	s := StartStack(t, StackConfig{Dispatcher: dispatcher.Config{ReconcileInterval: 300 * time.Millisecond}})
 	ctx := context.Background()
@@ -75,5 +78,68 @@ func TestReconcileRepairsADroppedFinishedEvent(t *testing.T) {
 	final, _ := s.Wait(t, id)
 	if st := final.Stage("wait"); final.State != wire.RunSucceeded || st.Job != 2 {
 		t.Errorf("run %s, stage job %d; want succeeded, run again as a second job", final.State, st.Job)
+	}
+}
+
+// A stage whose job was acked and whose stored finished event the
+// dispatchers never applied (the events consumer was reset, say) is
+// finished from the stored event by the reconcile loop: it does not run
+// again.
+func TestReconcileAppliesAStoredFinishNoDispatcherTook(t *testing.T) {
+	t.Parallel()
+	s := StartStack(t, StackConfig{NoDispatcher: true})
+	ctx := context.Background()
+	js := s.Bus.JS
+	stop := s.StartDispatcher(dispatcher.Config{})
+	g := newGate(t)
+	id := s.Submit(t, g.pipeline("stored", ""))
+	r := waitFor(t, s, id, "running with its job recorded", func(r *wire.Run) bool {
+		return r.Stage("wait").State == wire.StageRunning && r.Stage("wait").JobSeq != 0
+	})
+	stop()
+	g.open(t)
+	jobs, err := js.Stream(ctx, subjects.JobsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Eventually(30*time.Second, func() bool {
+		_, err := jobs.GetMsg(ctx, r.Stage("wait").JobSeq)
+		return errors.Is(err, jetstream.ErrMsgNotFound)
+	}) {
+		t.Fatal("the agent never acked the job")
+	}
+	// Every event waiting for the dispatchers is taken and dropped.
+	c, err := js.Consumer(ctx, subjects.EventsStream, subjects.DispatcherEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped := 0
+	for {
+		batch, err := c.FetchNoWait(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			var ev wire.Event
+			if json.Unmarshal(m.Data(), &ev) == nil && ev.Type == wire.Finished && ev.RunID == id {
+				dropped++
+			}
+			if err := m.Ack(); err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if dropped != 1 {
+		t.Fatalf("dropped %d finished events of the run, want 1", dropped)
+	}
+	s.StartDispatcher(dispatcher.Config{ReconcileInterval: 300 * time.Millisecond})
+	final, _ := s.Wait(t, id)
+	if st := final.Stage("wait"); final.State != wire.RunSucceeded || st.Job != 1 || st.Attempt != 1 {
+		t.Errorf("run %s, stage job %d attempt %d; want succeeded from the stored finish, job 1 attempt 1", final.State, st.Job, st.Attempt)
 	}
 }

@@ -39,6 +39,11 @@ type StackConfig struct {
 	MaxDeliver int
 	// Dispatcher configures the dispatcher; its Logger is the test's.
 	Dispatcher dispatcher.Config
+	// Dispatchers is how many dispatchers run, all with Dispatcher's
+	// configuration; default 1.
+	Dispatchers int
+	// NoDispatcher starts none (StartDispatcher starts them).
+	NoDispatcher bool
 }
 
 // Stack is an embedded server, a dispatcher and an agent running in this
@@ -52,6 +57,9 @@ type Stack struct {
 	WorkDir string
 
 	stop func()
+	// ctx ends when the stack stops; wg waits for its components.
+	ctx context.Context
+	wg  *sync.WaitGroup
 	// goRun runs a component until the stack stops.
 	goRun func(name string, run func(context.Context) error)
 	t     testing.TB
@@ -80,6 +88,30 @@ func (s *Stack) AddAgent(cfg agent.Config) *agent.Agent {
 	}
 	s.goRun("agent", a.Run)
 	return a
+}
+
+// StartDispatcher starts one more dispatcher with cfg (its Logger is the
+// test's) and returns a function that stops it and waits for it; the
+// stack stops it too.
+func (s *Stack) StartDispatcher(cfg dispatcher.Config) (stop func()) {
+	s.t.Helper()
+	cfg.Logger = Logger(s.t)
+	d, err := dispatcher.New(s.ctx, s.Bus, cfg)
+	if err != nil {
+		s.t.Fatalf("dispatcher: %v", err)
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	done := make(chan struct{})
+	s.wg.Go(func() {
+		defer close(done)
+		if err := d.Run(ctx); err != nil {
+			s.t.Errorf("dispatcher: %v", err)
+		}
+	})
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // Stop stops the dispatcher and the agent and waits for them; the test's
@@ -114,13 +146,7 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 	if cfg.KillGrace == 0 {
 		cfg.KillGrace = 2 * time.Second
 	}
-	dcfg := cfg.Dispatcher
-	dcfg.Logger = Logger(t)
-	d, err := dispatcher.New(ctx, b, dcfg)
-	if err != nil {
-		t.Fatalf("dispatcher: %v", err)
-	}
-	s := &Stack{Bus: b, WorkDir: t.TempDir(), t: t}
+	s := &Stack{Bus: b, WorkDir: t.TempDir(), t: t, ctx: ctx}
 	var wg sync.WaitGroup
 	s.goRun = func(name string, run func(context.Context) error) {
 		wg.Go(func() {
@@ -129,7 +155,10 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 			}
 		})
 	}
-	s.goRun("dispatcher", d.Run)
+	s.wg = &wg
+	for i := 0; i < max(cfg.Dispatchers, 1) && !cfg.NoDispatcher; i++ {
+		s.StartDispatcher(cfg.Dispatcher)
+	}
 	if !cfg.NoAgent {
 		s.Agent = s.AddAgent(agent.Config{Queues: queues, Slots: cfg.Slots, WorkDir: s.WorkDir, KillGrace: cfg.KillGrace, MaxDeliver: cfg.MaxDeliver})
 	}

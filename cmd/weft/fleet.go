@@ -110,7 +110,8 @@ and restarted at any time.
 	f.IntVar(&cfg.MaxPending, "max-pending", 0, "bound on the pending jobs of a queue; 0 is none")
 	f.StringVar(&cfg.BackpressurePolicy, "backpressure-policy", dispatcher.PolicyQueue, "above --max-pending: queue or refuse")
 	f.DurationVar(&cfg.RetryAfter, "retry-after", 30*time.Second, "retry-after given with a refusal")
-	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 60*time.Second, "TTL of WIP leases and group locks, renewed every third of it")
+	f.DurationVar(&cfg.SweepInterval, "sweep-interval", dispatcher.DefaultSweepInterval, "how often leases and locks of ended runs are freed (those a killed dispatcher left)")
+	f.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", dispatcher.DefaultReconcileInterval, "how often admitted runs are checked for lost jobs and missed events")
 	f.DurationVar(&cfg.DedupWindow, "dedup-window", 60*time.Second, "how long a trigger id is remembered")
 	return cmd
 }
