@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -17,6 +16,7 @@ import (
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/dispatcher"
+	"github.com/weft-ci/weft/embedded"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -55,84 +55,47 @@ func (o *Options) defaults() {
 	}
 }
 
-// embedded is a stack in this process, in a temporary directory.
-type embedded struct {
-	b      *bus.Bus
-	dir    string
-	cancel context.CancelFunc
-	// run runs a component until close.
-	run    func(func(context.Context) error)
-	wg     sync.WaitGroup
-	mu     sync.Mutex // guards err
-	err    error
-	log    zerolog.Logger
-	closed sync.Once
+// local is a stack in this process (package embedded), in a temporary
+// directory.
+type local struct {
+	st  *embedded.Stack
+	b   *bus.Bus
+	dir string
 }
 
-func start(ctx context.Context, dcfg dispatcher.Config, log zerolog.Logger) (*embedded, error) {
+func start(ctx context.Context, dcfg dispatcher.Config, log zerolog.Logger) (*local, error) {
 	dir, err := os.MkdirTemp("", "weft-bench-")
 	if err != nil {
 		return nil, err
 	}
-	b, err := bus.Open(ctx, bus.Config{StoreDir: filepath.Join(dir, "js"), Logger: log})
+	st, err := embedded.Start(ctx, embedded.Config{
+		Bus: bus.Config{StoreDir: filepath.Join(dir, "js")}, Dispatchers: 1, Dispatcher: dcfg, Logger: log,
+	})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	if err := bus.Provision(ctx, b.JS); err != nil {
-		b.Close()
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	e := &embedded{b: b, dir: dir, log: log}
-	cctx, cancel := context.WithCancel(ctx)
-	e.cancel = cancel
-	e.run = func(f func(context.Context) error) {
-		e.wg.Go(func() {
-			if err := f(cctx); err != nil && cctx.Err() == nil {
-				e.mu.Lock()
-				e.err = err
-				e.mu.Unlock()
-			}
-		})
-	}
-	dcfg.Logger = log
-	d, err := dispatcher.New(ctx, b, dcfg)
-	if err != nil {
-		e.close()
-		return nil, err
-	}
-	e.run(d.Run)
-	return e, nil
+	return &local{st: st, b: st.Bus, dir: dir}, nil
 }
 
-func (e *embedded) agent(queue string, slots int) error {
-	a, err := agent.New(e.b, agent.Config{
+func (e *local) agent(queue string, slots int) error {
+	_, err := e.st.AddAgent(agent.Config{
 		Queues: []string{queue}, Slots: slots, WorkDir: filepath.Join(e.dir, "work-"+queue),
-		Env: os.Environ(), Executor: agent.ExecutorProcess, Logger: e.log,
+		Env: os.Environ(), Executor: agent.ExecutorProcess,
 	})
-	if err != nil {
-		return err
-	}
-	e.run(a.Run)
-	return nil
+	return err
 }
 
-// close stops the components and removes the stack; it is idempotent.
-func (e *embedded) close() error {
-	e.closed.Do(func() {
-		e.cancel()
-		e.wg.Wait()
-		e.b.Close()
-		os.RemoveAll(e.dir)
-	})
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.err
+// close stops the components and removes the stack; it is idempotent and
+// returns the first error a component stopped with.
+func (e *local) close() error {
+	err := e.st.Close()
+	os.RemoveAll(e.dir)
+	return err
 }
 
 // submit triggers a run of text with opts applied.
-func (e *embedded) submit(ctx context.Context, text string, opts ...func(*wire.Trigger)) (string, error) {
+func (e *local) submit(ctx context.Context, text string, opts ...func(*wire.Trigger)) (string, error) {
 	t := wire.Trigger{ID: ulid.Make().String(), File: "bench.yml", Pipeline: text}
 	for _, o := range opts {
 		o(&t)
@@ -141,7 +104,7 @@ func (e *embedded) submit(ctx context.Context, text string, opts ...func(*wire.T
 }
 
 // wait follows a run to its end.
-func (e *embedded) wait(ctx context.Context, id string) (*wire.Run, error) {
+func (e *local) wait(ctx context.Context, id string) (*wire.Run, error) {
 	return client.Follow(ctx, e.b.JS, id, func(client.Update) {})
 }
 

@@ -101,7 +101,7 @@ func Hotfix(ctx context.Context, o Options) (*HotfixResult, error) {
 }
 
 // admitted waits until every run is admitted (its stages are queued).
-func admitted(ctx context.Context, e *embedded, ids []string) error {
+func admitted(ctx context.Context, e *local, ids []string) error {
 	for _, id := range ids {
 		for {
 			r, err := client.Get(ctx, e.b.JS, id)
@@ -124,7 +124,7 @@ func admitted(ctx context.Context, e *embedded, ids []string) error {
 // fifo publishes Jobs low jobs and one critical job to one work-queue
 // subject, works them with Slots workers that each run `sleep StageTime`,
 // and returns the critical job's queue time.
-func fifo(ctx context.Context, e *embedded, o Options) (time.Duration, error) {
+func fifo(ctx context.Context, e *local, o Options) (time.Duration, error) {
 	js := e.b.JS
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_FIFO", Subjects: []string{"bench.fifo"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
 		return 0, err

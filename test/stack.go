@@ -3,7 +3,6 @@ package test
 import (
 	"context"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/dispatcher"
+	"github.com/weft-ci/weft/embedded"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -47,7 +47,7 @@ type StackConfig struct {
 }
 
 // Stack is an embedded server, a dispatcher and an agent running in this
-// process, as `weft run` wires them.
+// process, as `weft run` wires them (package embedded).
 type Stack struct {
 	// Bus is the stack's connection to its embedded server.
 	Bus *bus.Bus
@@ -56,17 +56,12 @@ type Stack struct {
 	// WorkDir holds the agent's run workspaces, <WorkDir>/<run id>.
 	WorkDir string
 
-	stop func()
-	// ctx ends when the stack stops; wg waits for its components.
-	ctx context.Context
-	wg  *sync.WaitGroup
-	// goRun runs a component until the stack stops.
-	goRun func(name string, run func(context.Context) error)
-	t     testing.TB
+	st *embedded.Stack // nil for a Stack on a fleet's bus
+	t  testing.TB
 }
 
-// AddAgent starts one more agent on the stack; WorkDir, Env, Logger and
-// the containerd address default to the stack's.
+// AddAgent starts one more agent on the stack; WorkDir, Env and the
+// containerd address default to the stack's.
 func (s *Stack) AddAgent(cfg agent.Config) *agent.Agent {
 	s.t.Helper()
 	if cfg.WorkDir == "" {
@@ -81,53 +76,53 @@ func (s *Stack) AddAgent(cfg agent.Config) *agent.Agent {
 	if cfg.Containerd.Address == "" {
 		cfg.Containerd.Address = ContainerdAddress()
 	}
-	cfg.Logger = Logger(s.t)
-	a, err := agent.New(s.Bus, cfg)
+	a, err := s.st.AddAgent(cfg)
 	if err != nil {
 		s.t.Fatalf("agent: %v", err)
 	}
-	s.goRun("agent", a.Run)
 	return a
 }
 
-// StartDispatcher starts one more dispatcher with cfg (its Logger is the
-// test's) and returns a function that stops it and waits for it; the
-// stack stops it too.
+// StartDispatcher starts one more dispatcher with cfg and returns a
+// function that stops it and waits for it; the stack stops it too.
 func (s *Stack) StartDispatcher(cfg dispatcher.Config) (stop func()) {
 	s.t.Helper()
-	cfg.Logger = Logger(s.t)
-	d, err := dispatcher.New(s.ctx, s.Bus, cfg)
+	stop, err := s.st.StartDispatcher(cfg)
 	if err != nil {
 		s.t.Fatalf("dispatcher: %v", err)
 	}
-	ctx, cancel := context.WithCancel(s.ctx)
-	done := make(chan struct{})
-	s.wg.Go(func() {
-		defer close(done)
-		if err := d.Run(ctx); err != nil {
-			s.t.Errorf("dispatcher: %v", err)
-		}
-	})
-	return func() {
-		cancel()
-		<-done
-	}
+	return stop
 }
 
-// Stop stops the dispatcher and the agent and waits for them; the test's
-// cleanup does it too.
-func (s *Stack) Stop() { s.stop() }
+// Stop stops the dispatchers and agents, waits for them and closes the
+// bus; the test's cleanup does it too. A component that failed fails the
+// test.
+func (s *Stack) Stop() {
+	if err := s.st.Close(); err != nil {
+		s.t.Errorf("stack: %v", err)
+	}
+}
 
 // StartStack starts a stack and stops it, waiting for every component,
 // when the test ends.
 func StartStack(t testing.TB, cfg StackConfig) *Stack {
 	t.Helper()
-	var bcfg bus.Config
+	bcfg := bus.Config{StoreDir: t.TempDir()}
 	if cfg.Listen {
 		bcfg.Listen = "127.0.0.1:0"
 	}
-	b := BusWith(t, bcfg)
-	ctx, cancel := context.WithCancel(context.Background())
+	dispatchers := max(cfg.Dispatchers, 1)
+	if cfg.NoDispatcher {
+		dispatchers = 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := embedded.Start(ctx, embedded.Config{Bus: bcfg, Dispatchers: dispatchers, Dispatcher: cfg.Dispatcher, Logger: Logger(t)})
+	if err != nil {
+		t.Fatalf("stack: %v", err)
+	}
+	t.Cleanup(func() { _ = st.Close() }) // if the test fails before the end
+	s := &Stack{Bus: st.Bus, WorkDir: t.TempDir(), st: st, t: t}
 	queues := cfg.Queues
 	if len(queues) == 0 {
 		queues = []string{subjects.DefaultQueue}
@@ -137,7 +132,7 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 			for _, tier := range subjects.Tiers {
 				c := subjects.JobConsumerFor(q, tier)
 				c.AckWait = cfg.AckWait
-				if _, err := b.JS.CreateOrUpdateConsumer(ctx, subjects.JobsStream, bus.JobConsumerConfig(c)); err != nil {
+				if _, err := st.Bus.JS.CreateOrUpdateConsumer(ctx, subjects.JobsStream, bus.JobConsumerConfig(c)); err != nil {
 					t.Fatalf("consumer %s: %v", c.Name, err)
 				}
 			}
@@ -146,28 +141,12 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 	if cfg.KillGrace == 0 {
 		cfg.KillGrace = 2 * time.Second
 	}
-	s := &Stack{Bus: b, WorkDir: t.TempDir(), t: t, ctx: ctx}
-	var wg sync.WaitGroup
-	s.goRun = func(name string, run func(context.Context) error) {
-		wg.Go(func() {
-			if err := run(ctx); err != nil {
-				t.Errorf("%s: %v", name, err)
-			}
-		})
-	}
-	s.wg = &wg
-	for i := 0; i < max(cfg.Dispatchers, 1) && !cfg.NoDispatcher; i++ {
-		s.StartDispatcher(cfg.Dispatcher)
-	}
 	if !cfg.NoAgent {
 		s.Agent = s.AddAgent(agent.Config{Queues: queues, Slots: cfg.Slots, WorkDir: s.WorkDir, KillGrace: cfg.KillGrace, MaxDeliver: cfg.MaxDeliver})
 	}
-	s.stop = sync.OnceFunc(func() {
-		cancel()
-		wg.Wait()
-	})
-	// Registered after Bus's cleanup, so it runs before the bus closes.
-	t.Cleanup(s.stop)
+	// Registered after the work directories, so it runs before they are
+	// removed.
+	t.Cleanup(s.Stop)
 	return s
 }
 
