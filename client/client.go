@@ -22,8 +22,11 @@ var ErrRefused = errors.New("client: trigger refused")
 
 // RefusedError is a refusal by the dispatcher.
 type RefusedError struct {
-	// Reason is wire.RefusedInvalid, wire.RefusedWIP or
-	// wire.RefusedBackpressure.
+	// Reason is wire.RefusedInvalid (the trigger is bad: the pipeline,
+	// its size, the trigger itself), wire.RefusedWIP,
+	// wire.RefusedBackpressure, or wire.RefusedDeadLetter (the dispatcher
+	// failed on every delivery of the trigger and moved it to the
+	// dead-letter stream; trying again may work).
 	Reason string
 	// RetryAfter is set on capacity refusals.
 	RetryAfter time.Duration
@@ -37,17 +40,24 @@ func (e *RefusedError) Error() string { return "trigger refused: " + e.Message }
 func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
 
 // TriggerID returns the id of a trigger that has no delivery id: the same
-// pipeline file of the same repository at the same branch and commit is
-// the same trigger.
+// pipeline file, with the same content, of the same repository at the
+// same branch and commit is the same trigger. A file changed to fix it is
+// a new trigger, not a duplicate of the refused one.
 func TriggerID(t wire.Trigger) string {
-	sum := sha256.Sum256([]byte(strings.Join([]string{t.Repo, t.File, t.Branch, t.Commit}, "\x00")))
+	sum := sha256.Sum256([]byte(strings.Join([]string{t.Repo, t.File, t.Branch, t.Commit, t.Pipeline}, "\x00")))
 	return "sha256-" + hex.EncodeToString(sum[:16])
 }
 
-// Submit publishes t and waits until a dispatcher has taken it, returning
-// the run id (for a duplicate, the first run's); the run may still wait for
-// admission. A trigger without an ID gets TriggerID(t). It returns a
-// *RefusedError (matching ErrRefused) when the dispatcher refused it.
+// Submit publishes t and waits until a dispatcher has taken it (its run
+// document exists), returning the run id (for a duplicate, the first
+// run's); the run may still wait for admission. A trigger without an ID
+// gets TriggerID(t). It returns a *RefusedError (matching ErrRefused)
+// when the dispatcher refused it, or gave it up.
+//
+// A refusal answers the publishes of one trigger message: a trigger
+// published again after the triggers stream's duplicate window is
+// decided again, so Submit then waits for the new outcome instead of
+// returning the one already recorded.
 func Submit(ctx context.Context, js jetstream.JetStream, t wire.Trigger) (string, error) {
 	if t.ID == "" {
 		t.ID = TriggerID(t)
@@ -66,15 +76,44 @@ func Submit(ctx context.Context, js jetstream.JetStream, t wire.Trigger) (string
 	if err != nil {
 		return "", fmt.Errorf("bucket %s: %w", subjects.DedupBucket, err)
 	}
+	runs, err := js.KeyValue(ctx, subjects.RunsBucket)
+	if err != nil {
+		return "", fmt.Errorf("bucket %s: %w", subjects.RunsBucket, err)
+	}
+	key := subjects.DedupKey(t.ID)
+	// earlier is the revision of the outcome recorded before this publish:
+	// a refusal up to it answered an earlier message of the trigger.
+	var earlier uint64
+	if e, err := dedup.Get(ctx, key); err == nil {
+		earlier = e.Revision()
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", fmt.Errorf("trigger outcome %s: %w", t.ID, err)
+	}
 	// Watch before publishing, so the outcome cannot be missed.
-	w, err := dedup.Watch(ctx, subjects.DedupKey(t.ID))
+	w, err := dedup.Watch(ctx, key)
 	if err != nil {
 		return "", fmt.Errorf("watch trigger outcome: %w", err)
 	}
 	defer func() { _ = w.Stop() }()
-	if _, err := js.Publish(ctx, subjects.Trigger(t.Repo), data, jetstream.WithMsgID(t.ID)); err != nil {
+	ack, err := js.Publish(ctx, subjects.Trigger(t.Repo), data, jetstream.WithMsgID(t.ID))
+	if err != nil {
 		return "", fmt.Errorf("publish trigger %s: %w", t.ID, err)
 	}
+	if ack.Duplicate {
+		// The message stored earlier is the one decided: what it got
+		// answers this publish too.
+		earlier = 0
+	}
+	var (
+		runID      string
+		run        jetstream.KeyWatcher // the run document of runID, once known
+		runUpdates <-chan jetstream.KeyValueEntry
+	)
+	defer func() {
+		if run != nil {
+			_ = run.Stop()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -90,10 +129,33 @@ func Submit(ctx context.Context, js jetstream.JetStream, t wire.Trigger) (string
 			if err := json.Unmarshal(e.Value(), &out); err != nil {
 				return "", fmt.Errorf("decode outcome of %s: %w", t.ID, err)
 			}
-			if out.Error != "" {
+			switch {
+			case out.Error != "" && e.Revision() > earlier:
 				return "", &RefusedError{Reason: out.Reason, RetryAfter: out.RetryAfter, Message: out.Error}
+			case out.RunID != "" && out.RunID != runID:
+				// Taken: wait for the run document, or for a refusal that
+				// replaces the run id when it could not be written.
+				if run != nil {
+					_ = run.Stop()
+				}
+				runID = out.RunID
+				if _, err := runs.Get(ctx, runID); err == nil {
+					return runID, nil
+				} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+					return "", fmt.Errorf("get run %s: %w", runID, err)
+				}
+				if run, err = runs.Watch(ctx, runID); err != nil {
+					return "", fmt.Errorf("watch run %s: %w", runID, err)
+				}
+				runUpdates = run.Updates()
 			}
-			return out.RunID, nil
+		case e, ok := <-runUpdates:
+			if !ok {
+				return "", fmt.Errorf("wait for run %s: watch closed", runID)
+			}
+			if e != nil && e.Operation() == jetstream.KeyValuePut {
+				return runID, nil
+			}
 		}
 	}
 }

@@ -33,7 +33,8 @@ type DeadLetter struct {
 // ErrNoDeadLetter is returned by Replay for a sequence the DLQ does not hold.
 var ErrNoDeadLetter = errors.New("client: no such dead letter")
 
-// DeadLetters lists the jobs in the dead-letter stream, oldest first.
+// DeadLetters lists the jobs in the dead-letter stream, oldest first (not
+// the dead triggers it also keeps).
 func DeadLetters(ctx context.Context, js jetstream.JetStream) ([]DeadLetter, error) {
 	st, err := js.Stream(ctx, subjects.DLQStream)
 	if err != nil {
@@ -48,6 +49,9 @@ func DeadLetters(ctx context.Context, js jetstream.JetStream) ([]DeadLetter, err
 		}
 		if err != nil {
 			return nil, fmt.Errorf("dead letter %d: %w", seq, err)
+		}
+		if subjects.IsTriggerDLQ(m.Subject) {
+			continue // a dead trigger, not a job
 		}
 		out = append(out, deadLetter(m))
 	}
@@ -77,6 +81,9 @@ func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) (*DeadLette
 	}
 	if err != nil {
 		return nil, fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	if subjects.IsTriggerDLQ(m.Subject) {
+		return nil, fmt.Errorf("%w: %d is a dead trigger, not a job", ErrNoDeadLetter, seq)
 	}
 	dl := deadLetter(m)
 	data, _ := json.Marshal(wire.Event{Type: wire.ReplayRequested, RunID: dl.RunID, Stage: dl.Stage, Time: time.Now()})

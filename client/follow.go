@@ -43,9 +43,14 @@ type Line struct {
 // reported but that has not arrived.
 const logDrainTimeout = 10 * time.Second
 
+// ErrNoRun is matched by Follow's error for a run whose document does not
+// exist.
+var ErrNoRun = errors.New("client: no such run")
+
 // Follow calls fn for every update of run runID, in order, from its current
 // state until it ends, and returns the final run document. It returns early
-// with ctx's error when ctx ends.
+// with ctx's error when ctx ends, and at once with an error wrapping
+// ErrNoRun when the run does not exist (Submit returns only once it does).
 func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(Update)) (*wire.Run, error) {
 	runs, err := js.KeyValue(ctx, subjects.RunsBucket)
 	if err != nil {
@@ -102,6 +107,9 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 		case e, ok := <-w.Updates():
 			if !ok {
 				return f.run, errors.New("client: run watch closed")
+			}
+			if e == nil && f.run == nil {
+				return nil, fmt.Errorf("follow run %s: %w", runID, ErrNoRun)
 			}
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue

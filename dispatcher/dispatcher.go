@@ -156,12 +156,7 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 // ctx is cancelled and every goroutine it started has returned, or the
 // first error that stops a consumer.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	triggers, err := d.js.CreateOrUpdateConsumer(ctx, subjects.TriggersStream, jetstream.ConsumerConfig{
-		Durable:       subjects.DispatcherTriggers,
-		FilterSubject: subjects.AllTriggers,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       handlerAckWait,
-	})
+	triggers, err := d.js.CreateOrUpdateConsumer(ctx, subjects.TriggersStream, triggersConsumer())
 	if err != nil {
 		return fmt.Errorf("dispatcher: triggers consumer: %w", err)
 	}
@@ -185,7 +180,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}
 	d.log.Info().Msg("dispatcher started")
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return d.consume(gctx, triggers, d.handleTrigger) })
+	g.Go(func() error { return d.consumeWith(gctx, triggers, d.triggerHandling()) })
 	g.Go(func() error { return d.consume(gctx, events, d.handleEvent) })
 	g.Go(func() error { return d.consume(gctx, deadLetters, d.handleDeadLetter) })
 	g.Go(func() error { return d.watchReleases(gctx) })
@@ -198,8 +193,33 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 }
 
 // consume feeds messages to handle one at a time and acks each one handle
-// accepted; a handler error naks the message for a retry.
+// accepted; a handler error naks the message for a retry a second later,
+// without a bound.
 func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, handle func(context.Context, jetstream.Msg) error) error {
+	return d.consumeWith(ctx, c, handling{handle: handle})
+}
+
+// handling says how consumeWith treats the messages of one consumer.
+type handling struct {
+	// handle handles one message; an error hands it back for a retry.
+	handle func(context.Context, jetstream.Msg) error
+	// maxDeliver is the consumer's MaxDeliver; 0 for no bound.
+	maxDeliver int
+	// retryDelay is how long a message whose delivery number delivered
+	// (from 1) failed waits for the next one; nil is a second.
+	retryDelay func(delivered uint64) time.Duration
+	// permanent reports the errors no retry can change; nil for none.
+	permanent func(error) bool
+	// giveUp, when set, ends a message that cannot succeed: its handler
+	// failed with a permanent error, or failed on its last delivery. The
+	// message is acked when giveUp returns nil, and handed back (for the
+	// deliveries it has left) when it fails.
+	giveUp func(ctx context.Context, msg jetstream.Msg, delivered uint64, err error) error
+}
+
+// consumeWith feeds messages to h.handle one at a time, acks each one it
+// accepted, and retries or gives up the others as h says.
+func (d *Dispatcher) consumeWith(ctx context.Context, c jetstream.Consumer, h handling) error {
 	it, err := c.Messages(jetstream.PullMaxMessages(prefetch))
 	if err != nil {
 		return fmt.Errorf("dispatcher: consume: %w", err)
@@ -214,16 +234,42 @@ func (d *Dispatcher) consume(ctx context.Context, c jetstream.Consumer, handle f
 			}
 			return fmt.Errorf("dispatcher: next message: %w", err)
 		}
-		if err := handle(ctx, msg); err != nil {
+		err = h.handle(ctx, msg)
+		if err == nil {
+			if err := msg.Ack(); err != nil {
+				d.log.Warn().Err(err).Str("subject", msg.Subject()).Msg("ack")
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		delivered := uint64(1)
+		if meta, merr := msg.Metadata(); merr == nil {
+			delivered = meta.NumDelivered
+		}
+		delay := time.Second
+		if h.retryDelay != nil {
+			delay = h.retryDelay(delivered)
+		}
+		last := h.maxDeliver > 0 && delivered >= uint64(h.maxDeliver)
+		if h.giveUp != nil && (last || h.permanent != nil && h.permanent(err)) {
+			gerr := h.giveUp(ctx, msg, delivered, err)
+			if gerr == nil {
+				if err := msg.Ack(); err != nil {
+					d.log.Warn().Err(err).Str("subject", msg.Subject()).Msg("ack")
+				}
+				continue
+			}
 			if ctx.Err() != nil {
 				return nil
 			}
-			d.log.Error().Err(err).Str("subject", msg.Subject()).Msg("handling message, will retry")
-			_ = msg.NakWithDelay(time.Second)
-			continue
+			d.log.Error().Err(gerr).AnErr("cause", err).Str("subject", msg.Subject()).Uint64("deliveries", delivered).
+				Msg("giving up on a message failed; it is retried while it has deliveries left, then stays in its stream")
+		} else {
+			d.log.Error().Err(err).Str("subject", msg.Subject()).Uint64("deliveries", delivered).Dur("retry_in", delay).
+				Msg("handling message, will retry")
 		}
-		if err := msg.Ack(); err != nil {
-			d.log.Warn().Err(err).Str("subject", msg.Subject()).Msg("ack")
-		}
+		_ = msg.NakWithDelay(delay)
 	}
 }

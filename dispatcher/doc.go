@@ -17,9 +17,29 @@
 //
 // Decisions taken where the design was silent:
 //
-//   - The dispatcher re-parses the pipeline text the trigger carries; a
-//     trigger that does not validate creates no run and its outcome (in the
-//     dedup bucket) carries the validation errors.
+//   - The dispatcher re-parses the pipeline text the trigger carries
+//     (pipeline.Parse applies the size limit, pipeline.MaxSize, as weft
+//     validate does) and encodes the run document it would create, which
+//     must fit in one message with pipeline.StageStateSize per stage to
+//     spare. A trigger that fails either check creates no run and writes
+//     nothing but its outcome in the dedup bucket: refused, reason
+//     invalid, with the errors.
+//   - Every refusal (invalid, wip, backpressure) is remembered for
+//     subjects.TriggerDuplicates, the triggers stream's Nats-Msg-Id window,
+//     not for the dedup window: it answers the publishes of one trigger
+//     message. A refusal recorded before a trigger message was stored
+//     answered an earlier publish of the id and is dropped, so the trigger
+//     is decided again. Only a run id is remembered for DedupWindow.
+//   - The triggers consumer has MaxDeliver subjects.TriggerMaxDeliver; a
+//     trigger whose handling fails is naked with a delay doubling from 1 s
+//     (not a consumer BackOff, which would replace the AckWait). A trigger
+//     that can never succeed (not a trigger, or a write too large for a
+//     message) is given up on its first delivery; any other is given up
+//     when its last delivery fails. Giving up records a refusal with the
+//     error (reason invalid, or dead_letter for a failure that may pass),
+//     replacing the run id unless the run document was written, and
+//     copies the message to WEFT_DLQ on weft.dlq.triggers.<repo> with
+//     Weft-Error and Weft-Trigger headers, then acks it.
 //   - A run document is created with its root stages already queued, and
 //     jobs are published after the document is written. A trigger redelivered
 //     after a crash finds its run and republishes the queued jobs; the

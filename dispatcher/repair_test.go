@@ -1,7 +1,9 @@
 package dispatcher
 
 import (
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/weft-ci/weft/wire"
 )
@@ -136,5 +138,21 @@ func TestUnpublishedKeys(t *testing.T) {
 	r.Stage("build").JobSeq = 5
 	if got := unpublishedKeys(r); len(got) != 0 {
 		t.Errorf("unpublishedKeys with the job stored = %v, want none", got)
+	}
+}
+
+// A stage's message and a cancel reason are kept short, whatever size an
+// agent or a client sends: the run's size limit counts on it.
+func TestMessagesAreClipped(t *testing.T) {
+	r := startRun(t, diamond)
+	long := strings.Repeat("é", 1000)
+	applyAt(r, wire.Event{Type: wire.Finished, Stage: "build", Attempt: 1, ExitCode: -1, Category: wire.CategoryInfra, Message: long}, at(1))
+	if m := r.Stage("build").Message; len(m) > maxMessage || !utf8.ValidString(m) || !strings.HasSuffix(m, "...") {
+		t.Errorf("stage message of %d bytes kept as %d bytes (valid %v)", len(long), len(m), utf8.ValidString(m))
+	}
+	r = startRun(t, diamond)
+	cancel(r, long, at(2))
+	if len(r.CancelReason) > maxMessage {
+		t.Errorf("cancel reason kept as %d bytes", len(r.CancelReason))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/weft-ci/weft/pipeline"
@@ -161,6 +162,21 @@ func finish(r *wire.Run, now time.Time) {
 	r.State, r.Finished = state, now
 }
 
+// maxMessage bounds a message the run document keeps (a stage's failure,
+// a cancel reason): the run's size limit (pipeline.MaxSize) counts on
+// per-stage state of a few hundred bytes, whatever an agent or a client
+// sends.
+const maxMessage = 256
+
+// clip returns s cut to maxMessage bytes of valid UTF-8, marked with an
+// ellipsis when cut.
+func clip(s string) string {
+	if len(s) <= maxMessage {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxMessage-3], "") + "..."
+}
+
 // verdict is what applying an event did.
 type verdict int
 
@@ -222,7 +238,7 @@ func apply(r *wire.Run, ev wire.Event, now time.Time) verdict {
 		if s.Started.IsZero() && r.State == wire.RunQueued {
 			r.State, r.Started = wire.RunRunning, ev.Time
 		}
-		s.ExitCode, s.Category, s.Message, s.LogSeq, s.Finished = ev.ExitCode, ev.Category, ev.Message, ev.LogSeq, ev.Time
+		s.ExitCode, s.Category, s.Message, s.LogSeq, s.Finished = ev.ExitCode, ev.Category, clip(ev.Message), ev.LogSeq, ev.Time
 		if ev.Agent != "" {
 			s.Agent = ev.Agent
 		}
@@ -282,7 +298,7 @@ func cancel(r *wire.Run, reason string, now time.Time) bool {
 	if r.State.Terminal() || r.CancelReason != "" {
 		return false
 	}
-	r.CancelReason = reason
+	r.CancelReason = clip(reason)
 	for i := range r.Stages {
 		s := &r.Stages[i]
 		if s.State == wire.StagePending || s.State == wire.StageQueued {

@@ -99,7 +99,7 @@ func (s *store) update(ctx context.Context, id string, change func(*wire.Run) bo
 		rev, err = s.kv.Update(ctx, id, data, rev)
 		if err != nil {
 			s.forget(id)
-			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSequence(err) {
+			if isCASConflict(err) {
 				continue
 			}
 			return nil, nil, fmt.Errorf("update run %s: %w", id, err)
@@ -153,7 +153,10 @@ func clone(r *wire.Run) *wire.Run {
 	return &c
 }
 
-func isWrongLastSequence(err error) bool {
+// isCASConflict reports whether a write with an expected revision lost
+// to another writer (10164 is the code of replicated streams).
+func isCASConflict(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

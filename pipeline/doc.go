@@ -44,6 +44,13 @@
 //     at the anchored original. Merge keys (<<) are refused. A document whose
 //     alias expansion exceeds a million nodes is refused, so that a hostile
 //     file cannot make the dispatcher walk an exponential tree.
+//   - A pipeline's expanded size (its JSON form, aliases expanded, plus
+//     StageStateSize per stage) must stay within MaxSize, half a NATS
+//     message, so that its run document and its jobs always fit in one
+//     message as the run goes. The problem is reported at the stages key,
+//     with the size, the stage count and the limit. A file whose YAML
+//     values alone pass 32 MiB once aliases are expanded is refused
+//     without being encoded.
 //   - Only the first YAML document is read; a further non-empty document is
 //     an error rather than being silently ignored.
 package pipeline

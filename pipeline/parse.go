@@ -58,6 +58,9 @@ var memoryUnits = map[string]int64{
 type parser struct {
 	file string
 	errs Errors
+	// values is the number of bytes of scalar values in the document
+	// with its aliases expanded, saturating above maxMeasured.
+	values int
 }
 
 // entry is one key/value pair of a mapping, aliases resolved.
@@ -124,10 +127,12 @@ func (p *parser) parse(data []byte) *Pipeline {
 	} else if !errors.Is(err, io.EOF) {
 		p.syntaxError(err, data)
 	}
-	if expanded(root, map[*yaml.Node]int{}) > maxNodes {
+	ext := expanded(root, map[*yaml.Node]extent{})
+	if ext.nodes > maxNodes {
 		p.fileErrorf(1, "more than %d nodes once aliases are expanded", maxNodes)
 		return nil
 	}
+	p.values = ext.bytes
 	if root.Kind != yaml.MappingNode {
 		p.errorf(root, fileField, "expected a mapping at the top level, got %s", describe(root))
 		return nil
@@ -185,22 +190,36 @@ func locateSyntaxError(data []byte) (line, col int, ok bool) {
 	return k, len(text) - len(bytes.TrimLeft(text, " \t")) + 1, true
 }
 
-// expanded returns the number of nodes under n with aliases expanded,
-// saturating above maxNodes. memo holds the sizes already computed.
-func expanded(n *yaml.Node, memo map[*yaml.Node]int) int {
+// extent is the size of a node tree with its aliases expanded.
+type extent struct {
+	nodes int // nodes, saturating above maxNodes
+	bytes int // bytes of scalar values, saturating above maxMeasured
+}
+
+func (e extent) plus(o extent) extent {
+	return extent{nodes: min(e.nodes+o.nodes, maxNodes+1), bytes: min(e.bytes+o.bytes, maxMeasured+1)}
+}
+
+// expanded returns the extent of the tree under n with aliases expanded.
+// memo holds the extents already computed.
+func expanded(n *yaml.Node, memo map[*yaml.Node]extent) extent {
 	if n == nil {
-		return 0
+		return extent{}
 	}
-	if size, ok := memo[n]; ok {
-		return size
+	if ext, ok := memo[n]; ok {
+		return ext
 	}
-	memo[n] = maxNodes + 1 // an alias cycle, should yaml ever let one through
-	size := 1 + expanded(n.Alias, memo)
+	memo[n] = extent{nodes: maxNodes + 1} // an alias cycle, should yaml ever let one through
+	ext := extent{nodes: 1}
+	if n.Kind == yaml.ScalarNode {
+		ext.bytes = min(len(n.Value), maxMeasured+1)
+	}
+	ext = ext.plus(expanded(n.Alias, memo))
 	for _, c := range n.Content {
-		size = min(size+expanded(c, memo), maxNodes+1)
+		ext = ext.plus(expanded(c, memo))
 	}
-	memo[n] = size
-	return size
+	memo[n] = ext
+	return ext
 }
 
 func (p *parser) pipeline(n *yaml.Node) *Pipeline {
@@ -238,10 +257,28 @@ func (p *parser) pipeline(n *yaml.Node) *Pipeline {
 	}
 	if e, ok := f["stages"]; ok {
 		pl.Stages = p.stages(e.val, "stages", pl.Queue)
+		p.size(pl, e.key)
 	} else {
 		p.errorf(n, "stages", "missing required field")
 	}
 	return pl
+}
+
+// size checks the expanded size of pl against MaxSize, reporting a
+// pipeline over it at the stages key.
+func (p *parser) size(pl *Pipeline, at *yaml.Node) {
+	if len(pl.Stages) == 0 {
+		return
+	}
+	if p.values > maxMeasured {
+		p.errorf(at, "stages", "the expanded pipeline holds more than %s of YAML values (%d stages; YAML aliases are expanded), over the limit of %s",
+			formatSize(maxMeasured), len(pl.Stages), formatSize(MaxSize))
+		return
+	}
+	if n, ok := expandedSize(pl); ok && n > MaxSize {
+		p.errorf(at, "stages", "the expanded pipeline is %s (%d stages, counting %d bytes of run state per stage; YAML aliases are expanded), over the limit of %s",
+			formatSize(n), len(pl.Stages), StageStateSize, formatSize(MaxSize))
+	}
 }
 
 func (p *parser) concurrency(n *yaml.Node, field string) *Concurrency {

@@ -140,8 +140,9 @@ func (es Errors) Unwrap() []error {
 }
 
 // Parse parses and validates a pipeline file; file is used only in error
-// messages. On any problem it returns a nil *Pipeline and an Errors value
-// holding every problem found, each matching ErrInvalid.
+// messages. On any problem, including an expanded size over MaxSize, it
+// returns a nil *Pipeline and an Errors value holding every problem
+// found, each matching ErrInvalid.
 func Parse(file string, data []byte) (*Pipeline, error) {
 	p := &parser{file: file}
 	pl := p.parse(data)

@@ -23,7 +23,9 @@ const (
 	// TriggersStream holds triggers waiting for the dispatcher
 	// (work-queue retention).
 	TriggersStream = "WEFT_TRIGGERS"
-	// DLQStream holds stage jobs that exhausted their deliveries.
+	// DLQStream holds stage jobs that exhausted their deliveries
+	// (weft.dlq.<queue>) and triggers the dispatchers gave up
+	// (weft.dlq.triggers.<repo>).
 	DLQStream = "WEFT_DLQ"
 	// AdvisoriesStream keeps the server's max-deliveries advisories of the
 	// jobs stream, so that a dead job is handled even when no dispatcher
@@ -364,7 +366,7 @@ func Streams() []Stream {
 		},
 		{
 			Name:        DLQStream,
-			Description: "weft stage jobs that exhausted their deliveries: weft.dlq.<queue>",
+			Description: "weft stage jobs that exhausted their deliveries (weft.dlq.<queue>) and triggers given up (weft.dlq.triggers.<repo>)",
 			Subjects:    []string{AllDLQ},
 			MaxAge:      DefaultArtifactRetention,
 		},

@@ -42,8 +42,9 @@ type Outcome struct {
 	// Error says why the trigger was refused; empty when it was admitted.
 	Error string `json:"error,omitempty"`
 	// Reason classifies a refusal: "invalid" (the pipeline or trigger is
-	// bad), "wip" (the repository's WIP limit is reached) or
-	// "backpressure" (a queue holds too many pending jobs).
+	// bad), "wip" (the repository's WIP limit is reached),
+	// "backpressure" (a queue holds too many pending jobs) or
+	// "dead_letter" (the dispatchers gave it up after its last delivery).
 	Reason string `json:"reason,omitempty"`
 	// RetryAfter is set on capacity refusals: when trying again may work.
 	RetryAfter time.Duration `json:"retry_after,omitempty"`
@@ -54,6 +55,10 @@ const (
 	RefusedInvalid      = "invalid"
 	RefusedWIP          = "wip"
 	RefusedBackpressure = "backpressure"
+	// RefusedDeadLetter: the dispatchers failed on every delivery of the
+	// trigger and moved it to the dead-letter stream; trying again may
+	// work.
+	RefusedDeadLetter = "dead_letter"
 )
 
 // Job is one attempt of one stage, published on subjects.Job(queue, tier)

@@ -55,8 +55,13 @@ func triggerCommand(g *globals) *cobra.Command {
 		Short: "Ask a weft fleet for a run of a pipeline",
 		Long: `trigger validates a pipeline file and publishes a trigger for it to the
 fleet at --server, and prints the run's id. The same trigger (the same
---delivery-id, or without one the same repository, file, branch and commit)
-within the dedup window starts one run: the first run's id is printed again.
+--delivery-id, or without one the same repository, file, branch, commit and
+file content) within the dedup window starts one run: the first run's id is
+printed again. A refused trigger is remembered for a few seconds only, and a
+file changed to fix it is a new trigger.
+
+A pipeline over the size limit (` + sizeLimit() + ` once YAML aliases are expanded, see
+weft validate) is refused with exit 2 before anything is published.
 
 The run may wait before it starts: for the repository's WIP limit, its
 concurrency group, or a queue over its backpressure bound (weft status says
@@ -121,7 +126,7 @@ retry-after. --wait follows the run like weft run and exits with its status.
 	f.StringVar(&commit, "commit", "", "commit being built (WEFT_COMMIT)")
 	f.StringVar(&priority, "priority", "", "tier for this run: critical, high, normal or low (default: the pipeline's)")
 	f.StringVar(&queue, "queue", "", "agent queue for the stages on the pipeline's queue (default: the pipeline's)")
-	f.StringVar(&delivery, "delivery-id", "", "delivery id for dedup (default: a hash of repository, file, branch and commit)")
+	f.StringVar(&delivery, "delivery-id", "", "delivery id for dedup (default: a hash of repository, file, branch, commit and the file's content)")
 	f.BoolVar(&wait, "wait", false, "follow the run like weft run and exit with its status")
 	f.BoolVar(&asJSON, "json", false, `print {"run_id": ...}, or with --wait one JSON event per line`)
 	return cmd

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -15,6 +16,11 @@ func validateCommand(g *globals) *cobra.Command {
 		Short: "Check a pipeline file and report every problem in it",
 		Long: `validate parses a pipeline file and reports every problem it finds as
 FILE:LINE:COL: FIELD: message, one per line, without running anything.
+
+Besides the format, it checks the pipeline's size: with YAML aliases
+expanded, and counting the state a run keeps of each stage, a pipeline
+must stay within ` + sizeLimit() + `, so that its run fits in NATS messages. weft run,
+weft trigger and the dispatcher refuse a larger one the same way.
 
 ` + exitCodesHelp,
 		Example: "  weft validate examples/diamond.yml",
@@ -29,6 +35,9 @@ FILE:LINE:COL: FIELD: message, one per line, without running anything.
 		},
 	}
 }
+
+// sizeLimit renders pipeline.MaxSize for help texts.
+func sizeLimit() string { return strconv.Itoa(pipeline.MaxSize>>10) + " KiB" }
 
 // loadPipeline parses a pipeline file; problems in it exit with the usage
 // code.

@@ -1,0 +1,106 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// aliased returns a pipeline of n stages that all run one list of cmds
+// commands, written once and aliased.
+func aliased(n, cmds int) string {
+	var b strings.Builder
+	b.WriteString("name: big\nstages:\n  - key: s0\n    commands: &cmds\n")
+	for i := range cmds {
+		fmt.Fprintf(&b, "      - echo step %d of the shared command list\n", i)
+	}
+	for i := 1; i < n; i++ {
+		fmt.Fprintf(&b, "  - key: s%d\n    commands: *cmds\n", i)
+	}
+	return b.String()
+}
+
+func TestParseSizeLimit(t *testing.T) {
+	tests := []struct {
+		name string
+		src  string
+		want []string // substrings of the only error; nil for none
+	}{
+		{"small", aliased(10, 50), nil},
+		{"a thousand one-command stages", aliased(1000, 1), nil},
+		{
+			"3000 stages sharing a 50-command alias", aliased(3000, 50),
+			[]string{"p.yml:2:1: stages: the expanded pipeline is 7.3 MiB (3000 stages, counting 384 bytes of run state per stage; YAML aliases are expanded), over the limit of 512 KiB"},
+		},
+		{
+			"too many stages", aliased(1200, 1),
+			[]string{"p.yml:2:1: stages: the expanded pipeline is 552.2 KiB (1200 stages", "over the limit of 512 KiB"},
+		},
+		{
+			"one long string aliased ten thousand times",
+			"name: x\nstages:\n  - key: a\n    commands: [&s " + strings.Repeat("x", 500_000) + "]\n  - key: b\n    commands: [" + strings.Repeat("*s, ", 10_000) + "*s]\n",
+			[]string{"p.yml:2:1: stages: the expanded pipeline holds more than 32 MiB of YAML values (2 stages; YAML aliases are expanded), over the limit of 512 KiB"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			p, err := Parse("p.yml", []byte(tt.src))
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("Parse = %v, want no error", err)
+				}
+				if n, _ := expandedSize(p); n > MaxSize {
+					t.Errorf("expandedSize = %d, over MaxSize %d for an accepted pipeline", n, MaxSize)
+				}
+				return
+			}
+			var errs Errors
+			if !errors.As(err, &errs) || len(errs) != 1 || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Parse = %v, want one error matching ErrInvalid", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(errs[0].Error(), w) {
+					t.Errorf("Parse = %q, want it to contain %q", errs[0].Error(), w)
+				}
+			}
+			// Not a benchmark: a hostile file must not make Parse encode
+			// gigabytes, which takes minutes and all the memory.
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("Parse took %v", d)
+			}
+		})
+	}
+}
+
+func TestParseSizeLimitIsReportedWithTheOtherProblems(t *testing.T) {
+	src := strings.Replace(aliased(3000, 50), "name: big\n", "name: big\nqueu: x\n", 1)
+	_, err := Parse("p.yml", []byte(src))
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 2 || errs[0].Field != "queu" || errs[1].Field != "stages" || !strings.Contains(errs[1].Msg, "over the limit of 512 KiB") {
+		t.Fatalf("Parse = %v, want the unknown field and the size limit", err)
+	}
+}
+
+func TestFormatSize(t *testing.T) {
+	tests := []struct {
+		n    int
+		want string
+	}{
+		{0, "0 bytes"},
+		{1023, "1023 bytes"},
+		{1024, "1 KiB"},
+		{MaxSize, "512 KiB"},
+		{MaxSize + 1, "512.1 KiB"},
+		{1536, "1.5 KiB"},
+		{1 << 20, "1 MiB"},
+		{2_726_297, "2.6 MiB"},
+	}
+	for _, tt := range tests {
+		if got := formatSize(tt.n); got != tt.want {
+			t.Errorf("formatSize(%d) = %q, want %q", tt.n, got, tt.want)
+		}
+	}
+}
