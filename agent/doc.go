@@ -1,9 +1,10 @@
 // Package agent runs stage jobs. An agent serves one or more queues with a
 // number of slots; whenever a slot is free it takes the job of the highest
-// non-empty tier of its queues, runs it with an executor (a host process
-// today, a containerd container in a later change), heartbeats while it
-// runs, streams its output to the logs stream, publishes its lifecycle
-// events and acknowledges the job. It never decides what runs next and
+// non-empty tier of its queues, judges it against the run document, runs
+// it with an executor (a host process or a containerd container),
+// heartbeats while it holds it, streams its output to the logs stream,
+// publishes its lifecycle events (each carrying its attempt and job
+// numbers) and acknowledges the job. It never decides what runs next and
 // never imports the dispatcher.
 //
 // Decisions taken where the design was silent:
@@ -21,20 +22,62 @@
 //   - The host environment is Config.Env (the agent's own, from the CLI)
 //     overlaid with the job's environment.
 //   - Each run gets a workspace directory under Config.WorkDir shared by
-//     its stages on this agent, named by the run id; it is removed when
-//     the run's finished event arrives or the agent stops. Nothing else in
-//     WorkDir is touched.
+//     its stages on this agent, named by the run id. It is removed when
+//     the run's finished notice arrives, by a sweep (at start and every
+//     Config.SweepInterval, a minute by default) once no job of the run
+//     is active here and the run is terminal or gone from the runs bucket
+//     (a run whose document cannot be read keeps it), and when the agent
+//     stops. A workspace is renamed to <run id>.removing, under the lock
+//     that registers jobs, before it is deleted, so a job that starts
+//     meanwhile gets a fresh one. Nothing else in WorkDir is touched.
 //   - An agent that is stopped while a stage runs kills the stage and naks
-//     the job, so another agent runs it; it reports no result for it.
-//   - A redelivered job (its agent died) is checked against the run
-//     document: a stale copy is terminated unrun; otherwise it runs as the
-//     next attempt. At every heartbeat the agent checks that its attempt
-//     still holds the stage, and stops a stage another attempt took over.
+//     the job, so another agent runs it; it reports no result for it. A
+//     stage that succeeded all the same is reported.
+//   - Every delivered job, not only a redelivered one, is judged against
+//     the run document before it runs (judge.go, pure): the message is
+//     only a copy of the stage's job, and the dispatcher may republish it
+//     after the stream's 2-minute Nats-Msg-Id window. Unknown run, stage
+//     gone or on a later job, stage ended, or a message at another stream
+//     sequence than the document's JobSeq: terminated unrun. A document
+//     older than the job (a lagging replica: an earlier job number, or the
+//     stage still pending) or unreadable: handed back with a short delay,
+//     never dropped. A running stage's first delivery is a copy (dropped);
+//     a redelivery takes the stage over as the next attempt. A queued
+//     stage's job runs as the attempt it was queued as, redelivered or
+//     not: no attempt of it started, so an earlier delivery was handed
+//     back (a retry's backoff, an infrastructure retry) or lost before it
+//     started, and a hand-back is a delivery, not an attempt (so
+//     WEFT_ATTEMPT does not skip numbers). Should that earlier holder
+//     still be alive and start too, the first started event names the
+//     attempt's agent in the document and the other stops at its next
+//     heartbeat. A job of a run being cancelled is not started: it is
+//     reported finished as cancelled (so the dispatcher can end the
+//     stage) and acked.
+//   - Heartbeats start the moment a job is judged (its run document read
+//     waits at most half the AckWait), before the workspace, the
+//     image pull and the container, every third of the AckWait of the
+//     consumer the job came from (read when the agent starts; an agent
+//     serving queues with different AckWaits keeps each job to its own).
+//     Each heartbeat calls InProgress, then reads the run document once:
+//     the agent stops a stage, reporting nothing, when a later attempt or
+//     job holds it, or the same attempt started on another agent; and it
+//     cancels the stage when the run is being cancelled, so a cancel
+//     notice the agent missed still ends the stage. Heartbeat events are
+//     published only once the stage runs.
+//   - nats-server takes an ack or a nak from any delivery of a message, so
+//     before it acks (or naks) a job it held while the stage ran, the
+//     agent reads the run document again: an attempt that another attempt
+//     superseded publishes nothing and leaves the message to its holder. A
+//     document that cannot be read does not stop the ack. The message of
+//     a job whose stage moved on is left too: its next delivery is judged
+//     stale and terminated.
 //   - A host stage's shell gets SIGKILL when its agent dies (Pdeathsig, on
 //     a goroutine locked to its thread).
 //   - Infrastructure failures are retried by nak with backoff until the
-//     consumer's MaxDeliver; a stage this agent cannot run at all (an
-//     image without containerd) fails at once.
+//     MaxDeliver of the job's consumer; a stage this agent cannot run at
+//     all (an image without containerd) fails at once. A stage ended by a
+//     timeout, a cancel or a takeover is classified by that cause, even
+//     when the executor saw an infrastructure error (a pull cut short).
 //   - Agents learn of new jobs from the headers-only republish of stored
 //     jobs (weft.wake.<queue>.<tier>): a wake-up marks its queue and tier
 //     pending, and a scan fetches only from pending tiers, highest first,

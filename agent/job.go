@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,36 +19,55 @@ import (
 	"github.com/weft-ci/weft/wire"
 )
 
-// Causes of a stage's context ending early.
-var (
-	errTimeout      = errors.New("agent: stage timed out")
-	errRunCancelled = errors.New("agent: run cancelled")
-	errSuperseded   = errors.New("agent: another attempt took the stage over")
-)
-
-// job is one stage attempt running on this agent.
-type job struct {
-	wire.Job
-	cancel context.CancelCauseFunc
-}
-
-// runJob runs one job message to its end: started event, heartbeats, the
-// executor, log streaming, finished event, ack. When ctx ends first (the
-// agent stops) the stage is killed and the job nak'ed for another agent.
-// jobLimits are the job consumer's settings that shape a job's handling.
+// jobLimits are the settings of the consumer a job came from that shape
+// its handling.
 type jobLimits struct {
 	ackWait    time.Duration // heartbeats go every third of it
 	maxDeliver int           // infrastructure failures are retried until it
 }
 
-// infraBackoff is the delay before delivery n+1 after an infrastructure
-// failure on delivery n.
-func infraBackoff(n int) time.Duration {
-	return min(time.Second<<min(n-1, 6), time.Minute)
+// job is one stage attempt on this agent, from the moment its message was
+// taken until it is acked, handed back or left to another attempt.
+type job struct {
+	wire.Job
+	msg       jetstream.Msg
+	delivered int       // which delivery of the message this is
+	limits    jobLimits // of the consumer the message came from
+	log       zerolog.Logger
+	cancel    context.CancelCauseFunc
+	started   atomic.Bool // set once the stage's process or container runs
 }
 
+// every is the heartbeat interval of the job: a third of its AckWait.
+func (j *job) every() time.Duration { return max(j.limits.ackWait/3, 10*time.Millisecond) }
+
+// readTimeout bounds a run document read made at a heartbeat, so that
+// one slow read never outlasts a heartbeat interval.
+func (j *job) readTimeout() time.Duration { return min(j.every(), 5*time.Second) }
+
+// judgeTimeout bounds the read that judges the job: heartbeats start
+// after it, so the first one still comes within the AckWait.
+func (j *job) judgeTimeout() time.Duration { return min(j.limits.ackWait/2, 5*time.Second) }
+
+// setAttempt makes the job run as attempt.
+func (j *job) setAttempt(attempt int) {
+	if attempt == j.Attempt {
+		return
+	}
+	j.Attempt = attempt
+	if j.Env == nil {
+		j.Env = map[string]string{}
+	}
+	j.Env["WEFT_ATTEMPT"] = strconv.Itoa(attempt)
+}
+
+// runJob handles one job message to its end: it judges the job against
+// the run document, heartbeats from then on, runs the stage with its
+// executor, streams its output, reports it finished and acks it. When ctx
+// ends first (the agent stops) the stage is killed and the job handed
+// back for another agent.
 func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits) {
-	var j job
+	j := &job{msg: msg, limits: limits, delivered: 1}
 	if err := json.Unmarshal(msg.Data(), &j.Job); err != nil {
 		a.log.Error().Err(err).Str("subject", msg.Subject()).Msg("terminating malformed job")
 		_ = msg.Term()
@@ -60,38 +80,103 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits)
 		}
 		return
 	}
-	delivered := 1
+	var seq uint64
 	if meta, err := msg.Metadata(); err == nil {
-		delivered = int(meta.NumDelivered)
+		j.delivered, seq = int(meta.NumDelivered), meta.Sequence.Stream
 	}
-	if delivered > 1 && !a.takeOver(ctx, msg, &j) {
+	// Cleanup and reporting must outlive the agent's context.
+	bg := context.WithoutCancel(ctx)
+	j.log = a.log.With().Str("run_id", j.RunID).Str("stage", j.Stage.Key).Int("job", j.Job.Job).
+		Str("queue", j.Stage.Queue).Str("tier", string(j.Tier)).Int("delivery", j.delivered).Logger()
+
+	doc, read := a.readRun(ctx, j.RunID, j.judgeTimeout())
+	d := judge(doc, read, j.Job, j.delivered, seq)
+	switch d.verdict {
+	case drop:
+		j.log.Info().Str("why", d.why).Msg("job dropped unrun")
+		if err := msg.Term(); err != nil {
+			j.log.Warn().Err(err).Msg("terminate job")
+		}
+		return
+	case later:
+		j.log.Info().Str("why", d.why).Dur("delay", d.delay).Msg("job handed back unjudged")
+		if err := msg.NakWithDelay(d.delay); err != nil {
+			j.log.Warn().Err(err).Msg("nak job")
+		}
 		return
 	}
-	log := a.log.With().Str("run_id", j.RunID).Str("stage", j.Stage.Key).Int("attempt", j.Attempt).
-		Str("queue", j.Stage.Queue).Str("tier", string(j.Tier)).Logger()
+	j.setAttempt(d.attempt)
+	j.log = j.log.With().Int("attempt", j.Attempt).Logger()
+	if d.verdict == refuse {
+		j.log.Info().Str("why", d.why).Msg("job not started")
+		a.report(bg, j, result{exitCode: -1, category: wire.CategoryCancelled, message: "run cancelled before start"}, 0)
+		return
+	}
+	if d.why != "" {
+		j.log.Info().Str("why", d.why).Msg("job runs as a later attempt")
+	}
+
 	jctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	j.cancel = cancel
-	// Cleanup and reporting must outlive the agent's context.
-	bg := context.WithoutCancel(ctx)
+	// Heartbeats start now, before the workspace, the image pull and the
+	// container: a pull longer than AckWait must not get the job
+	// redelivered to another agent.
+	done := make(chan struct{})
+	var hb sync.WaitGroup
+	hb.Go(func() { a.keepalive(bg, j, done) })
+	c, logSeq := a.attempt(ctx, jctx, j)
+	close(done)
+	hb.Wait()
 
-	if !a.register(&j) {
-		log.Info().Msg("run already cancelled, not starting")
-		a.finish(bg, msg, &j, result{exitCode: -1, category: wire.CategoryCancelled, message: "run cancelled before start"}, 0, log)
-		return
+	switch c.ending {
+	case silent:
+		j.log.Warn().Msg("another attempt holds the stage; stopped this one, reporting nothing")
+	case handBack:
+		if a.holds(bg, j) {
+			j.log.Info().Msg("agent stopping, job handed back")
+			if err := msg.Nak(); err != nil {
+				j.log.Warn().Err(err).Msg("nak")
+			}
+		}
+	case retry:
+		if a.holds(bg, j) {
+			if err := msg.NakWithDelay(c.delay); err != nil {
+				j.log.Warn().Err(err).Msg("nak for an infrastructure retry")
+			}
+		}
+	case report:
+		a.report(bg, j, c.res, logSeq)
 	}
-	defer a.unregister(&j)
+}
 
+// attempt runs a judged job's stage: it registers the job for cancel
+// notices, prepares the workspace, streams the output and runs the
+// executor. It returns how the attempt ends and the stream sequence of
+// its last log batch. ctx is the agent's, jctx the job's.
+func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) {
+	bg := context.WithoutCancel(ctx)
+	if !a.register(j) {
+		j.log.Info().Msg("run already cancelled, not starting")
+		return conclusion{ending: report, res: result{exitCode: -1, category: wire.CategoryCancelled, message: "run cancelled before start"}}, 0
+	}
+	defer a.unregister(j)
+
+	ex, refusal := a.executorFor(&j.Job)
+	if ex == nil {
+		// This agent cannot run such stages at all: no point retrying.
+		return conclusion{ending: report, res: result{exitCode: -1, category: wire.CategoryInfra, message: refusal}}, 0
+	}
 	dir, err := a.workspace(j.RunID)
 	if err == nil {
 		err = os.MkdirAll(dir, 0o750)
 	}
 	if err != nil {
-		a.finish(bg, msg, &j, result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("workspace: %v", err)}, 0, log)
-		return
+		res := result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("workspace: %v", err)}
+		return conclude(res, context.Cause(jctx), ctx.Err() != nil, j.delivered, j.limits.maxDeliver, j.Stage.Timeout), 0
 	}
 
-	logs := newLogStream(a.js, subjects.Logs(j.RunID, j.Stage.Key), j.Attempt, a.cfg.LogFlush, log)
+	logs := newLogStream(a.js, subjects.Logs(j.RunID, j.Stage.Key), j.Attempt, a.cfg.LogFlush, j.log)
 	var wg sync.WaitGroup
 	wg.Go(func() { logs.run(bg) })
 
@@ -101,93 +186,29 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits)
 		runCtx, stop = context.WithTimeoutCause(jctx, j.Stage.Timeout, errTimeout)
 		defer stop()
 	}
-	hbDone := make(chan struct{})
 	started := func(at time.Time) {
-		a.publishEvent(bg, wire.Event{Type: wire.Started, RunID: j.RunID, Stage: j.Stage.Key, Attempt: j.Attempt, Agent: a.cfg.ID, Time: at}, log)
-		wg.Go(func() { a.heartbeat(bg, msg, &j, limits.ackWait/3, hbDone, log) })
+		j.started.Store(true)
+		a.publishEvent(bg, a.event(j, wire.Started, at), 10*time.Second, j.log)
 	}
-	var res result
-	retry := time.Duration(0)
-	if ex, refusal := a.executorFor(&j.Job); ex == nil {
-		// This agent cannot run such stages at all: no point retrying.
-		res = result{exitCode: -1, category: wire.CategoryInfra, message: refusal}
-	} else {
-		res = ex.run(runCtx, execSpec{job: &j.Job, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
-		if res.category == wire.CategoryInfra && ctx.Err() == nil && (limits.maxDeliver <= 0 || delivered < limits.maxDeliver) {
-			// Infrastructure failures are retried within the delivery limit.
-			retry = infraBackoff(delivered)
-			logs.write(streamSystem, fmt.Sprintf("weft: %s; retrying in %s (delivery %d of %d)", res.message, retry, delivered, limits.maxDeliver))
-		}
+	res := ex.run(runCtx, execSpec{job: &j.Job, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
+	c := conclude(res, context.Cause(runCtx), ctx.Err() != nil, j.delivered, j.limits.maxDeliver, j.Stage.Timeout)
+	if c.ending == retry {
+		logs.write(streamSystem, fmt.Sprintf("weft: %s; retrying in %s (delivery %d of %d)", res.message, c.delay, j.delivered, j.limits.maxDeliver))
 	}
-	close(hbDone)
 	logs.close()
 	wg.Wait()
-
-	if retry > 0 {
-		if err := msg.NakWithDelay(retry); err != nil {
-			log.Warn().Err(err).Msg("nak for an infrastructure retry")
-		}
-		return
-	}
-	switch cause := context.Cause(runCtx); {
-	case res.category != wire.CategoryNone && res.category != wire.CategoryCommand:
-		// The executor knows best (infra, oom).
-	case errors.Is(cause, errTimeout):
-		res.category, res.message = wire.CategoryTimeout, fmt.Sprintf("timed out after %s", j.Stage.Timeout)
-	case errors.Is(cause, errRunCancelled):
-		res.category, res.message = wire.CategoryCancelled, "run cancelled"
-	case errors.Is(cause, errSuperseded):
-		// The job is another agent's now: report nothing, ack nothing.
-		log.Warn().Msg("stage taken over by another attempt; stopped it")
-		return
-	case ctx.Err() != nil:
-		log.Info().Msg("agent stopping, job handed back")
-		if err := msg.Nak(); err != nil {
-			log.Warn().Err(err).Msg("nak")
-		}
-		return
-	}
-	a.finish(bg, msg, &j, res, logs.lastSeq(), log)
+	return c, logs.lastSeq()
 }
 
-// finish publishes the finished event and then acks the job, so a crash
-// in between redelivers the job rather than losing the result.
-func (a *Agent) finish(ctx context.Context, msg jetstream.Msg, j *job, res result, logSeq uint64, log zerolog.Logger) {
-	ev := wire.Event{
-		Type: wire.Finished, RunID: j.RunID, Stage: j.Stage.Key, Attempt: j.Attempt, Agent: a.cfg.ID,
-		Time: time.Now(), ExitCode: res.exitCode, Category: res.category, Message: res.message, LogSeq: logSeq,
-	}
-	if !a.publishEvent(ctx, ev, log) {
-		// Leave the job un-acked: it is redelivered after AckWait.
-		return
-	}
-	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := msg.DoubleAck(actx); err != nil {
-		log.Warn().Err(err).Msg("ack")
-	}
-	log.Info().Int("exit_code", res.exitCode).Str("category", string(res.category)).Msg("stage finished")
-}
-
-// publishEvent publishes a stage event and waits for the stream to store it.
-func (a *Agent) publishEvent(ctx context.Context, ev wire.Event, log zerolog.Logger) bool {
-	data, err := json.Marshal(ev)
-	if err != nil {
-		log.Error().Err(err).Msg("encode event")
-		return false
-	}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := a.js.Publish(pctx, subjects.StageEvent(ev.RunID, ev.Stage), data); err != nil {
-		log.Error().Err(err).Str("event", string(ev.Type)).Msg("publish event")
-		return false
-	}
-	return true
-}
-
-// heartbeat tells JetStream the job is in progress (resetting its AckWait)
-// and publishes a heartbeat event every interval until done is closed.
-func (a *Agent) heartbeat(ctx context.Context, msg jetstream.Msg, j *job, every time.Duration, done <-chan struct{}, log zerolog.Logger) {
+// keepalive holds the job while the agent works on it, from its judgement
+// until done is closed: every third of the job's AckWait it tells
+// JetStream the job is in progress, reads the run document once and
+// stops the stage, to report nothing, when another attempt holds the job,
+// or cancels it when its run is being cancelled (so a cancel notice the
+// agent missed still ends it). Once the stage runs it also publishes a
+// heartbeat event.
+func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
+	every := j.every()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -195,19 +216,82 @@ func (a *Agent) heartbeat(ctx context.Context, msg jetstream.Msg, j *job, every 
 		case <-done:
 			return
 		case now := <-t.C:
-			if a.superseded(ctx, j) {
+			if err := j.msg.InProgress(); err != nil {
+				j.log.Warn().Err(err).Msg("in progress")
+			}
+			doc, read := a.readRun(ctx, j.RunID, j.readTimeout())
+			switch standingOf(doc, read, j.Job, j.Attempt, a.cfg.ID) {
+			case superseded, movedOn:
 				// This agent lost the job (it was redelivered while this one
-				// was unreachable): stop, so the zombie attempt's work and
-				// output end here.
+				// was unreachable, or ran twice): stop, so the extra
+				// attempt's work and output end here.
 				j.cancel(errSuperseded)
 				return
+			case cancelling:
+				j.cancel(errRunCancelled)
 			}
-			if err := msg.InProgress(); err != nil {
-				log.Warn().Err(err).Msg("in progress")
+			if j.started.Load() {
+				a.publishEvent(ctx, a.event(j, wire.Heartbeat, now), every, j.log)
 			}
-			a.publishEvent(ctx, wire.Event{Type: wire.Heartbeat, RunID: j.RunID, Stage: j.Stage.Key, Attempt: j.Attempt, Agent: a.cfg.ID, Time: now}, log)
 		}
 	}
+}
+
+// holds reports whether the job is still this attempt's, by a fresh read
+// of the run document: nats-server takes an ack or a nak from any
+// delivery of a message, so an attempt that lost its job must not touch
+// the message the attempt that took over holds.
+func (a *Agent) holds(ctx context.Context, j *job) bool {
+	doc, read := a.readRun(ctx, j.RunID, 5*time.Second)
+	switch st := standingOf(doc, read, j.Job, j.Attempt, a.cfg.ID); st {
+	case superseded, movedOn:
+		j.log.Warn().Msg("another attempt holds the stage: leaving its job alone")
+		return false
+	}
+	return true
+}
+
+// report publishes the finished event and then acks the job, so a crash
+// in between redelivers the job rather than losing the result. An attempt
+// that no longer holds its job reports nothing and acks nothing.
+func (a *Agent) report(ctx context.Context, j *job, res result, logSeq uint64) {
+	if !a.holds(ctx, j) {
+		return
+	}
+	ev := a.event(j, wire.Finished, time.Now())
+	ev.ExitCode, ev.Category, ev.Message, ev.LogSeq = res.exitCode, res.category, res.message, logSeq
+	if !a.publishEvent(ctx, ev, 10*time.Second, j.log) {
+		// Leave the job un-acked: it is redelivered after AckWait.
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := j.msg.DoubleAck(actx); err != nil {
+		j.log.Warn().Err(err).Msg("ack")
+	}
+	j.log.Info().Int("exit_code", res.exitCode).Str("category", string(res.category)).Msg("stage finished")
+}
+
+// event returns a stage event of the job's attempt.
+func (a *Agent) event(j *job, typ wire.EventType, at time.Time) wire.Event {
+	return wire.Event{Type: typ, RunID: j.RunID, Stage: j.Stage.Key, Attempt: j.Attempt, Job: j.Job.Job, Agent: a.cfg.ID, Time: at}
+}
+
+// publishEvent publishes a stage event and waits up to timeout for the
+// stream to store it; it reports whether it was stored.
+func (a *Agent) publishEvent(ctx context.Context, ev wire.Event, timeout time.Duration, log zerolog.Logger) bool {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		log.Error().Err(err).Msg("encode event")
+		return false
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := a.js.Publish(pctx, subjects.StageEvent(ev.RunID, ev.Stage), data); err != nil {
+		log.Error().Err(err).Str("event", string(ev.Type)).Msg("publish event")
+		return false
+	}
+	return true
 }
 
 // envList turns an environment map into KEY=VALUE entries, sorted.
@@ -220,53 +304,23 @@ func envList(env map[string]string) []string {
 	return out
 }
 
-// takeOver decides what a redelivered job is: the stage its agent lost
-// (it runs as the next attempt) or a stale copy of a stage that moved on
-// (it is terminated unrun). It reports whether to run it.
-func (a *Agent) takeOver(ctx context.Context, msg jetstream.Msg, j *job) bool {
-	log := a.log.With().Str("run_id", j.RunID).Str("stage", j.Stage.Key).Int("job", j.Attempt).Logger()
-	r, err := a.runDoc(ctx, j.RunID)
-	if err != nil {
-		// Without the run document the job cannot be judged: run it as it
-		// is; the dispatcher fences it if it is stale.
-		log.Warn().Err(err).Msg("redelivered job: run document unreadable")
-		return true
-	}
-	s := r.Stage(j.Stage.Key)
-	if s == nil || s.State.Terminal() || s.Job != j.Attempt {
-		log.Info().Msg("stale redelivered job dropped")
-		_ = msg.Term()
-		return false
-	}
-	if s.State == wire.StageRunning {
-		// An agent started it and is gone: this is the next attempt.
-		j.Attempt = s.Attempt + 1
-		j.Env["WEFT_ATTEMPT"] = strconv.Itoa(j.Attempt)
-	}
-	log.Info().Int("attempt", j.Attempt).Msg("taking over a redelivered job")
-	return true
-}
-
-// superseded reports whether the run document shows the stage held by a
-// later attempt than j's. An unreadable document is not a reason to stop.
-func (a *Agent) superseded(ctx context.Context, j *job) bool {
-	r, err := a.runDoc(ctx, j.RunID)
-	if err != nil {
-		return false
-	}
-	s := r.Stage(j.Stage.Key)
-	return s != nil && s.Attempt > j.Attempt
-}
-
-// runDoc reads a run document from the runs bucket.
-func (a *Agent) runDoc(ctx context.Context, runID string) (*wire.Run, error) {
+// readRun reads a run document from the runs bucket, waiting at most
+// timeout, and says how the read went.
+func (a *Agent) readRun(ctx context.Context, runID string, timeout time.Duration) (*wire.Run, docRead) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	e, err := a.runs.Get(ctx, runID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, docMissing
+	}
 	if err != nil {
-		return nil, fmt.Errorf("run %s: %w", runID, err)
+		a.log.Debug().Err(err).Str("run_id", runID).Msg("read run document")
+		return nil, docUnreadable
 	}
 	var r wire.Run
 	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		return nil, fmt.Errorf("decode run %s: %w", runID, err)
+		a.log.Warn().Err(err).Str("run_id", runID).Msg("decode run document")
+		return nil, docUnreadable
 	}
-	return &r, nil
+	return &r, docFound
 }

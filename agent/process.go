@@ -18,7 +18,8 @@ import (
 )
 
 // executor runs a stage's commands. The agent owns the two
-// implementations: host processes here, containerd containers later.
+// implementations: host processes here, containerd containers in
+// containerd.go.
 type executor interface {
 	// run runs spec until it exits or ctx ends (then it stops it and
 	// returns). It calls started once the stage is running and out for

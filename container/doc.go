@@ -27,4 +27,10 @@
 //   - An image missing from containerd's store is pulled from its registry
 //     (Pull with unpack; no Transfer service, which containerd 1.6 lacks),
 //     with progress reported line by line.
+//   - A registry on a loopback host (localhost, 127.0.0.0/8, ::1, any
+//     port) is pulled over plain HTTP, every other one over HTTPS: that is
+//     the default resolver of containerd's client (docker.MatchLocalhost),
+//     and weft keeps it rather than adding a list of insecure registries.
+//     A loopback registry is a local mirror or a test's; traffic to it
+//     never leaves the host.
 package container

@@ -69,7 +69,9 @@ type Job struct {
 	// Pipeline is the pipeline's name.
 	Pipeline string `json:"pipeline"`
 	// Attempt is the stage attempt the job was queued as, counting from
-	// 1. A redelivered job runs as a later attempt of the same Job.
+	// 1. A job redelivered after an attempt of it started (its agent
+	// died) runs as the next attempt of the same Job; one handed back
+	// before it started runs as the same attempt.
 	Attempt int `json:"attempt"`
 	// Job is the stage's job number (wire.StageRun.Job): an agent runs
 	// the job only while the run document says it is the stage's current

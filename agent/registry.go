@@ -1,0 +1,63 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"time"
+
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
+
+// This file holds the agent's entry in the agent registry (KV
+// subjects.AgentsBucket) and the busy count it advertises.
+
+// Busy returns how many jobs the agent holds now: from the moment one is
+// taken until it is acked, handed back or dropped.
+func (a *Agent) Busy() int { return int(a.busy.Load()) }
+
+// setBusy changes the busy count by delta and signals the registry loop.
+func (a *Agent) setBusy(delta int32) {
+	a.busy.Add(delta)
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+}
+
+// advertise keeps the agent's entry in the registry: at start, when its
+// busy count changes, and every third of the registry TTL; it deletes the
+// entry when ctx ends.
+func (a *Agent) advertise(ctx context.Context) {
+	kv, err := a.js.KeyValue(ctx, subjects.AgentsBucket)
+	if err != nil {
+		a.log.Warn().Err(err).Msg("agent registry")
+		return
+	}
+	host, _ := os.Hostname()
+	info := wire.Agent{ID: a.cfg.ID, Hostname: host, Queues: a.cfg.Queues, Slots: a.cfg.Slots, Executor: a.cfg.Executor, Started: time.Now()}
+	put := func() {
+		info.Busy, info.Seen = int(a.busy.Load()), time.Now()
+		data, _ := json.Marshal(info)
+		if _, err := kv.Put(ctx, a.cfg.ID, data); err != nil && ctx.Err() == nil {
+			a.log.Warn().Err(err).Msg("agent registry")
+		}
+	}
+	tick := time.NewTicker(subjects.AgentTTL / 3)
+	defer tick.Stop()
+	put()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = kv.Delete(dctx, a.cfg.ID)
+			cancel()
+			return
+		case <-a.changed:
+			put()
+		case <-tick.C:
+			put()
+		}
+	}
+}
