@@ -132,6 +132,11 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits)
 	switch c.ending {
 	case silent:
 		j.log.Warn().Msg("another attempt holds the stage; stopped this one, reporting nothing")
+	case discard:
+		j.log.Warn().Msg("another agent runs this attempt; stopped this copy, reporting nothing")
+		if err := msg.Term(); err != nil {
+			j.log.Warn().Err(err).Msg("terminate a copy of a job")
+		}
 	case handBack:
 		if a.holds(bg, j) {
 			j.log.Info().Msg("agent stopping, job handed back")
@@ -223,9 +228,12 @@ func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
 			switch standingOf(doc, read, j.Job, j.Attempt, a.cfg.ID) {
 			case superseded, movedOn:
 				// This agent lost the job (it was redelivered while this one
-				// was unreachable, or ran twice): stop, so the extra
-				// attempt's work and output end here.
+				// was unreachable): stop, so the zombie attempt's work and
+				// output end here.
 				j.cancel(errSuperseded)
+				return
+			case duplicate:
+				j.cancel(errDuplicate)
 				return
 			case cancelling:
 				j.cancel(errRunCancelled)
@@ -244,7 +252,7 @@ func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
 func (a *Agent) holds(ctx context.Context, j *job) bool {
 	doc, read := a.readRun(ctx, j.RunID, 5*time.Second)
 	switch st := standingOf(doc, read, j.Job, j.Attempt, a.cfg.ID); st {
-	case superseded, movedOn:
+	case superseded, movedOn, duplicate:
 		j.log.Warn().Msg("another attempt holds the stage: leaving its job alone")
 		return false
 	}

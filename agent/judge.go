@@ -125,10 +125,15 @@ const (
 	// holding: the attempt still holds its job (or the document cannot
 	// tell otherwise).
 	holding standing = iota
-	// superseded: another attempt of the same job holds the stage (a
-	// later one, or the same attempt started by another agent): the job
-	// message is theirs.
+	// superseded: a later attempt of the same job holds the stage (a
+	// takeover of this delivery's message): the job message is theirs.
 	superseded
+	// duplicate: the same attempt was started by another agent, which
+	// won: this delivery is of a copy of the job (republished past the
+	// stream's duplicate window), or of the message the winner holds
+	// too. Terminating it is safe either way, and leaving it would have
+	// its redelivery taken for a takeover of a live attempt.
+	duplicate
 	// movedOn: the stage moved on to a later job, or is gone: the job
 	// message is nobody's.
 	movedOn
@@ -154,7 +159,7 @@ func standingOf(doc *wire.Run, read docRead, job wire.Job, attempt int, agent st
 		return superseded
 	case s.Attempt == attempt && s.State == wire.StageRunning && s.Agent != "" && s.Agent != agent:
 		// Two deliveries ran the same attempt; the first to start won.
-		return superseded
+		return duplicate
 	case doc.CancelReason != "":
 		return cancelling
 	}
@@ -166,6 +171,7 @@ var (
 	errTimeout      = errors.New("agent: stage timed out")
 	errRunCancelled = errors.New("agent: run cancelled")
 	errSuperseded   = errors.New("agent: another attempt took the stage over")
+	errDuplicate    = errors.New("agent: another agent runs the same attempt")
 )
 
 // ending is what to do once an attempt's executor returned.
@@ -182,6 +188,9 @@ const (
 	// silent: report nothing and leave the job alone: it is another
 	// attempt's.
 	silent
+	// discard: report nothing and terminate the delivery: it is a copy
+	// another agent won the race for.
+	discard
 )
 
 // conclusion is how an attempt ends.
@@ -201,6 +210,8 @@ func conclude(res result, cause error, stopping bool, delivered, maxDeliver int,
 	switch {
 	case errors.Is(cause, errSuperseded):
 		return conclusion{ending: silent}
+	case errors.Is(cause, errDuplicate):
+		return conclusion{ending: discard}
 	case res.category == wire.CategoryOOM:
 		// The kernel's verdict stands, whatever else happened.
 	case errors.Is(cause, errTimeout):
