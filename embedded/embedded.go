@@ -58,8 +58,8 @@ type Stack struct {
 	err    error
 	agents []*agent.Agent
 
-	failed    chan struct{}
-	failOnce  sync.Once
+	failed    context.Context // done when a component failed, or at Close
+	failNow   context.CancelCauseFunc
 	closeOnce sync.Once
 }
 
@@ -78,7 +78,8 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return nil, fmt.Errorf("%w: %w", bus.ErrUnavailable, err)
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s := &Stack{Bus: b, log: cfg.Logger, ctx: sctx, cancel: cancel, failed: make(chan struct{})}
+	failed, failNow := context.WithCancelCause(context.Background())
+	s := &Stack{Bus: b, log: cfg.Logger, ctx: sctx, cancel: cancel, failed: failed, failNow: failNow}
 	for range cfg.Dispatchers {
 		if _, err := s.StartDispatcher(cfg.Dispatcher); err != nil {
 			s.Close()
@@ -142,12 +143,12 @@ func (s *Stack) fail(err error) {
 		s.err = err
 	}
 	s.mu.Unlock()
-	s.failOnce.Do(func() { close(s.failed) })
+	s.failNow(err)
 }
 
-// Failed returns a channel that is closed when a component stopped with
-// an error; Err says which. The stack owns the channel.
-func (s *Stack) Failed() <-chan struct{} { return s.failed }
+// Failed returns a context that is done when a component stopped with an
+// error (Err says which), or when the stack is closed.
+func (s *Stack) Failed() context.Context { return s.failed }
 
 // Err returns the first error a component stopped with, or nil.
 func (s *Stack) Err() error {
@@ -163,6 +164,7 @@ func (s *Stack) Close() error {
 		s.cancel()
 		s.wg.Wait()
 		s.Bus.Close()
+		s.failNow(nil)
 	})
 	return s.Err()
 }

@@ -12,12 +12,11 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
-	"github.com/weft-ci/weft/dispatcher"
+	"github.com/weft-ci/weft/embedded"
 	"github.com/weft-ci/weft/pipeline"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -115,8 +114,8 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 	}
 
 	cfg := bus.Config{URL: o.server, CredsFile: o.creds, Name: "weft run", Logger: log}
-	embedded := o.server == ""
-	if embedded {
+	local := o.server == ""
+	if local {
 		if o.state == "" {
 			tmp, err := os.MkdirTemp("", "weft-run-")
 			if err != nil {
@@ -135,55 +134,16 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 			cfg.Listen = o.listen
 		}
 	}
-	b, err := bus.Open(ctx, cfg)
-	if err != nil {
-		return withCode(exitInfra, err)
-	}
-	defer b.Close()
-	if err := bus.Provision(ctx, b.JS); err != nil {
-		return withCode(exitInfra, err)
-	}
-	if url := b.ClientURL(); url != "" {
-		fmt.Fprintf(g.stderr, "weft: nats server listening on %s (state in %s)\n", url, o.state)
-	}
-
 	// Removed after the stack below has stopped (defers run last first).
 	workDir, err := os.MkdirTemp("", "weft-work-")
 	if err != nil {
 		return withCode(exitInfra, err)
 	}
 	defer os.RemoveAll(workDir)
-
-	// Following outlives ctx (Ctrl-C) until the run is cancelled, and so
-	// does the local stack.
-	followCtx, stopFollow := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopFollow()
-	stackCtx, stopStack := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopStack()
-	stack, sctx := errgroup.WithContext(stackCtx)
-	// A component that fails ends the submit and the follow instead of
-	// leaving them waiting; stackErr then says what failed.
-	submitCtx, stopSubmit := context.WithCancel(ctx)
-	defer stopSubmit()
-	defer context.AfterFunc(sctx, func() { stopSubmit(); stopFollow() })()
-	stackErr := func() error {
-		if sctx.Err() == nil || stackCtx.Err() != nil {
-			return nil
-		}
-		return stack.Wait()
-	}
-	defer func() {
-		stopStack()
-		if err := stack.Wait(); err != nil {
-			log.Error().Err(err).Msg("local stack")
-		}
-	}()
-	if embedded {
-		d, err := dispatcher.New(ctx, b, dispatcher.Config{Logger: log})
-		if err != nil {
-			return withCode(exitInfra, err)
-		}
-		a, err := agent.New(b, agent.Config{
+	scfg := embedded.Config{Bus: cfg, Logger: log}
+	if local {
+		scfg.Dispatchers = 1
+		scfg.Agents = []agent.Config{{
 			Queues:    localQueues(p.Queue, p.Stages),
 			Slots:     o.slots,
 			WorkDir:   workDir,
@@ -194,18 +154,36 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 			MaxDeliver: 2,
 			Executor:   o.executor,
 			Containerd: container.Config{Address: o.containerd},
-			Logger:     log,
-		})
-		if err != nil {
+		}}
+	}
+	// The stack outlives ctx (Ctrl-C) until the run is cancelled.
+	st, err := embedded.Start(context.WithoutCancel(ctx), scfg)
+	if err != nil {
+		return withCode(exitInfra, err)
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error().Err(err).Msg("local stack")
+		}
+	}()
+	b := st.Bus
+	if url := b.ClientURL(); url != "" {
+		fmt.Fprintf(g.stderr, "weft: nats server listening on %s (state in %s)\n", url, o.state)
+	}
+
+	// Following outlives ctx (Ctrl-C) until the run is cancelled.
+	followCtx, stopFollow := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFollow()
+	// A component that fails ends the submit and the follow instead of
+	// leaving them waiting; stackErr then says what failed.
+	submitCtx, stopSubmit := context.WithCancel(ctx)
+	defer stopSubmit()
+	defer context.AfterFunc(st.Failed(), func() { stopSubmit(); stopFollow() })()
+	stackErr := func() error {
+		if err := st.Err(); err != nil {
 			return withCode(exitInfra, err)
 		}
-		stack.Go(func() error { return d.Run(sctx) })
-		stack.Go(func() error {
-			if err := a.Run(sctx); err != nil {
-				return withCode(exitInfra, err)
-			}
-			return nil
-		})
+		return nil
 	}
 
 	sess := &session{g: g, js: b.JS, out: newPrinter(g.stdout, o.json, p), grace: o.killGrace, stackErr: stackErr}
