@@ -28,7 +28,14 @@ type maxDeliveriesAdvisory struct {
 // redelivered advisory finishes what a dead dispatcher started.
 func (d *Dispatcher) handleDeadLetter(ctx context.Context, msg jetstream.Msg) error {
 	var adv maxDeliveriesAdvisory
-	if err := json.Unmarshal(msg.Data(), &adv); err != nil || adv.Stream != subjects.JobsStream {
+	if err := json.Unmarshal(msg.Data(), &adv); err != nil {
+		return nil
+	}
+	switch adv.Stream {
+	case subjects.TriggersStream:
+		return d.handleDeadTrigger(ctx, adv)
+	case subjects.JobsStream:
+	default:
 		return nil
 	}
 	jobs, err := d.js.Stream(ctx, subjects.JobsStream)

@@ -170,10 +170,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		return fmt.Errorf("dispatcher: events consumer: %w", err)
 	}
 	deadLetters, err := d.js.CreateOrUpdateConsumer(ctx, subjects.AdvisoriesStream, jetstream.ConsumerConfig{
-		Durable:       subjects.DispatcherDeadLetters,
-		FilterSubject: subjects.MaxDeliveries,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       handlerAckWait,
+		Durable:        subjects.DispatcherDeadLetters,
+		FilterSubjects: []string{subjects.MaxDeliveries, subjects.TriggerMaxDeliveries},
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        handlerAckWait,
 	})
 	if err != nil {
 		return fmt.Errorf("dispatcher: dead-letter consumer: %w", err)

@@ -266,29 +266,74 @@ func permanentTriggerError(err error) bool {
 // run was created for it, and copies the message to the dead-letter
 // stream. consumeWith acks the message once it returns nil.
 func (d *Dispatcher) giveUpTrigger(ctx context.Context, msg jetstream.Msg, delivered uint64, cause error) error {
-	var (
-		seq    uint64
-		stored time.Time
-	)
+	dt := deadTrigger{subject: msg.Subject(), data: msg.Data()}
 	if meta, err := msg.Metadata(); err == nil {
-		seq, stored = meta.Sequence.Stream, meta.Timestamp
+		dt.seq, dt.stored = meta.Sequence.Stream, meta.Timestamp
 	}
-	t, _ := decodeTrigger(msg.Data())
+	return d.bury(ctx, dt, delivered, cause)
+}
+
+// deadTrigger is a trigger message being given up.
+type deadTrigger struct {
+	subject string
+	data    []byte
+	// seq and stored are the message's triggers-stream sequence and
+	// time; 0 and zero when unknown.
+	seq    uint64
+	stored time.Time
+}
+
+// bury answers a trigger given up with a refusal carrying cause (reason
+// invalid for a permanent error, dead_letter otherwise), unless a run was
+// created for it, and copies it to the dead-letter stream.
+func (d *Dispatcher) bury(ctx context.Context, dt deadTrigger, delivered uint64, cause error) error {
+	t, _ := decodeTrigger(dt.data)
 	why := cause.Error()
 	if t.ID != "" {
 		out := wire.Outcome{Error: why, Reason: wire.RefusedInvalid}
 		if !permanentTriggerError(cause) {
 			out = wire.Outcome{Error: fmt.Sprintf("the dispatcher gave up on the trigger after %d deliveries: %v", delivered, cause), Reason: wire.RefusedDeadLetter}
 		}
-		if err := d.answer(ctx, subjects.DedupKey(t.ID), out, stored); err != nil {
+		if err := d.answer(ctx, subjects.DedupKey(t.ID), out, dt.stored); err != nil {
 			return err
 		}
 	}
-	if err := d.deadLetterTrigger(ctx, msg, t.ID, seq, delivered, why); err != nil {
+	if err := d.deadLetterTrigger(ctx, dt, t.ID, delivered, why); err != nil {
 		return err
 	}
-	d.log.Warn().Err(cause).Str("trigger_id", t.ID).Str("subject", msg.Subject()).Uint64("deliveries", delivered).
+	d.log.Warn().Err(cause).Str("trigger_id", t.ID).Str("subject", dt.subject).Uint64("deliveries", delivered).
 		Msg("trigger given up and copied to the dead-letter stream")
+	return nil
+}
+
+// errTriggerAbandoned is the cause of a trigger whose last delivery no
+// dispatcher finished (it died while handling it).
+var errTriggerAbandoned = errors.New("dispatcher: no dispatcher finished handling its last delivery")
+
+// handleDeadTrigger gives up a trigger the server reports as out of
+// deliveries: its last delivery was taken and never acked (the
+// dispatcher handling it died). The work queue would keep it forever and
+// its client would wait forever: it is answered, copied to the
+// dead-letter stream and deleted. Each step is idempotent.
+func (d *Dispatcher) handleDeadTrigger(ctx context.Context, adv maxDeliveriesAdvisory) error {
+	st, err := d.js.Stream(ctx, subjects.TriggersStream)
+	if err != nil {
+		return fmt.Errorf("triggers stream: %w", err)
+	}
+	raw, err := st.GetMsg(ctx, adv.StreamSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil // acked at the last moment, or buried already
+	}
+	if err != nil {
+		return fmt.Errorf("get dead trigger %d: %w", adv.StreamSeq, err)
+	}
+	dt := deadTrigger{subject: raw.Subject, data: raw.Data, seq: raw.Sequence, stored: raw.Time}
+	if err := d.bury(ctx, dt, adv.Deliveries, errTriggerAbandoned); err != nil {
+		return err
+	}
+	if err := st.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("delete dead trigger %d: %w", adv.StreamSeq, err)
+	}
 	return nil
 }
 
@@ -346,22 +391,22 @@ const maxErrorHeader = 1 << 10
 // deadLetterTrigger copies a trigger message to the dead-letter stream,
 // on subjects.TriggerDLQ of its subject, with why it was given up. A
 // trigger too large to copy with its headers is copied without its body.
-func (d *Dispatcher) deadLetterTrigger(ctx context.Context, msg jetstream.Msg, id string, seq, delivered uint64, why string) error {
-	m := nats.NewMsg(subjects.TriggerDLQ(msg.Subject()))
-	m.Header.Set(subjects.HeaderSubject, msg.Subject())
+func (d *Dispatcher) deadLetterTrigger(ctx context.Context, dt deadTrigger, id string, delivered uint64, why string) error {
+	m := nats.NewMsg(subjects.TriggerDLQ(dt.subject))
+	m.Header.Set(subjects.HeaderSubject, dt.subject)
 	m.Header.Set(subjects.HeaderDeliveries, strconv.FormatUint(delivered, 10))
 	if id != "" {
 		m.Header.Set(subjects.HeaderTrigger, headerValue(id, maxErrorHeader))
 	}
 	m.Header.Set(subjects.HeaderError, headerValue(why, maxErrorHeader))
-	m.Data = msg.Data()
+	m.Data = dt.data
 	if int64(len(m.Data)+4*maxErrorHeader) > d.maxPayload() {
 		m.Data = nil
-		m.Header.Set(subjects.HeaderError, headerValue(fmt.Sprintf("%s (the trigger's %d bytes are too large to copy with this header)", why, len(msg.Data())), maxErrorHeader))
+		m.Header.Set(subjects.HeaderError, headerValue(fmt.Sprintf("%s (the trigger's %d bytes are too large to copy with this header)", why, len(dt.data)), maxErrorHeader))
 	}
 	var opts []jetstream.PublishOpt
-	if seq != 0 {
-		opts = append(opts, jetstream.WithMsgID(subjects.TriggerDLQMsgID(seq)))
+	if dt.seq != 0 {
+		opts = append(opts, jetstream.WithMsgID(subjects.TriggerDLQMsgID(dt.seq)))
 	}
 	if _, err := d.js.PublishMsg(ctx, m, opts...); err != nil {
 		return fmt.Errorf("dead-letter trigger %s: %w", id, err)

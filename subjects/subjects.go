@@ -28,8 +28,9 @@ const (
 	// (weft.dlq.triggers.<repo>).
 	DLQStream = "WEFT_DLQ"
 	// AdvisoriesStream keeps the server's max-deliveries advisories of the
-	// jobs stream, so that a dead job is handled even when no dispatcher
-	// was listening at the time.
+	// jobs stream and of the dispatchers' triggers consumer, so that a dead
+	// job or trigger is handled even when no dispatcher was listening at
+	// the time.
 	AdvisoriesStream = "WEFT_ADVISORIES"
 )
 
@@ -90,6 +91,9 @@ const (
 	// MaxDeliveries matches the server's advisories for job messages that
 	// exhausted their deliveries.
 	MaxDeliveries = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + JobsStream + ".*"
+	// TriggerMaxDeliveries matches the server's advisories for trigger
+	// messages whose last delivery no dispatcher acked.
+	TriggerMaxDeliveries = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + TriggersStream + "." + DispatcherTriggers
 	// RunEvents matches run-level events of every run (weft.events.<run>).
 	RunEvents = eventsPrefix + ".*"
 )
@@ -360,8 +364,8 @@ func Streams() []Stream {
 		},
 		{
 			Name:        AdvisoriesStream,
-			Description: "max-deliveries advisories of WEFT_JOBS, for the dispatchers' dead-letter handling",
-			Subjects:    []string{MaxDeliveries},
+			Description: "max-deliveries advisories of WEFT_JOBS and of the triggers consumer, for the dispatchers' dead-letter handling",
+			Subjects:    []string{MaxDeliveries, TriggerMaxDeliveries},
 			MaxAge:      DefaultEventRetention,
 		},
 		{

@@ -15,6 +15,7 @@ import (
 
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/pipeline"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -462,5 +463,76 @@ func TestFollowAnUnknownRun(t *testing.T) {
 	defer cancel()
 	if _, err := client.Follow(ctx, b.JS, "01NOSUCHRUN0000000000000000", func(client.Update) {}); !errors.Is(err, client.ErrNoRun) {
 		t.Errorf("Follow(unknown run) = %v, want ErrNoRun", err)
+	}
+}
+
+// A trigger whose last delivery was taken by a dispatcher that died
+// before acking it would stay in the triggers work queue forever, its
+// client waiting: the server's max-deliveries advisory (kept in
+// WEFT_ADVISORIES) makes the next dispatcher answer it, dead-letter it
+// and delete it.
+func TestATriggerAbandonedOnItsLastDeliveryIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := StartStack(t, StackConfig{NoAgent: true, NoDispatcher: true})
+	js := s.Bus.JS
+	stop := s.StartDispatcher(dispatcher.Config{})
+	if !Eventually(10*time.Second, func() bool {
+		_, err := js.Consumer(ctx, subjects.AdvisoriesStream, subjects.DispatcherDeadLetters)
+		return err == nil
+	}) {
+		t.Fatal("the dispatcher never created its consumers")
+	}
+	stop()
+	const repo = "acme/abandoned"
+	tr := wire.Trigger{ID: "abandoned-1", Repo: repo, File: "p.yml", Pipeline: "name: p\nstages:\n  - key: s\n    commands: [true]\n"}
+	publishTrigger(t, js, tr, tr.ID)
+	// A dispatcher takes every delivery and dies on each, the last one
+	// with the trigger still un-acked.
+	c, err := js.Consumer(ctx, subjects.TriggersStream, subjects.DispatcherTriggers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= subjects.TriggerMaxDeliver; i++ {
+		batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			if i < subjects.TriggerMaxDeliver {
+				if err := m.Nak(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if got != 1 {
+			t.Fatalf("delivery %d: got %d messages, want the trigger", i, got)
+		}
+	}
+	if out := outcome(t, js, tr.ID); out != nil {
+		t.Fatalf("outcome before any dispatcher finished: %+v", out)
+	}
+	s.StartDispatcher(dispatcher.Config{})
+	var out *wire.Outcome
+	if !Eventually(45*time.Second, func() bool { out = outcome(t, js, tr.ID); return out != nil }) {
+		t.Fatal("the abandoned trigger was never answered")
+	}
+	if out.Reason != wire.RefusedDeadLetter || !strings.Contains(out.Error, "no dispatcher finished") {
+		t.Errorf("outcome %+v, want a dead_letter refusal saying why", out)
+	}
+	if n := len(deadTriggers(t, js, repo)); n != 1 {
+		t.Errorf("%d dead copies of the trigger, want 1", n)
+	}
+	st, err := js.Stream(ctx, subjects.TriggersStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(ctx); err != nil || info.State.Msgs != 0 {
+		t.Errorf("triggers stream holds %d messages (err %v), want none", info.State.Msgs, err)
+	}
+	if keys := runKeys(t, js); len(keys) != 0 {
+		t.Errorf("runs created: %v", keys)
 	}
 }
