@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -161,7 +160,7 @@ func (f *follower) line(msg jetstream.Msg) {
 	}
 	var b wire.LogBatch
 	if err := json.Unmarshal(msg.Data(), &b); err == nil {
-		stage := strings.TrimPrefix(msg.Subject(), subjects.Logs(f.runID, ""))
+		stage := subjects.LogStage(msg.Subject())
 		for _, l := range b.Lines {
 			f.fn(Update{Run: f.run, Line: &Line{Stage: stage, Attempt: b.Attempt, LogLine: l}})
 		}

@@ -122,6 +122,11 @@ func RunEvent(run string) string { return eventsPrefix + "." + run }
 // Logs returns the subject of a stage's log batches: weft.logs.<run>.<stage>.
 func Logs(run, stage string) string { return logsPrefix + "." + run + "." + stage }
 
+// LogStage returns the stage key of a log subject (see Logs).
+func LogStage(subject string) string {
+	return subject[strings.LastIndexByte(subject, '.')+1:]
+}
+
 // RunLogs matches the log batches of every stage of run: weft.logs.<run>.*.
 func RunLogs(run string) string { return logsPrefix + "." + run + ".*" }
 
