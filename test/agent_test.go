@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -119,28 +118,11 @@ stages:
 func TestASupersededAttemptStopsAndReportsNothing(t *testing.T) {
 	t.Parallel()
 	s := StartStack(t, StackConfig{AckWait: time.Second})
-	ctx := context.Background()
 	id := s.Submit(t, "name: zombie\nstages:\n  - key: s\n    commands: [sleep 60]\n")
 	waitFor(t, s, id, "running", stageIs("s", wire.StageRunning))
 	// Another agent took the job over (as after a partition): the stage's
 	// document now names attempt 2.
-	runs, err := s.Bus.JS.KeyValue(ctx, subjects.RunsBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := runs.Get(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r wire.Run
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		t.Fatal(err)
-	}
-	r.Stage("s").Attempt = 2
-	data, _ := json.Marshal(r)
-	if _, err := runs.Update(ctx, id, data, e.Revision()); err != nil {
-		t.Fatal(err)
-	}
+	updateRun(t, s, id, func(r *wire.Run) { r.Stage("s").Attempt = 2 })
 	if !Eventually(5*time.Second, func() bool { return len(ProcessesWithEnv("WEFT_RUN_ID="+id)) == 0 }) {
 		t.Fatal("the superseded attempt's processes still run")
 	}

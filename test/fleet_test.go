@@ -1,10 +1,12 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -12,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-ci/weft/bench"
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -123,31 +127,56 @@ func finishedEvents(t *testing.T, s *Stack, r *wire.Run) map[string]int {
 func TestTwoDispatchersAndOneKilledMidRun(t *testing.T) {
 	t.Parallel()
 	f := startFleet(t)
-	d1 := startWeft(t, []string{"WEFT_LOG_LEVEL=info"}, "dispatcher", "--server", f.url, "--wip", "100")
-	d2 := startWeft(t, []string{"WEFT_LOG_LEVEL=info"}, "dispatcher", "--server", f.url, "--wip", "100")
+	const wip, runs = 2, 10
+	info := []string{"WEFT_LOG_LEVEL=info"}
+	d1 := startWeft(t, info, "dispatcher", "--server", f.url, "--wip", fmt.Sprint(wip))
+	d2 := startWeft(t, info, "dispatcher", "--server", f.url, "--wip", fmt.Sprint(wip))
+	var d3 *proc
 	defer func() {
 		if t.Failed() {
-			t.Logf("d1:\n%s\nd2:\n%s", strings.Join(d1.stderr.all(), "\n"), strings.Join(d2.stderr.all(), "\n"))
+			for i, d := range []*proc{d1, d2, d3} {
+				if d != nil {
+					t.Logf("dispatcher %d:\n%s", i+1, strings.Join(d.stderr.all(), "\n"))
+				}
+			}
 		}
 	}()
 	f.agent(t, "agent-a", "--slots", "4")
 	text := "name: chain\nstages:\n" +
-		"  - key: a\n    commands: [sleep 0.05]\n" +
-		"  - key: b\n    depends_on: [a]\n    commands: [sleep 0.05]\n" +
-		"  - key: c\n    depends_on: [a]\n    commands: [sleep 0.05]\n" +
-		"  - key: d\n    depends_on: [b, c]\n    commands: [sleep 0.05]\n"
+		"  - key: a\n    commands: [sleep 0.3]\n" +
+		"  - key: b\n    depends_on: [a]\n    commands: [sleep 0.3]\n" +
+		"  - key: c\n    depends_on: [a]\n    commands: [sleep 0.3]\n" +
+		"  - key: d\n    depends_on: [b, c]\n    commands: [sleep 0.3]\n"
 	var ids []string
-	for range 10 {
+	for range runs {
 		ids = append(ids, f.s.Submit(t, text))
 	}
-	// Kill one dispatcher while the runs are in flight, start another.
-	waitFor(t, f.s, ids[0], "running", func(r *wire.Run) bool { return r.State == wire.RunRunning })
-	if err := d1.cmd.Process.Kill(); err != nil {
+	// Kill a dispatcher as soon as the first stage starts, while the runs
+	// are running or waiting for a WIP slot: the one that admitted the
+	// first run, when its log says so.
+	waitFor(t, f.s, ids[0], "its first stage started", stageIs("a", wire.StageRunning))
+	victim := d1
+	if _, ok := d2.stderr.find(func(l string) bool { return strings.Contains(l, "run admitted") && strings.Contains(l, ids[0]) }); ok {
+		victim = d2
+	}
+	if err := victim.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	startWeft(t, nil, "dispatcher", "--server", f.url, "--wip", "100")
+	killed := time.Now()
+	waiting := 0
+	for _, id := range ids {
+		if r := runDoc(t, f.s, id); r.Admitted.IsZero() && !r.State.Terminal() {
+			waiting++
+		}
+	}
+	if waiting < runs-wip-1 {
+		t.Fatalf("%d of %d runs waited for admission at the kill, want at least %d: the kill came too late to test anything", waiting, runs, runs-wip-1)
+	}
+	d3 = startWeft(t, info, "dispatcher", "--server", f.url, "--wip", fmt.Sprint(wip))
+	var done []*wire.Run
 	for _, id := range ids {
 		r := waitFor(t, f.s, id, "ended", func(r *wire.Run) bool { return r.State.Terminal() })
+		done = append(done, r)
 		if r.State != wire.RunSucceeded {
 			t.Errorf("run %s %s: %+v", id, r.State, r.Stages)
 			continue
@@ -157,6 +186,25 @@ func TestTwoDispatchersAndOneKilledMidRun(t *testing.T) {
 				t.Errorf("run %s stage %s finished %d times, want once", id, key, n)
 			}
 		}
+	}
+	admittedAfter, most := 0, 0
+	for _, r := range done {
+		if r.Admitted.After(killed) {
+			admittedAfter++
+		}
+		inFlight := 0
+		for _, o := range done {
+			if !o.Admitted.After(r.Admitted) && o.Finished.After(r.Admitted) {
+				inFlight++
+			}
+		}
+		most = max(most, inFlight)
+	}
+	if admittedAfter < waiting {
+		t.Errorf("%d runs were admitted after the kill, want the %d that waited", admittedAfter, waiting)
+	}
+	if most > wip {
+		t.Errorf("%d runs were in flight at once, WIP limit %d", most, wip)
 	}
 }
 
@@ -247,19 +295,116 @@ func TestAJobThatKeepsCrashingItsAgentIsDeadLettered(t *testing.T) {
 	}
 }
 
-func TestChaosLosesNothing(t *testing.T) {
+// TestChaosKeepsEveryInvariant runs `weft bench chaos` (server, two
+// dispatchers and agents as separate processes, each killed at random)
+// with 60 runs over 3 repositories at WIP 2 and asserts every figure of
+// its checker, and that the faults and the waits it needs happened.
+func TestChaosKeepsEveryInvariant(t *testing.T) {
 	t.Parallel()
-	res := RunWeft(t, weftBin, t.TempDir(), nil, "bench", "chaos", "--runs", "30", "--json")
+	const runs, repos, wip = 60, 3, 2
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	args := []string{"bench", "chaos", "--json", "--runs", fmt.Sprint(runs), "--repos", fmt.Sprint(repos), "--wip", fmt.Sprint(wip), "--dir", dir}
+	if !containerdReachable() {
+		if InCI() {
+			t.Fatalf("containerd is not reachable at %s; CI=true requires it for the chaos's container stages", ContainerdAddress())
+		}
+		args = append(args, "--host-only")
+	}
+	cmd := exec.CommandContext(ctx, weftBin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := cmd.ProcessState.ExitCode()
 	var out struct {
-		Chaos struct {
-			Runs, Lost    int
-			FinishedTwice int `json:"finished_twice"`
-		} `json:"chaos"`
+		Chaos *bench.ChaosResult `json:"chaos"`
 	}
-	if err := json.Unmarshal([]byte(res.Stdout), &out); res.Code != 0 || err != nil {
-		t.Fatalf("weft bench chaos = %d %v\n%s\n%s", res.Code, err, res.Stdout, res.Stderr)
+	if jerr := json.Unmarshal(stdout.Bytes(), &out); jerr != nil || out.Chaos == nil {
+		t.Fatalf("weft bench chaos = %v (exit %d), output not a chaos result (%v):\n%s\n%s", err, code, jerr, stdout.String(), stderr.String())
 	}
-	if c := out.Chaos; c.Runs != 30 || c.Lost != 0 || c.FinishedTwice != 0 {
-		t.Errorf("chaos = %+v, want 30 runs, none lost, none finished twice", c)
+	c := out.Chaos
+	defer func() {
+		if t.Failed() {
+			t.Logf("weft bench chaos exited %d; progress:\n%s\nproblems:\n  %s", code, stderr.String(), strings.Join(c.Problems, "\n  "))
+			for _, l := range c.LostRuns {
+				t.Logf("lost: %+v", l)
+			}
+		}
+	}()
+	if (code == 0) != c.OK || (code != 0 && code != 1) {
+		t.Errorf("exit code %d with ok = %t, want 0 when ok and 1 when not", code, c.OK)
 	}
+	// The scenario and its faults.
+	if c.Runs != runs || c.Accepted != runs || c.Repos != repos || c.WIPLimit != wip {
+		t.Errorf("%d runs (%d accepted) over %d repositories at WIP %d, want %d, all accepted, %d, %d", c.Runs, c.Accepted, c.Repos, c.WIPLimit, runs, repos, wip)
+	}
+	if c.AgentKills == 0 || len(c.DispatcherKills) != 2 || c.DispatcherKills[0] == 0 || c.DispatcherKills[1] == 0 || c.ServerRestarts != 1 {
+		t.Errorf("%d agent kills, dispatcher kills %v, %d server restarts; want agents killed, both dispatchers killed, one server restart", c.AgentKills, c.DispatcherKills, c.ServerRestarts)
+	}
+	// Coverage: without these the invariants below would hold vacuously.
+	for _, cov := range []struct {
+		what string
+		n    int
+	}{
+		{"runs cancelled by the client while a stage ran", c.CancelledRunning},
+		{"runs cancelled by the client while they waited", c.CancelledWaiting},
+		{"cancel_in_progress runs superseded while a stage ran", c.SupersededRunning},
+		{"runs that waited for their concurrency group", c.GroupWaited},
+		{"stages of killed agents that ran again", c.Takeovers},
+		{"host stage executions recorded", c.HostStages},
+	} {
+		if cov.n == 0 {
+			t.Errorf("no %s", cov.what)
+		}
+	}
+	if c.AdmittedFromWaiting*2 < c.Accepted {
+		t.Errorf("%d of %d runs were admitted from the waiting list, want most", c.AdmittedFromWaiting, c.Accepted)
+	}
+	if c.MaxInFlight != wip {
+		t.Errorf("at most %d runs of a repository were in flight, want the WIP limit %d reached and never passed", c.MaxInFlight, wip)
+	}
+	if c.Containers && c.ContainerStages == 0 {
+		t.Errorf("containers on (%s) but no container stage was seen", c.ContainersNote)
+	}
+	// The invariants.
+	for _, inv := range []struct {
+		what string
+		n    int
+	}{
+		{"runs lost", c.Lost},
+		{"runs stuck", c.Stuck},
+		{"stages finished twice", c.FinishedTwice},
+		{"stages run twice", c.RunTwice},
+		{"leases and group locks left", c.LeasesLeft},
+		{"workspaces left on agents", c.WorkspacesLeft},
+		{"containers left", c.ContainersLeft},
+		{"processes that panicked", len(c.Panics)},
+	} {
+		if inv.n != 0 {
+			t.Errorf("%s: %d, want 0", inv.what, inv.n)
+		}
+	}
+	if c.MaxExecuting > wip || c.MaxGroupInFlight > 1 || c.MaxGroupExecuting > 1 {
+		t.Errorf("most runs executing per repository %d (limit %d), per group in flight %d and executing %d (limit 1)", c.MaxExecuting, wip, c.MaxGroupInFlight, c.MaxGroupExecuting)
+	}
+	if c.RecoveryMax > c.RecoveryLimit || c.RecoveryP50 == 0 {
+		t.Errorf("kill to restart p50 %v, max %v, limit %v", c.RecoveryP50, c.RecoveryMax, c.RecoveryLimit)
+	}
+	if len(c.Problems) != 0 {
+		t.Errorf("%d problems", len(c.Problems))
+	}
+}
+
+// containerdReachable reports whether containerd answers at
+// ContainerdAddress.
+func containerdReachable() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rt, err := container.Connect(ctx, container.Config{Address: ContainerdAddress()})
+	if err != nil {
+		return false
+	}
+	rt.Close()
+	return true
 }

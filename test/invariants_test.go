@@ -93,33 +93,20 @@ func TestAnAdmittedRunWhoseJobWasNeverPublishedRuns(t *testing.T) {
 	waitFor(t, s, id, "waiting on wip", func(r *wire.Run) bool { return r.Pending != nil && r.Pending.Reason == wire.PendingWIP })
 	stop() // the dispatcher dies ...
 	// ... right after admitting the run, before publishing its job.
-	runs, err := s.Bus.JS.KeyValue(ctx, subjects.RunsBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := runs.Get(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r wire.Run
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		t.Fatal(err)
-	}
 	admitted := time.Now().Add(-time.Minute)
-	r.Lease, r.Admitted, r.Pending = blocker, admitted, nil
-	st := r.Stage("s")
-	st.State, st.Attempt, st.Job, st.Queued = wire.StageQueued, 1, 1, admitted
-	data, _ := json.Marshal(r)
-	if _, err := runs.Update(ctx, id, data, e.Revision()); err != nil {
-		t.Fatal(err)
-	}
+	var seq uint64
+	updateRun(t, s, id, func(r *wire.Run) {
+		r.Lease, r.Admitted, r.Pending, seq = blocker, admitted, nil, r.Seq
+		st := r.Stage("s")
+		st.State, st.Attempt, st.Job, st.Queued = wire.StageQueued, 1, 1, admitted
+	})
 	if err := wip.Delete(ctx, blocker); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := wip.Create(ctx, blocker, []byte(id)); err != nil {
 		t.Fatal(err)
 	}
-	if err := wip.Delete(ctx, subjects.WaitKey(repo, r.Seq)); err != nil {
+	if err := wip.Delete(ctx, subjects.WaitKey(repo, seq)); err != nil {
 		t.Fatal(err)
 	}
 
