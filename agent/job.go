@@ -125,13 +125,18 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits)
 	done := make(chan struct{})
 	var hb sync.WaitGroup
 	hb.Go(func() { a.keepalive(bg, j, done) })
+	// The keepalive goes on until the job is reported or handed back: a
+	// report that takes long (the server is away) must not get the job
+	// redelivered and run again while it is on its way.
+	defer func() {
+		close(done)
+		hb.Wait()
+	}()
 	c, logSeq := a.attempt(ctx, jctx, j)
-	close(done)
-	hb.Wait()
 
 	switch c.ending {
 	case silent:
-		j.log.Warn().Msg("another attempt holds the stage; stopped this one, reporting nothing")
+		j.log.Warn().Msg("this attempt no longer holds its job (another took it over, or the server was away too long); stopped it, reporting nothing")
 	case discard:
 		j.log.Warn().Msg("another agent runs this attempt; stopped this copy, reporting nothing")
 		if err := msg.Term(); err != nil {
@@ -206,16 +211,23 @@ func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) 
 }
 
 // keepalive holds the job while the agent works on it, from its judgement
-// until done is closed: every third of the job's AckWait it tells
-// JetStream the job is in progress, reads the run document once and
-// stops the stage, to report nothing, when another attempt holds the job,
-// or cancels it when its run is being cancelled (so a cancel notice the
-// agent missed still ends it). Once the stage runs it also publishes a
-// heartbeat event.
+// until done is closed (after the job was reported or handed back): every
+// third of the job's AckWait it tells JetStream the job is in progress,
+// reads the run document once and stops the stage, to report nothing,
+// when another attempt holds the job, or cancels it when its run is being
+// cancelled (so a cancel notice the agent missed still ends it). Once the
+// stage runs it also publishes a heartbeat event.
+//
+// A progress report counts once the server confirmed it (a flush after
+// it). With none confirmed for two thirds of the AckWait (the server or
+// the network is away), the server may redeliver the job to another
+// agent before this one can tell it anything: the stage is killed at
+// once and nothing is reported, so that two attempts never run at once.
 func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
 	every := j.every()
 	t := time.NewTicker(every)
 	defer t.Stop()
+	confirmed := time.Now()
 	for {
 		select {
 		case <-done:
@@ -223,6 +235,13 @@ func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
 		case now := <-t.C:
 			if err := j.msg.InProgress(); err != nil {
 				j.log.Warn().Err(err).Msg("in progress")
+			} else if err := a.nc.FlushTimeout(j.readTimeout()); err == nil {
+				confirmed = time.Now()
+			}
+			if time.Since(confirmed) >= 2*every {
+				j.log.Warn().Dur("unconfirmed", time.Since(confirmed)).Msg("no word from the server; stopping the stage before the job is redelivered")
+				j.cancel(errLost)
+				continue
 			}
 			doc, read := a.readRun(ctx, j.RunID, j.readTimeout())
 			switch standingOf(doc, read, j.Job, j.Attempt, a.cfg.ID) {

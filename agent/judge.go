@@ -2,8 +2,10 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
+	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -170,8 +172,11 @@ func standingOf(doc *wire.Run, read docRead, job wire.Job, attempt int, agent st
 var (
 	errTimeout      = errors.New("agent: stage timed out")
 	errRunCancelled = errors.New("agent: run cancelled")
-	errSuperseded   = errors.New("agent: another attempt took the stage over")
-	errDuplicate    = errors.New("agent: another agent runs the same attempt")
+	// The causes of an attempt that is no longer this agent's wrap
+	// container.ErrNoGrace: its processes are killed at once.
+	errSuperseded = fmt.Errorf("agent: another attempt took the stage over: %w", container.ErrNoGrace)
+	errDuplicate  = fmt.Errorf("agent: another agent runs the same attempt: %w", container.ErrNoGrace)
+	errLost       = fmt.Errorf("agent: no word from the server for most of the AckWait, the job may be redelivered: %w", container.ErrNoGrace)
 )
 
 // ending is what to do once an attempt's executor returned.
@@ -212,6 +217,9 @@ func conclude(res result, cause error, stopping bool, delivered, maxDeliver int,
 		return conclusion{ending: silent}
 	case errors.Is(cause, errDuplicate):
 		return conclusion{ending: discard}
+	case errors.Is(cause, errLost):
+		// The job is, or will be, another delivery's: report nothing.
+		return conclusion{ending: silent}
 	case res.category == wire.CategoryOOM:
 		// The kernel's verdict stands, whatever else happened.
 	case errors.Is(cause, errTimeout):

@@ -131,6 +131,7 @@ func TestConclude(t *testing.T) {
 		{"cancelled during the pull", infra, errRunCancelled, false, 1, 5, conclusion{ending: report, res: result{exitCode: -1, category: wire.CategoryCancelled, message: "run cancelled"}}},
 		{"superseded", failed, errSuperseded, false, 1, 5, conclusion{ending: silent}},
 		{"superseded while stopping", failed, errSuperseded, true, 1, 5, conclusion{ending: silent}},
+		{"lost touch with the server", failed, errLost, false, 1, 5, conclusion{ending: silent}},
 		{"a copy another agent won", failed, errDuplicate, false, 1, 5, conclusion{ending: discard}},
 		{"agent stopping", failed, context.Canceled, true, 1, 5, conclusion{ending: handBack}},
 		{"agent stopping during the pull", infra, context.Canceled, true, 1, 5, conclusion{ending: handBack}},

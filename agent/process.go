@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -103,6 +104,12 @@ func (p processExecutor) run(ctx context.Context, spec execSpec, started func(ti
 	select {
 	case waitErr = <-exited:
 	case <-ctx.Done():
+		if errors.Is(context.Cause(ctx), container.ErrNoGrace) {
+			// Not ours to finish any more: no grace.
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			waitErr = <-exited
+			break
+		}
 		_ = syscall.Kill(-pgid, syscall.SIGTERM)
 		grace := time.NewTimer(p.killGrace)
 		select {

@@ -231,7 +231,11 @@ func (r *Runtime) Run(ctx context.Context, spec Spec, started func(time.Time), o
 	case status = <-exited:
 	case <-ctx.Done():
 		stopped = true
-		status = r.stop(bg, task, exited)
+		grace := r.cfg.KillGrace
+		if errors.Is(context.Cause(ctx), ErrNoGrace) {
+			grace = 0
+		}
+		status = r.stop(bg, task, exited, grace)
 	}
 	res := Result{ExitCode: int(status.ExitCode()), Stopped: stopped}
 	if status.Error() != nil {
@@ -249,16 +253,23 @@ func (r *Runtime) Run(ctx context.Context, spec Spec, started func(time.Time), o
 	return res
 }
 
-// stop sends SIGTERM to every process, then SIGKILL after the grace, and
-// returns the exit status.
-func (r *Runtime) stop(ctx context.Context, task client.Task, exited <-chan client.ExitStatus) client.ExitStatus {
-	_ = task.Kill(ctx, syscall.SIGTERM, client.WithKillAll)
-	grace := time.NewTimer(r.cfg.KillGrace)
-	defer grace.Stop()
-	select {
-	case s := <-exited:
-		return s
-	case <-grace.C:
+// ErrNoGrace, as the cause of a Run context's end (context.Cause), makes
+// the stop a SIGKILL at once: the stage is no longer its caller's to
+// finish (another attempt may run it already).
+var ErrNoGrace = errors.New("container: stop without a grace period")
+
+// stop sends SIGTERM to every process, then SIGKILL after grace (at once
+// for no grace), and returns the exit status.
+func (r *Runtime) stop(ctx context.Context, task client.Task, exited <-chan client.ExitStatus, grace time.Duration) client.ExitStatus {
+	if grace > 0 {
+		_ = task.Kill(ctx, syscall.SIGTERM, client.WithKillAll)
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case s := <-exited:
+			return s
+		case <-t.C:
+		}
 	}
 	kctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

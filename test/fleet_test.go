@@ -24,6 +24,7 @@ import (
 // fleet is a weft server process and a client connection to it.
 type fleet struct {
 	url string
+	srv *proc  // the weft server process
 	s   *Stack // Bus only: no in-process components
 }
 
@@ -40,7 +41,7 @@ func startFleet(t *testing.T) *fleet {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
-	return &fleet{url: url, s: &Stack{Bus: b, t: t}}
+	return &fleet{url: url, srv: srv, s: &Stack{Bus: b, t: t}}
 }
 
 // agent starts `weft agent` with id and waits until it is registered.
@@ -407,4 +408,52 @@ func containerdReachable() bool {
 	}
 	rt.Close()
 	return true
+}
+
+// An agent that hears nothing from the server for most of the AckWait
+// kills its stage at once, reporting nothing: the server may redeliver
+// the job to another agent meanwhile, and two attempts must never run at
+// once. Before, the stage ran on until the agent could read the run
+// document again (issue 9, chaos 2: a stage ran on two agents after a
+// server restart). The server is frozen (SIGSTOP) to cut it off.
+func TestAnAgentCutOffFromTheServerStopsItsStage(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url)
+	f.agent(t, "agent-a", "--ack-wait", "3s")
+	id := f.s.Submit(t, "name: cut\nstages:\n  - key: s\n    commands:\n      - 'if [ \"$WEFT_ATTEMPT\" = 1 ]; then sleep 60; fi'\n")
+	t.Cleanup(func() {
+		for _, pid := range ProcessesWithEnv("WEFT_RUN_ID=" + id) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	waitFor(t, f.s, id, "running", stageIs("s", wire.StageRunning))
+	if len(ProcessesWithEnv("WEFT_RUN_ID="+id)) == 0 {
+		t.Fatal("the stage runs but none of its processes is there")
+	}
+	if err := f.srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = f.srv.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	stopped := Eventually(15*time.Second, func() bool { return len(ProcessesWithEnv("WEFT_RUN_ID="+id)) == 0 })
+	resume()
+	if !stopped {
+		t.Fatal("the stage still runs 15s after its agent lost the server (AckWait 3s)")
+	}
+	final, _ := f.s.Wait(t, id)
+	if st := final.Stage("s"); final.State != wire.RunSucceeded || st.Attempt < 2 {
+		t.Errorf("run %s, attempt %d; want succeeded on a later attempt", final.State, st.Attempt)
+	}
+	for _, ev := range stageEvents(t, f.s.Bus.JS, id, "s") {
+		if ev.Type == wire.Finished && ev.Attempt == 1 {
+			t.Errorf("the cut-off attempt reported %+v", ev)
+		}
+	}
 }

@@ -2,8 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"slices"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -32,15 +36,29 @@ prints each figure next to its baseline, measured in the same run:
              --jobs stages on the background queue (its own agent)
   wip        20 simultaneous triggers of one repository with WIP limit 3:
              the most runs in flight, how many finished, admission order
-  chaos      --runs two-stage runs on --agents agent processes while a
-             random agent is SIGKILLed about every second and the
-             dispatcher process every 4 seconds: runs lost, stages
-             finished twice, time from a kill to the stage's restart
+  chaos      on separate processes (weft server with a file store, two
+             weft dispatcher, --agents weft agent): --runs runs over
+             --repos repositories at --rate triggers/s under WIP limit
+             --wip (most wait for admission): plain DAGs with a busybox
+             container stage when containerd is reachable, queue-mode
+             concurrency groups, cancel_in_progress runs superseded
+             mid-run, runs cancelled by the client mid-run and while
+             waiting. Meanwhile agents and each dispatcher are SIGKILLed
+             and restarted at random and the server once. An independent
+             checker (every event, the run documents, records the host
+             stages write, containerd samples) prints: runs lost and
+             stuck, stages finished twice and run twice, most runs in
+             flight per repository and per group against their limits,
+             leases, workspaces and containers left, kill-to-restart
+             p50/max, and the coverage that makes those figures mean
+             something (kills, waits, cancels)
 
 With no scenario it runs hotfix, isolation and wip. Progress goes to stderr.
 
-` + exitCodesHelp,
-		Example: "  weft bench\n  weft bench hotfix --jobs 1000 --slots 2 --json",
+` + exitCodesHelp + `
+  (bench chaos exits 1 when an invariant broke or the chaos did not
+  exercise one, so CI can run it)`,
+		Example: "  weft bench\n  weft bench hotfix --jobs 1000 --slots 2 --json\n  weft bench chaos --runs 500 --repos 3 --wip 3 --json",
 		Args: usageArgs(func(_ *cobra.Command, args []string) error {
 			for _, a := range args {
 				if !slices.Contains([]string{"hotfix", "isolation", "wip", "chaos"}, a) {
@@ -72,15 +90,25 @@ With no scenario it runs hotfix, isolation and wip. Progress goes to stderr.
 					co.Progress = o.Progress
 					r, err = bench.Chaos(cmd.Context(), co)
 				}
+				if errors.Is(err, bench.ErrInvalidChaos) {
+					return withCode(exitUsage, err)
+				}
 				if err != nil {
 					return withCode(exitInfra, fmt.Errorf("bench %s: %w", name, err))
 				}
 				results[name] = r
 			}
 			if asJSON {
-				return json.NewEncoder(g.stdout).Encode(results)
+				if err := json.NewEncoder(g.stdout).Encode(results); err != nil {
+					return err
+				}
+			} else {
+				printBench(g, results)
 			}
-			printBench(g, results)
+			if r, ok := results["chaos"].(*bench.ChaosResult); ok && !r.OK {
+				fmt.Fprintf(g.stderr, "weft bench: chaos: %d problems\n", len(r.Problems))
+				return withCode(exitFailed, errSilent)
+			}
 			return nil
 		},
 	}
@@ -89,8 +117,28 @@ With no scenario it runs hotfix, isolation and wip. Progress goes to stderr.
 	f.IntVar(&o.Slots, "slots", 2, "agent slots on the saturated queue")
 	f.DurationVar(&o.StageTime, "stage-time", 10*time.Millisecond, "how long each burst stage sleeps")
 	f.IntVar(&o.Probes, "probes", 20, "main stages measured per isolation phase")
-	f.IntVar(&co.Runs, "runs", 200, "chaos: runs to trigger")
-	f.IntVar(&co.Agents, "agents", 3, "chaos: agent processes")
+	f.IntVar(&co.Runs, "runs", bench.DefaultChaosRuns, "chaos: runs to trigger")
+	f.IntVar(&co.Repos, "repos", bench.DefaultChaosRepos, "chaos: repositories the runs are spread over")
+	f.IntVar(&co.WIP, "wip", bench.DefaultChaosWIP, "chaos: the dispatchers' WIP limit per repository")
+	f.IntVar(&co.Agents, "agents", bench.DefaultChaosAgents, "chaos: agent processes")
+	f.IntVar(&co.Slots, "agent-slots", bench.DefaultChaosSlots, "chaos: slots of each agent")
+	f.Float64Var(&co.Rate, "rate", bench.DefaultChaosRate, "chaos: triggers published per second")
+	f.DurationVar(&co.AckWait, "ack-wait", bench.DefaultChaosAckWait, "chaos: the agents' AckWait")
+	f.DurationVar(&co.SweepInterval, "sweep-interval", bench.DefaultChaosSweepInterval, "chaos: the dispatchers' lease sweep interval")
+	f.DurationVar(&co.ReconcileInterval, "reconcile-interval", bench.DefaultChaosReconcile, "chaos: the dispatchers' reconcile interval")
+	f.DurationVar(&co.KillEvery, "kill-every", bench.DefaultChaosKillEvery, "chaos: mean time between two agent kills")
+	f.DurationVar(&co.AgentDown, "agent-down", bench.DefaultChaosAgentDown, "chaos: most time a killed agent stays down")
+	f.DurationVar(&co.DispatcherEvery, "dispatcher-every", bench.DefaultChaosDispatcherEvery, "chaos: mean time between two kills of each dispatcher")
+	f.DurationVar(&co.DispatcherDown, "dispatcher-down", bench.DefaultChaosDispatcherDown, "chaos: most time a killed dispatcher stays down")
+	f.DurationVar(&co.ServerDown, "server-down", bench.DefaultChaosServerDown, "chaos: how long the server stays down, once")
+	f.DurationVar(&co.Settle, "settle", bench.DefaultChaosSettle, "chaos: time runs have to end after the chaos stops before they count as stuck")
+	f.DurationVar(&co.Grace, "grace", bench.DefaultChaosGrace, "chaos: time leases, workspaces and containers have to go before they count as left")
+	f.DurationVar(&co.Stall, "stall", bench.DefaultChaosStall, "chaos: stop the chaos when no run ended for this long")
+	f.DurationVar(&co.MaxRecovery, "max-recovery", bench.DefaultChaosMaxRecovery, "chaos: limit on the time from an agent kill to the restart of its stage")
+	f.BoolVar(&co.HostOnly, "host-only", false, "chaos: run every stage on the host even when containerd is reachable")
+	f.StringVar(&co.ContainerdAddress, "containerd-address", envOr("WEFT_CONTAINERD_ADDRESS", defaultContainerd), "chaos: containerd socket (env WEFT_CONTAINERD_ADDRESS)")
+	f.Uint64Var(&co.Seed, "seed", 0, "chaos: seed of the plan and the faults (default random, printed)")
+	f.StringVar(&co.Dir, "dir", "", "chaos: keep the state (server store, process logs, stage records) in this directory")
 	f.BoolVar(&asJSON, "json", false, "print the results as one JSON document (durations in ns)")
 	return cmd
 }
@@ -115,10 +163,45 @@ func printBench(g *globals, results map[string]any) {
 		fmt.Fprintf(w, "\twall time\t%s\t\t\n", ms(r.Total))
 	}
 	if r, ok := results["chaos"].(*bench.ChaosResult); ok {
-		fmt.Fprintf(w, "chaos\truns lost of %d (%d agent kills, %d dispatcher kills)\t%d\t\t\n", r.Runs, r.AgentKills, r.DispatcherKills, r.Lost)
-		fmt.Fprintf(w, "\tstages finished twice\t%d\t\t\n", r.FinishedTwice)
-		fmt.Fprintf(w, "\tstages restarted after a kill; kill to restart p50 / max\t%d; %s / %s\t\t\n", r.Takeovers, ms(r.RecoveryP50), ms(r.RecoveryMax))
-		fmt.Fprintf(w, "\twall time\t%s\t\t\n", ms(r.Wall))
+		printChaos(w, r)
 	}
 	w.Flush()
+	if r, ok := results["chaos"].(*bench.ChaosResult); ok {
+		fmt.Fprintf(g.stdout, "chaos: stages: %s\n", r.ContainersNote)
+		if r.OK {
+			fmt.Fprintln(g.stdout, "chaos: ok, every invariant held and every fault happened")
+			return
+		}
+		fmt.Fprintf(g.stdout, "chaos: %d problems:\n", len(r.Problems))
+		for _, p := range r.Problems {
+			fmt.Fprintf(g.stdout, "  - %s\n", p)
+		}
+	}
+}
+
+// printChaos writes the chaos figures as rows of the bench table: the
+// WEFT column holds the figure, BASELINE its limit.
+func printChaos(w io.Writer, r *bench.ChaosResult) {
+	dk := make([]string, len(r.DispatcherKills))
+	for i, n := range r.DispatcherKills {
+		dk[i] = strconv.Itoa(n)
+	}
+	row := func(measure, value, limit string) { fmt.Fprintf(w, "\t%s\t%s\t%s\t\n", measure, value, limit) }
+	fmt.Fprintf(w, "chaos\t%d runs over %d repositories, WIP %d, %d agents x %d slots, seed %d\t%d accepted\t\t\n", r.Runs, r.Repos, r.WIPLimit, r.Agents, r.Slots, r.Seed, r.Accepted)
+	row("faults: agent kills; dispatcher kills; server restarts (down)", fmt.Sprintf("%d; %s; %d (%s)", r.AgentKills, strings.Join(dk, " + "), r.ServerRestarts, r.ServerDown.Round(time.Millisecond)), "")
+	row("coverage: admitted from the waiting list; waited for their group", fmt.Sprintf("%d; %d", r.AdmittedFromWaiting, r.GroupWaited), "most; > 0")
+	row("coverage: client cancels running / waiting; superseded running / waiting", fmt.Sprintf("%d / %d; %d / %d", r.CancelledRunning, r.CancelledWaiting, r.SupersededRunning, r.SupersededWaiting), "> 0")
+	row("coverage: host / container stage executions; takeovers; events", fmt.Sprintf("%d / %d; %d; %d", r.HostStages, r.ContainerStages, r.Takeovers, r.Events), "> 0")
+	row("runs lost (stuck)", fmt.Sprintf("%d (%d)", r.Lost, r.Stuck), "0")
+	row("stages that ran again after a stored success", strconv.Itoa(r.FinishedTwice), "0")
+	row("stages that ran again after a late finish (at-least-once)", strconv.Itoa(len(r.RanAgainAfterLateFinish)), "-")
+	row("stages run twice (two attempts at once)", strconv.Itoa(r.RunTwice), "0")
+	row("most runs of a repository in flight; executing", fmt.Sprintf("%d; %d", r.MaxInFlight, r.MaxExecuting), fmt.Sprintf("limit %d", r.WIPLimit))
+	row("most runs of a concurrency group in flight; executing", fmt.Sprintf("%d; %d", r.MaxGroupInFlight, r.MaxGroupExecuting), "limit 1")
+	row("leases and group locks left", strconv.Itoa(r.LeasesLeft), "0")
+	row("workspaces left on agents; containers left", fmt.Sprintf("%d; %d", r.WorkspacesLeft, r.ContainersLeft), "0")
+	row("processes that panicked; exited by themselves", fmt.Sprintf("%d; %d", len(r.Panics), r.UnexpectedExits), "0; -")
+	row("kill to restart p50 / max", fmt.Sprintf("%s / %s (%s)", r.RecoveryP50.Round(time.Millisecond), r.RecoveryMax.Round(time.Millisecond), r.RecoveryWorst), "max "+r.RecoveryLimit.String())
+	row("slowest run, admitted to end", fmt.Sprintf("%s %s", r.SlowestRunFor.Round(time.Millisecond), r.SlowestRun), "-")
+	row("wall time", r.Wall.Round(time.Millisecond).String(), "")
 }
