@@ -328,7 +328,7 @@ type ChaosResult struct {
 // agents' work directories and containerd after Grace. Its figures and problems are the result;
 // the error is for a scenario that could not be run.
 //
-// The busybox image is built with test/busybox from /bin/busybox (Debian's
+// The busybox image is built with internal/busybox from /bin/busybox (Debian's
 // busybox-static) and loaded with `weft image import`: the same image the
 // end-to-end tests use, so the chaos needs no registry.
 func Chaos(ctx context.Context, o ChaosOptions) (*ChaosResult, error) {

@@ -18,7 +18,7 @@ import (
 
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/subjects"
-	"github.com/weft-ci/weft/test/busybox"
+	"github.com/weft-ci/weft/internal/busybox"
 	"github.com/weft-ci/weft/wire"
 )
 

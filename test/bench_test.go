@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/weft-ci/weft/bench"
-	"github.com/weft-ci/weft/test/busybox"
+	"github.com/weft-ci/weft/internal/busybox"
 	"github.com/weft-ci/weft/wire"
 )
 

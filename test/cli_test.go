@@ -10,7 +10,7 @@ import (
 
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/dispatcher"
-	"github.com/weft-ci/weft/test/busybox"
+	"github.com/weft-ci/weft/internal/busybox"
 	"github.com/weft-ci/weft/wire"
 )
 

@@ -12,7 +12,7 @@ import (
 
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/container"
-	"github.com/weft-ci/weft/test/busybox"
+	"github.com/weft-ci/weft/internal/busybox"
 	"github.com/weft-ci/weft/wire"
 )
 

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/weft-ci/weft/container"
-	"github.com/weft-ci/weft/test/busybox"
+	"github.com/weft-ci/weft/internal/busybox"
 )
 
 // ContainerdAddress is the containerd socket tests use:

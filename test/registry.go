@@ -19,7 +19,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
-	"github.com/weft-ci/weft/test/busybox"
+	"github.com/weft-ci/weft/internal/busybox"
 )
 
 // Registry is a pull-only OCI distribution registry on a loopback port,
@@ -90,7 +90,7 @@ type ociManifest struct {
 	Layers        []ociDescriptor `json:"layers"`
 }
 
-// AddBusybox serves the busybox test image (test/busybox) as repo:tag
+// AddBusybox serves the busybox test image (internal/busybox) as repo:tag
 // with one more layer, unique to this call, on top: containerd already
 // holds the busybox layer once another test imported it, and a pull
 // downloads only what it lacks. It returns the image reference and the

@@ -1,7 +1,7 @@
-// Package busybox is a test helper that builds a one-layer OCI image of
-// Debian's static busybox (/bin/busybox from the busybox-static package), so
-// tests can load it into containerd with client.Import and run containers
-// without a registry or network.
+// Package busybox builds a one-layer OCI image of Debian's static busybox
+// (/bin/busybox from the busybox-static package), so that the tests and
+// weft bench chaos can load it into containerd with client.Import and run
+// containers without a registry or network.
 //
 // Write produces an OCI image layout as a tar stream: oci-layout, index.json
 // and blobs/sha256/<hex> for the layer, the config and the manifest. The
