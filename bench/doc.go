@@ -9,7 +9,19 @@
 //     the background queue, served by its own agent.
 //   - WIP: simultaneous triggers of one repository under a WIP limit: the
 //     most runs ever in flight, how many finished, admission order.
+//   - Chaos (chaos*.go): a fleet of separate processes (`weft server`, two
+//     `weft dispatcher`, agents) run hundreds of runs over several
+//     repositories under a WIP limit, with concurrency groups, client
+//     cancels and host and container stages, while agents and dispatchers
+//     are SIGKILLed at random and the server is restarted once. An
+//     independent checker (chaos_check.go, a pure function of what was
+//     observed: every event, the stages' own start and end records, host
+//     process samples) reports runs lost or stuck, stages finished or run
+//     twice, the most runs in flight per repository and per group against
+//     their limits, leases and workspaces left, and kill-to-restart
+//     times; a scenario that did not exercise a fault or a path is a
+//     failure too.
 //
-// It imports the dispatcher and the agent to wire them like `weft run`;
-// nothing else imports it but the CLI.
+// The in-process scenarios build their stack with package embedded;
+// nothing else imports bench but the CLI.
 package bench
