@@ -105,6 +105,19 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits)
 		}
 		return
 	}
+	if j.delivered > 1 && a.finishedAlready(ctx, j, doc) {
+		// An earlier delivery ran the job to its end and stored its
+		// finish, but its ack was lost (its agent died, or the server was
+		// away) before a dispatcher recorded it in the run document: the
+		// stored finish stands, and the job is done.
+		j.log.Info().Msg("redelivered job already finished; acked unrun")
+		actx, cancel := context.WithTimeout(bg, 5*time.Second)
+		defer cancel()
+		if err := msg.DoubleAck(actx); err != nil {
+			j.log.Warn().Err(err).Msg("ack")
+		}
+		return
+	}
 	j.setAttempt(d.attempt)
 	j.log = j.log.With().Int("attempt", j.Attempt).Logger()
 	if d.verdict == refuse {
@@ -329,6 +342,31 @@ func envList(env map[string]string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// finishedAlready reports whether the last stored event of the job's stage
+// is a finish of this job at the attempt the run document names or later:
+// the job ran to its end already. A read that fails says no.
+func (a *Agent) finishedAlready(ctx context.Context, j *job, doc *wire.Run) bool {
+	if doc == nil {
+		return false
+	}
+	s := doc.Stage(j.Stage.Key)
+	if s == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, j.judgeTimeout())
+	defer cancel()
+	events, err := a.js.Stream(ctx, subjects.EventsStream)
+	if err != nil {
+		return false
+	}
+	m, err := events.GetLastMsgForSubject(ctx, subjects.StageEvent(j.RunID, j.Stage.Key))
+	if err != nil {
+		return false
+	}
+	var ev wire.Event
+	return json.Unmarshal(m.Data, &ev) == nil && finishOf(ev, j.Job.Job, s.Attempt)
 }
 
 // readRun reads a run document from the runs bucket, waiting at most

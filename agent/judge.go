@@ -120,6 +120,12 @@ func judge(doc *wire.Run, read docRead, job wire.Job, delivered int, msgSeq uint
 	return d
 }
 
+// finishOf reports whether ev is a finish of job number job at attempt
+// or later: the stored proof that the job ran to its end.
+func finishOf(ev wire.Event, job, attempt int) bool {
+	return ev.Type == wire.Finished && ev.Job != 0 && ev.Job == job && ev.Attempt >= attempt
+}
+
 // standing is what the run document says of an attempt that runs here.
 type standing int
 

@@ -175,3 +175,23 @@ func TestSweepable(t *testing.T) {
 		})
 	}
 }
+
+func TestFinishOf(t *testing.T) {
+	tests := []struct {
+		name string
+		ev   wire.Event
+		want bool
+	}{
+		{"a finish of the job at the attempt", wire.Event{Type: wire.Finished, Job: 2, Attempt: 3}, true},
+		{"a finish of a takeover attempt", wire.Event{Type: wire.Finished, Job: 2, Attempt: 4}, true},
+		{"a finish of an earlier attempt", wire.Event{Type: wire.Finished, Job: 2, Attempt: 2}, false},
+		{"a finish of another job", wire.Event{Type: wire.Finished, Job: 1, Attempt: 3}, false},
+		{"an untagged finish", wire.Event{Type: wire.Finished, Attempt: 3}, false},
+		{"a heartbeat", wire.Event{Type: wire.Heartbeat, Job: 2, Attempt: 3}, false},
+	}
+	for _, tt := range tests {
+		if got := finishOf(tt.ev, 2, 3); got != tt.want {
+			t.Errorf("%s: finishOf = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -222,5 +223,70 @@ func TestRepositoriesDifferingInPunctuationHaveTheirOwnSlots(t *testing.T) {
 		if r, _ := s.Wait(t, id); r.State != wire.RunSucceeded {
 			t.Errorf("run %s %s", id, r.State)
 		}
+	}
+}
+
+// A job whose finish was stored but whose ack was lost (its agent died
+// right after reporting, or the server was away), redelivered before any
+// dispatcher recorded the finish, is acked unrun: the stored finish
+// stands. Before, the run document still said running (or queued) and the
+// job ran again (chaos 2: "ran again after a stored success").
+func TestARedeliveredJobWhoseFinishIsStoredIsNotRunAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := StartStack(t, StackConfig{NoAgent: true, NoDispatcher: true, AckWait: 2 * time.Second})
+	js := s.Bus.JS
+	stop := s.StartDispatcher(dispatcher.Config{})
+	ran := filepath.Join(t.TempDir(), "ran")
+	id := s.Submit(t, fmt.Sprintf("name: once\nenv: {RAN: %q}\nstages:\n  - key: s\n    commands: ['echo ran >> \"$RAN\"']\n", ran))
+	waitFor(t, s, id, "queued with its job recorded", func(r *wire.Run) bool { return r.Stage("s").JobSeq != 0 })
+	stop()
+	// The first agent: takes the job, runs it, stores its finish, and
+	// dies before acking.
+	c, err := js.Consumer(ctx, subjects.JobsStream, subjects.JobConsumer(subjects.DefaultQueue, subjects.Normal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var job wire.Job
+	for m := range batch.Messages() {
+		if err := json.Unmarshal(m.Data(), &job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if job.Job != 1 {
+		t.Fatalf("took job %+v, want job 1", job)
+	}
+	for _, ev := range []wire.Event{
+		{Type: wire.Started, RunID: id, Stage: "s", Attempt: 1, Job: 1, Agent: "dead-agent", Time: time.Now()},
+		{Type: wire.Finished, RunID: id, Stage: "s", Attempt: 1, Job: 1, Agent: "dead-agent", Time: time.Now()},
+	} {
+		data, _ := json.Marshal(ev)
+		if _, err := js.Publish(ctx, subjects.StageEvent(id, "s"), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := s.AddAgent(agent.Config{})
+	jobs, err := js.Stream(ctx, subjects.JobsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Eventually(30*time.Second, func() bool {
+		info, err := jobs.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	}) {
+		t.Fatal("the redelivered job was never acked")
+	}
+	waitIdle(t, a)
+	if _, err := os.Stat(ran); err == nil {
+		t.Error("the stage ran again after its finish was stored")
+	}
+	s.StartDispatcher(dispatcher.Config{})
+	final, _ := s.Wait(t, id)
+	if st := final.Stage("s"); final.State != wire.RunSucceeded || st.Attempt != 1 || st.Agent != "dead-agent" {
+		t.Errorf("run %s, attempt %d by %q; want succeeded from the stored finish of attempt 1", final.State, st.Attempt, st.Agent)
 	}
 }
