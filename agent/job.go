@@ -36,6 +36,10 @@ type job struct {
 	log       zerolog.Logger
 	cancel    context.CancelCauseFunc
 	started   atomic.Bool // set once the stage's process or container runs
+	// ended is set once the executor returned: no heartbeat event may
+	// follow the finish, which must stay the stage's last stored event.
+	ended bool
+	endMu sync.Mutex // guards ended; held while a heartbeat event is published
 }
 
 // every is the heartbeat interval of the job: a third of its AckWait.
@@ -146,6 +150,9 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits)
 		hb.Wait()
 	}()
 	c, logSeq := a.attempt(ctx, jctx, j)
+	j.endMu.Lock() // waits for a heartbeat event on its way
+	j.ended = true
+	j.endMu.Unlock()
 
 	switch c.ending {
 	case silent:
@@ -270,9 +277,11 @@ func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
 			case cancelling:
 				j.cancel(errRunCancelled)
 			}
-			if j.started.Load() {
+			j.endMu.Lock()
+			if j.started.Load() && !j.ended {
 				a.publishEvent(ctx, a.event(j, wire.Heartbeat, now), every, j.log)
 			}
+			j.endMu.Unlock()
 		}
 	}
 }

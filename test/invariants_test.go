@@ -117,8 +117,8 @@ func TestAnAdmittedRunWhoseJobWasNeverPublishedRuns(t *testing.T) {
 	if final.State != wire.RunSucceeded {
 		t.Fatalf("run %s, want succeeded", final.State)
 	}
-	if held := wipHolders(t, s, subjects.AllLeases); len(held) != 0 {
-		t.Errorf("leases left after the run: %v", held)
+	if !Eventually(10*time.Second, func() bool { return len(wipHolders(t, s, subjects.AllLeases)) == 0 }) {
+		t.Errorf("leases left after the run: %v", wipHolders(t, s, subjects.AllLeases))
 	}
 }
 
