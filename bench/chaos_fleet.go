@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,11 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/weft-ci/weft/internal/procs"
 )
 
 // Kinds of fleet members.
@@ -251,25 +251,10 @@ func (f *fleet) record() ([]kill, []exit) {
 // environment (the stages of killed agents and whatever they started) and
 // returns how many there were.
 func (f *fleet) sweep() int {
-	needle := []byte("CHAOS_MARK=" + f.mark)
-	entries, _ := os.ReadDir("/proc")
 	n := 0
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil {
-			continue
-		}
-		for _, kv := range bytes.Split(data, []byte{0}) {
-			if bytes.Equal(kv, needle) {
-				if syscall.Kill(pid, syscall.SIGKILL) == nil {
-					n++
-				}
-				break
-			}
+	for _, pid := range procs.WithEnv("CHAOS_MARK=" + f.mark) {
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			n++
 		}
 	}
 	return n

@@ -17,8 +17,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/weft-ci/weft/container"
-	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/internal/busybox"
+	"github.com/weft-ci/weft/internal/procs"
+	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -138,19 +139,10 @@ type containerProc struct {
 // the agent's).
 func containerProcesses(records string) map[containerProc]bool {
 	out := map[containerProc]bool{}
-	entries, _ := os.ReadDir("/proc")
-	want := "CHAOS_RECORDS=" + records
-	for _, e := range entries {
-		if e.Name()[0] < '0' || e.Name()[0] > '9' {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil || !bytes.Contains(data, []byte(want)) {
-			continue
-		}
+	procs.Each(func(pid int, env []string) {
 		var k attemptKey
 		ours, host := false, false
-		for _, kv := range strings.Split(string(data), "\x00") {
+		for _, kv := range env {
 			name, value, _ := strings.Cut(kv, "=")
 			switch name {
 			case "CHAOS_RECORDS":
@@ -166,11 +158,11 @@ func containerProcesses(records string) map[containerProc]bool {
 			}
 		}
 		if ours && !host && k.run != "" && k.stage != "" {
-			ns, _ := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "pid"))
+			ns, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "ns", "pid"))
 			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(ns, "pid:["), "]"))
 			out[containerProc{k, n}] = true
 		}
-	}
+	})
 	return out
 }
 

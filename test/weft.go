@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/weft-ci/weft/internal/procs"
 )
 
 // Root returns the repository's root directory.
@@ -81,32 +83,4 @@ func Eventually(d time.Duration, cond func() bool) bool {
 
 // ProcessesWithEnv returns the pids of processes whose environment holds
 // the exact entry kv (such as WEFT_RUN_ID=...): the processes of a stage.
-func ProcessesWithEnv(kv string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	needle := []byte(kv)
-	for _, e := range entries {
-		pid := 0
-		for _, c := range e.Name() {
-			if c < '0' || c > '9' {
-				pid = -1
-				break
-			}
-			pid = pid*10 + int(c-'0')
-		}
-		if pid <= 0 {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil {
-			continue
-		}
-		for _, entry := range bytes.Split(data, []byte{0}) {
-			if bytes.Equal(entry, needle) {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	return pids
-}
+func ProcessesWithEnv(kv string) []int { return procs.WithEnv(kv) }
