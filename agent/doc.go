@@ -68,7 +68,10 @@
 //     before it acks (or naks) a job it held while the stage ran, the
 //     agent reads the run document again: an attempt that another attempt
 //     superseded publishes nothing and leaves the message to its holder. A
-//     document that cannot be read does not stop the ack. The message of
+//     document that cannot be read does not stop the ack. Within half the
+//     AckWait of taking a delivery no other delivery of it can exist yet,
+//     so a short stage acks without that read (measured: 194 vs 160
+//     stages/s in BenchmarkLifecycle). The message of
 //     a job whose stage moved on is left too: its next delivery is judged
 //     stale and terminated.
 //   - Once the server has confirmed no progress report (a flush after

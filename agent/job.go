@@ -32,6 +32,7 @@ type job struct {
 	wire.Job
 	msg       jetstream.Msg
 	delivered int       // which delivery of the message this is
+	taken     time.Time // when this agent took this delivery
 	limits    jobLimits // of the consumer the message came from
 	log       zerolog.Logger
 	cancel    context.CancelCauseFunc
@@ -71,7 +72,7 @@ func (j *job) setAttempt(attempt int) {
 // ends first (the agent stops) the stage is killed and the job handed
 // back for another agent.
 func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits) {
-	j := &job{msg: msg, limits: limits, delivered: 1}
+	j := &job{msg: msg, limits: limits, delivered: 1, taken: time.Now()}
 	if err := json.Unmarshal(msg.Data(), &j.Job); err != nil {
 		a.log.Error().Err(err).Str("subject", msg.Subject()).Msg("terminating malformed job")
 		_ = msg.Term()
@@ -290,7 +291,14 @@ func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
 // of the run document: nats-server takes an ack or a nak from any
 // delivery of a message, so an attempt that lost its job must not touch
 // the message the attempt that took over holds.
+//
+// Within half the AckWait of taking the delivery no other delivery of the
+// message can exist yet (the server redelivers only after an AckWait
+// without word), so a short stage acks without reading.
 func (a *Agent) holds(ctx context.Context, j *job) bool {
+	if time.Since(j.taken) < j.limits.ackWait/2 {
+		return true
+	}
 	doc, read := a.readRun(ctx, j.RunID, 5*time.Second)
 	switch st := standingOf(doc, read, j.Job, j.Attempt, a.cfg.ID); st {
 	case superseded, movedOn, duplicate:

@@ -24,6 +24,14 @@ func TestASupersededAttemptThatFinishesLeavesTheTakeoversJobAlone(t *testing.T) 
 		return r.Stage("s").State == wire.StageRunning && r.Stage("s").JobSeq != 0
 	})
 	seq := r.Stage("s").JobSeq
+	// Within half its AckWait of taking a delivery an agent knows no other
+	// delivery can exist and acks without reading; a partition long
+	// enough to get the job redelivered is longer than that. Let the
+	// stage run past it (and before its second heartbeat, at 20 s).
+	taken := r.Stage("s").Started
+	if !Eventually(30*time.Second, func() bool { return time.Since(taken) > 16*time.Second }) {
+		t.Fatal("clock")
+	}
 
 	// The server gives the job to a takeover while the first attempt
 	// still runs, as when its heartbeats are lost in a partition: lowering
