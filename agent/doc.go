@@ -77,13 +77,16 @@
 //   - Once the server has confirmed no progress report (a flush after
 //     InProgress) for two thirds of the AckWait, the server may hand the
 //     job to another agent before this one can say anything: the stage is
-//     killed at once, without a grace, and nothing is reported. So is a
-//     stage another attempt took over, or a copy another agent won. The
+//     killed at once, without a grace, and nothing is reported (not even
+//     for a stage that had ended by then: a late finish beside the
+//     redelivered job's attempt would make two). So is a stage another
+//     attempt took over, or a copy another agent won. The
 //     keepalive lasts until the job is reported or handed back, so a slow
 //     report does not get the job redelivered and run again.
 //   - A redelivered job whose stage's last stored event is a finish of
 //     that job (its ack was lost, and no dispatcher recorded the finish
-//     yet) is acked unrun: the stored finish stands.
+//     yet) is acked unrun: the stored finish stands. When those events
+//     cannot be read the job is handed back rather than run.
 //   - A host stage's shell gets SIGKILL when its agent dies (Pdeathsig, on
 //     a goroutine locked to its thread).
 //   - Infrastructure failures are retried by nak with backoff until the

@@ -37,6 +37,9 @@ type job struct {
 	log       zerolog.Logger
 	cancel    context.CancelCauseFunc
 	started   atomic.Bool // set once the stage's process or container runs
+	// lost is set when the server confirmed nothing for most of the
+	// AckWait: the job may be another delivery's now.
+	lost atomic.Bool
 	// ended is set once the executor returned: no heartbeat event may
 	// follow the finish, which must stay the stage's last stored event.
 	ended bool
@@ -110,17 +113,7 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits)
 		}
 		return
 	}
-	if j.delivered > 1 && a.finishedAlready(ctx, j, doc) {
-		// An earlier delivery ran the job to its end and stored its
-		// finish, but its ack was lost (its agent died, or the server was
-		// away) before a dispatcher recorded it in the run document: the
-		// stored finish stands, and the job is done.
-		j.log.Info().Msg("redelivered job already finished; acked unrun")
-		actx, cancel := context.WithTimeout(bg, 5*time.Second)
-		defer cancel()
-		if err := msg.DoubleAck(actx); err != nil {
-			j.log.Warn().Err(err).Msg("ack")
-		}
+	if j.delivered > 1 && a.settledEarlier(ctx, j, doc) {
 		return
 	}
 	j.setAttempt(d.attempt)
@@ -177,6 +170,13 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits)
 			}
 		}
 	case report:
+		if j.lost.Load() {
+			// The stage ended, but the server was away for most of the
+			// AckWait: its job may run elsewhere by now, and a late finish
+			// would make two. Nothing is reported; a redelivery runs it.
+			j.log.Warn().Msg("stage ended while the server was away; reporting nothing")
+			break
+		}
 		a.report(bg, j, c.res, logSeq)
 	}
 }
@@ -261,6 +261,7 @@ func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
 			}
 			if time.Since(confirmed) >= 2*every {
 				j.log.Warn().Dur("unconfirmed", time.Since(confirmed)).Msg("no word from the server; stopping the stage before the job is redelivered")
+				j.lost.Store(true)
 				j.cancel(errLost)
 				continue
 			}
@@ -361,29 +362,62 @@ func envList(env map[string]string) []string {
 	return out
 }
 
+// settledEarlier deals with a redelivered job that an earlier delivery
+// may have finished, and reports whether it did: an earlier delivery ran
+// the job to its end and stored its finish, but its ack was lost (its
+// agent died, or the server was away) before a dispatcher recorded it in
+// the run document. The stored finish stands: the job is acked unrun.
+// When the stored events cannot be read the job is handed back, since
+// running it could run it twice.
+func (a *Agent) settledEarlier(ctx context.Context, j *job, doc *wire.Run) bool {
+	done, err := a.finishedAlready(ctx, j, doc)
+	bg := context.WithoutCancel(ctx)
+	switch {
+	case err != nil:
+		j.log.Info().Err(err).Dur("delay", unreadableDelay).Msg("redelivered job handed back: its stored events are unreadable")
+		if err := j.msg.NakWithDelay(unreadableDelay); err != nil {
+			j.log.Warn().Err(err).Msg("nak job")
+		}
+		return true
+	case done:
+		j.log.Info().Msg("redelivered job already finished; acked unrun")
+		actx, cancel := context.WithTimeout(bg, 5*time.Second)
+		defer cancel()
+		if err := j.msg.DoubleAck(actx); err != nil {
+			j.log.Warn().Err(err).Msg("ack")
+		}
+		return true
+	}
+	return false
+}
+
 // finishedAlready reports whether the last stored event of the job's stage
 // is a finish of this job at the attempt the run document names or later:
-// the job ran to its end already. A read that fails says no.
-func (a *Agent) finishedAlready(ctx context.Context, j *job, doc *wire.Run) bool {
+// the job ran to its end already. A stage with no event says no; a read
+// that fails is an error.
+func (a *Agent) finishedAlready(ctx context.Context, j *job, doc *wire.Run) (bool, error) {
 	if doc == nil {
-		return false
+		return false, nil
 	}
 	s := doc.Stage(j.Stage.Key)
 	if s == nil {
-		return false
+		return false, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, j.judgeTimeout())
 	defer cancel()
 	events, err := a.js.Stream(ctx, subjects.EventsStream)
 	if err != nil {
-		return false
+		return false, fmt.Errorf("events stream: %w", err)
 	}
 	m, err := events.GetLastMsgForSubject(ctx, subjects.StageEvent(j.RunID, j.Stage.Key))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
 	if err != nil {
-		return false
+		return false, fmt.Errorf("last event of %s/%s: %w", j.RunID, j.Stage.Key, err)
 	}
 	var ev wire.Event
-	return json.Unmarshal(m.Data, &ev) == nil && finishOf(ev, j.Job.Job, s.Attempt)
+	return json.Unmarshal(m.Data, &ev) == nil && finishOf(ev, j.Job.Job, s.Attempt), nil
 }
 
 // readRun reads a run document from the runs bucket, waiting at most
