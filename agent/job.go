@@ -40,10 +40,21 @@ type job struct {
 	// lost is set when the server confirmed nothing for most of the
 	// AckWait: the job may be another delivery's now.
 	lost atomic.Bool
+	// confirmed is when the server last confirmed the job's progress
+	// (UnixNano): the job is surely this delivery's until two thirds of
+	// the AckWait after it.
+	confirmed atomic.Int64
 	// ended is set once the executor returned: no heartbeat event may
 	// follow the finish, which must stay the stage's last stored event.
 	ended bool
 	endMu sync.Mutex // guards ended; held while a heartbeat event is published
+}
+
+// safeUntil is until when the job is surely this delivery's: two thirds
+// of the AckWait after the server last confirmed its progress. The server
+// redelivers it only an AckWait after the last progress it heard of.
+func (j *job) safeUntil() time.Time {
+	return time.Unix(0, j.confirmed.Load()).Add(2 * j.every())
 }
 
 // every is the heartbeat interval of the job: a third of its AckWait.
@@ -76,6 +87,7 @@ func (j *job) setAttempt(attempt int) {
 // back for another agent.
 func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits) {
 	j := &job{msg: msg, limits: limits, delivered: 1, taken: time.Now()}
+	j.confirmed.Store(j.taken.UnixNano())
 	if err := json.Unmarshal(msg.Data(), &j.Job); err != nil {
 		a.log.Error().Err(err).Str("subject", msg.Subject()).Msg("terminating malformed job")
 		_ = msg.Term()
@@ -248,7 +260,6 @@ func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
 	every := j.every()
 	t := time.NewTicker(every)
 	defer t.Stop()
-	confirmed := time.Now()
 	for {
 		select {
 		case <-done:
@@ -257,10 +268,12 @@ func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
 			if err := j.msg.InProgress(); err != nil {
 				j.log.Warn().Err(err).Msg("in progress")
 			} else if err := a.nc.FlushTimeout(j.readTimeout()); err == nil {
-				confirmed = time.Now()
+				j.confirmed.Store(time.Now().UnixNano())
 			}
-			if time.Since(confirmed) >= 2*every {
-				j.log.Warn().Dur("unconfirmed", time.Since(confirmed)).Msg("no word from the server; stopping the stage before the job is redelivered")
+			if time.Now().After(j.safeUntil()) {
+				if !j.lost.Load() {
+					j.log.Warn().Msg("no word from the server; stopping the stage before the job is redelivered")
+				}
 				j.lost.Store(true)
 				j.cancel(errLost)
 				continue
@@ -318,7 +331,10 @@ func (a *Agent) report(ctx context.Context, j *job, res result, logSeq uint64) {
 	}
 	ev := a.event(j, wire.Finished, time.Now())
 	ev.ExitCode, ev.Category, ev.Message, ev.LogSeq = res.exitCode, res.category, res.message, logSeq
-	if !a.publishEvent(ctx, ev, 10*time.Second, j.log) {
+	// The finish must be stored while the job is surely this delivery's:
+	// a finish stored after another delivery took the job over would be a
+	// second result. Past that the job is left to be redelivered.
+	if !a.publishEvent(ctx, ev, time.Until(j.safeUntil()), j.log) {
 		// Leave the job un-acked: it is redelivered after AckWait.
 		return
 	}

@@ -39,6 +39,11 @@ type Config struct {
 	Listen string
 	// SyncAlways makes the embedded server fsync every write.
 	SyncAlways bool
+	// Unbuffered makes a publish fail while the connection is down instead
+	// of being buffered and sent on reconnect. Agents set it: a stage's
+	// finish sent long after its agent gave the job up would be a second
+	// result.
+	Unbuffered bool
 	// ConnectTimeout bounds connecting; default 5s.
 	ConnectTimeout time.Duration
 	// Logger receives connection and embedded-server logs.
@@ -80,6 +85,9 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			b.log.Info().Str("url", nc.ConnectedUrl()).Msg("nats reconnected")
 		}),
+	}
+	if cfg.Unbuffered {
+		opts = append(opts, nats.ReconnectBufSize(-1))
 	}
 	url := cfg.URL
 	if url == "" {

@@ -133,7 +133,7 @@ it stops its running stages and hands their jobs back to the fleet.
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			fleet := fleetFlags{server: join, creds: creds, flag: "--join"}
+			fleet := fleetFlags{server: join, creds: creds, flag: "--join", unbuffered: true}
 			b, err := fleet.open(ctx, g, "weft agent")
 			if err != nil {
 				return err

@@ -20,6 +20,8 @@ type fleetFlags struct {
 	server, creds string
 	// flag names the URL flag in messages; default --server.
 	flag string
+	// unbuffered makes publishes fail while disconnected (agents).
+	unbuffered bool
 }
 
 func (f *fleetFlags) add(cmd *cobra.Command) {
@@ -36,7 +38,7 @@ func (f *fleetFlags) open(ctx context.Context, g *globals, name string) (*bus.Bu
 		}
 		return nil, withCode(exitUsage, fmt.Errorf("%s (or WEFT_SERVER) is required", flag))
 	}
-	b, err := bus.Open(ctx, bus.Config{URL: f.server, CredsFile: f.creds, Name: name, Logger: g.logger()})
+	b, err := bus.Open(ctx, bus.Config{URL: f.server, CredsFile: f.creds, Name: name, Unbuffered: f.unbuffered, Logger: g.logger()})
 	if err != nil {
 		return nil, withCode(exitInfra, err)
 	}
