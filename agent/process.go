@@ -75,6 +75,11 @@ func (p processExecutor) run(ctx context.Context, spec execSpec, started func(ti
 	// this goroutine on its thread until the shell is gone.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if ctx.Err() != nil {
+		// Stopped before it started (a cancel, a takeover, the server
+		// away): no command of it may run.
+		return result{exitCode: -1, category: wire.CategoryCancelled, message: "stopped before it started"}
+	}
 	// One pipe for both streams keeps lines in the order they were written.
 	outR, outW, err := os.Pipe()
 	if err != nil {

@@ -518,7 +518,9 @@ func maxBy(spans []span, group func(span) string) (int, map[string]int) {
 // other's last record. Container samples are instants: two attempts seen
 // in one sample overlap.
 func overlaps(a, b execution) bool {
-	if a.Attempt == b.Attempt && a.Agent == b.Agent && a.PID == b.PID {
+	if a.Attempt == b.Attempt && a.Agent == b.Agent && (a.PID == b.PID || a.Container != b.Container) {
+		// One execution seen twice: by its records and by a process
+		// sample (a PID namespace is not a shell's PID).
 		return false
 	}
 	if a.Container || b.Container {
