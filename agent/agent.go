@@ -87,6 +87,9 @@ type Agent struct {
 	// heartbeat, before every ack and by the workspace sweep. Set by Run
 	// before any job starts.
 	runs jetstream.KeyValue
+	// events is the events stream, read for the stored finish of a
+	// redelivered job. Set by Run before any job starts.
+	events jetstream.Stream
 
 	busy    atomic.Int32  // jobs held now (see Busy)
 	changed chan struct{} // signalled when busy changes
@@ -171,6 +174,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: bucket %s: %w", subjects.RunsBucket, err)
 	}
 	a.runs = runs
+	events, err := a.js.Stream(ctx, subjects.EventsStream)
+	if err != nil {
+		return fmt.Errorf("agent: stream %s: %w", subjects.EventsStream, err)
+	}
+	a.events = events
 	if err := a.openContainerd(ctx); err != nil {
 		return err
 	}

@@ -421,11 +421,7 @@ func (a *Agent) finishedAlready(ctx context.Context, j *job, doc *wire.Run) (boo
 	}
 	ctx, cancel := context.WithTimeout(ctx, j.judgeTimeout())
 	defer cancel()
-	events, err := a.js.Stream(ctx, subjects.EventsStream)
-	if err != nil {
-		return false, fmt.Errorf("events stream: %w", err)
-	}
-	m, err := events.GetLastMsgForSubject(ctx, subjects.StageEvent(j.RunID, j.Stage.Key))
+	m, err := a.events.GetLastMsgForSubject(ctx, subjects.StageEvent(j.RunID, j.Stage.Key))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, nil
 	}

@@ -221,7 +221,7 @@ func (d *Dispatcher) snapshot(ctx context.Context, token string) (snapshot, erro
 			w.Done = true
 		default:
 			s.Repo = r.Repo
-			w.Group, w.Roots = r.Group, rootsOf(r)
+			w.Repo, w.Group, w.Roots = r.Repo, r.Group, rootsOf(r)
 			if w.Group != "" {
 				if _, ok := s.Groups[w.Group]; !ok {
 					if e, err := d.wip.Get(ctx, subjects.GroupKey(r.Repo, w.Group)); err == nil {
@@ -293,20 +293,13 @@ func (d *Dispatcher) drop(ctx context.Context, w waiting) {
 // its root stages. It reports lost when another run holds the lock or
 // the slot.
 func (d *Dispatcher) admitOne(ctx context.Context, st action) (lost bool, err error) {
-	id := st.Run.ID
-	r, _, err := d.runs.get(ctx, id)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return true, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	if r.Group != "" {
-		if mine, err := d.take(ctx, subjects.GroupKey(r.Repo, r.Group), id); err != nil || !mine {
+	id, repo, group := st.Run.ID, st.Run.Repo, st.Run.Group
+	if group != "" {
+		if mine, err := d.take(ctx, subjects.GroupKey(repo, group), id); err != nil || !mine {
 			return !mine, err
 		}
 	}
-	lease := subjects.LeaseKey(r.Repo, st.Slot)
+	lease := subjects.LeaseKey(repo, st.Slot)
 	if mine, err := d.take(ctx, lease, id); err != nil || !mine {
 		return !mine, err
 	}
@@ -322,6 +315,9 @@ func (d *Dispatcher) admitOne(ctx context.Context, st action) (lost bool, err er
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			d.releaseKey(ctx, lease, id)
+			if group != "" {
+				d.releaseKey(ctx, subjects.GroupKey(repo, group), id)
+			}
 		case err != nil:
 			return false, err
 		case cur.State.Terminal():
@@ -335,7 +331,7 @@ func (d *Dispatcher) admitOne(ctx context.Context, st action) (lost bool, err er
 	if err := d.wip.Delete(ctx, st.Run.WaitKey); err != nil {
 		d.log.Warn().Err(err).Str("key", st.Run.WaitKey).Msg("remove wait key")
 	}
-	d.log.Info().Str("run_id", id).Str("lease", lease).Dur("waited", d.cfg.Now().Sub(r.Created)).Msg("run admitted")
+	d.log.Info().Str("run_id", id).Str("lease", lease).Dur("waited", d.cfg.Now().Sub(before.Created)).Msg("run admitted")
 	return false, d.afterUpdate(ctx, before, after)
 }
 

@@ -36,8 +36,9 @@ type waiting struct {
 	// Done is set when the run no longer waits: it ended, it was admitted
 	// already, or its document is gone.
 	Done bool
-	// Group is the run's concurrency group, "" for none.
-	Group string
+	// Repo is the run's repository; Group its concurrency group, "" for
+	// none. Neither changes in a run's life.
+	Repo, Group string
 	// Roots counts the run's root stages per queue: the jobs its
 	// admission queues.
 	Roots map[string]int

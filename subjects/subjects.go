@@ -446,13 +446,9 @@ func WaitKey(repo string, seq uint64) string {
 	return fmt.Sprintf("%s.%s.%020d", waitKind, RepoToken(repo), seq)
 }
 
-// RepoLeases, RepoGroups and RepoWaits are the filters of one
-// repository's leases, group locks and waiting runs; token is
-// RepoToken(repo).
+// RepoLeases and RepoWaits are the filters of one repository's leases
+// and waiting runs; token is RepoToken(repo).
 func RepoLeases(token string) string { return leaseKind + "." + token + ".*" }
-
-// RepoGroups: see RepoLeases.
-func RepoGroups(token string) string { return groupKind + "." + token + ".*" }
 
 // RepoWaits: see RepoLeases.
 func RepoWaits(token string) string { return waitKind + "." + token + ".*" }
