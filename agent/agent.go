@@ -16,6 +16,7 @@ import (
 
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 )
 
@@ -83,10 +84,10 @@ type Agent struct {
 	// before any job starts.
 	containers    *container.Runtime
 	containerdErr error
-	// runs is the runs bucket, read to judge every job, at every
-	// heartbeat, before every ack and by the workspace sweep. Set by Run
-	// before any job starts.
-	runs jetstream.KeyValue
+	// runs reads the stage documents that judge every job, at every
+	// heartbeat and before every ack, and the run documents the
+	// workspace sweep reads. Set by Run before any job starts.
+	runs *runstore.Store
 	// events is the events stream, read for the stored finish of a
 	// redelivered job. Set by Run before any job starts.
 	events jetstream.Stream
@@ -169,9 +170,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.WorkDir, 0o750); err != nil {
 		return fmt.Errorf("agent: work dir: %w", err)
 	}
-	runs, err := a.js.KeyValue(ctx, subjects.RunsBucket)
+	runs, err := runstore.Open(ctx, a.js)
 	if err != nil {
-		return fmt.Errorf("agent: bucket %s: %w", subjects.RunsBucket, err)
+		return fmt.Errorf("agent: %w", err)
 	}
 	a.runs = runs
 	events, err := a.js.Stream(ctx, subjects.EventsStream)

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -109,7 +110,7 @@ func (a *Agent) runJob(ctx context.Context, msg jetstream.Msg, limits jobLimits)
 	j.log = a.log.With().Str("run_id", j.RunID).Str("stage", j.Stage.Key).Int("job", j.Job.Job).
 		Str("queue", j.Stage.Queue).Str("tier", string(j.Tier)).Int("delivery", j.delivered).Logger()
 
-	doc, read := a.readRun(ctx, j.RunID, j.judgeTimeout())
+	doc, read := a.readStage(ctx, j.RunID, j.Stage.Key, j.judgeTimeout())
 	d := judge(doc, read, j.Job, j.delivered, seq)
 	switch d.verdict {
 	case drop:
@@ -278,7 +279,7 @@ func (a *Agent) keepalive(ctx context.Context, j *job, done <-chan struct{}) {
 				j.cancel(errLost)
 				continue
 			}
-			doc, read := a.readRun(ctx, j.RunID, j.readTimeout())
+			doc, read := a.readStage(ctx, j.RunID, j.Stage.Key, j.readTimeout())
 			switch standingOf(doc, read, j.Job, j.Attempt, a.cfg.ID) {
 			case superseded, movedOn:
 				// This agent lost the job (it was redelivered while this one
@@ -313,7 +314,7 @@ func (a *Agent) holds(ctx context.Context, j *job) bool {
 	if time.Since(j.taken) < j.limits.ackWait/2 {
 		return true
 	}
-	doc, read := a.readRun(ctx, j.RunID, 5*time.Second)
+	doc, read := a.readStage(ctx, j.RunID, j.Stage.Key, 5*time.Second)
 	switch st := standingOf(doc, read, j.Job, j.Attempt, a.cfg.ID); st {
 	case superseded, movedOn, duplicate:
 		j.log.Warn().Msg("another attempt holds the stage: leaving its job alone")
@@ -361,7 +362,11 @@ func (a *Agent) publishEvent(ctx context.Context, ev wire.Event, timeout time.Du
 	}
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if _, err := a.js.Publish(pctx, subjects.StageEvent(ev.RunID, ev.Stage), data); err != nil {
+	subj := subjects.StageEvent(ev.RunID, ev.Stage)
+	if ev.Type == wire.Heartbeat {
+		subj = subjects.Heartbeat(ev.RunID, ev.Stage)
+	}
+	if _, err := a.js.Publish(pctx, subj, data); err != nil {
 		log.Error().Err(err).Str("event", string(ev.Type)).Msg("publish event")
 		return false
 	}
@@ -385,7 +390,7 @@ func envList(env map[string]string) []string {
 // the run document. The stored finish stands: the job is acked unrun.
 // When the stored events cannot be read the job is handed back, since
 // running it could run it twice.
-func (a *Agent) settledEarlier(ctx context.Context, j *job, doc *wire.Run) bool {
+func (a *Agent) settledEarlier(ctx context.Context, j *job, doc *wire.StageRun) bool {
 	done, err := a.finishedAlready(ctx, j, doc)
 	bg := context.WithoutCancel(ctx)
 	switch {
@@ -411,11 +416,7 @@ func (a *Agent) settledEarlier(ctx context.Context, j *job, doc *wire.Run) bool 
 // is a finish of this job at the attempt the run document names or later:
 // the job ran to its end already. A stage with no event says no; a read
 // that fails is an error.
-func (a *Agent) finishedAlready(ctx context.Context, j *job, doc *wire.Run) (bool, error) {
-	if doc == nil {
-		return false, nil
-	}
-	s := doc.Stage(j.Stage.Key)
+func (a *Agent) finishedAlready(ctx context.Context, j *job, s *wire.StageRun) (bool, error) {
 	if s == nil {
 		return false, nil
 	}
@@ -432,23 +433,38 @@ func (a *Agent) finishedAlready(ctx context.Context, j *job, doc *wire.Run) (boo
 	return json.Unmarshal(m.Data, &ev) == nil && finishOf(ev, j.Job.Job, s.Attempt), nil
 }
 
+// readStage reads the document of a stage from the stages bucket,
+// waiting at most timeout, and says how the read went. A stage with no
+// document is pending if its run exists (read from the runs bucket then).
+func (a *Agent) readStage(ctx context.Context, runID, key string, timeout time.Duration) (*wire.StageRun, docRead) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	st, _, err := a.runs.Stage(ctx, runID, key)
+	if err != nil {
+		a.log.Debug().Err(err).Str("run_id", runID).Str("stage", key).Msg("read stage document")
+		return nil, docUnreadable
+	}
+	if st != nil {
+		return st, docFound
+	}
+	if _, read := a.readRun(ctx, runID, timeout); read != docFound {
+		return nil, read
+	}
+	return &wire.StageRun{Key: key, State: wire.StagePending, ExitCode: -1}, docFound
+}
+
 // readRun reads a run document from the runs bucket, waiting at most
 // timeout, and says how the read went.
 func (a *Agent) readRun(ctx context.Context, runID string, timeout time.Duration) (*wire.Run, docRead) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	e, err := a.runs.Get(ctx, runID)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	r, _, err := a.runs.Header(ctx, runID)
+	if errors.Is(err, runstore.ErrNoRun) {
 		return nil, docMissing
 	}
 	if err != nil {
 		a.log.Debug().Err(err).Str("run_id", runID).Msg("read run document")
 		return nil, docUnreadable
 	}
-	var r wire.Run
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		a.log.Warn().Err(err).Str("run_id", runID).Msg("decode run document")
-		return nil, docUnreadable
-	}
-	return &r, docFound
+	return r, docFound
 }

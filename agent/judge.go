@@ -9,8 +9,8 @@ import (
 	"github.com/weft-ci/weft/wire"
 )
 
-// This file holds the agent's decisions, as pure functions of a run
-// document and what the agent knows of a job: whether to run a delivered
+// This file holds the agent's decisions, as pure functions of a stage's
+// document (or its run's, for a workspace) and what the agent knows of a job: whether to run a delivered
 // job and as which attempt (judge), whether a running attempt still holds
 // its job (standing), what to do once a stage ended (conclude) and which
 // workspaces to remove (sweepable). The code that reads the run document
@@ -20,9 +20,10 @@ import (
 type docRead int
 
 const (
-	// docFound: the document was read.
+	// docFound: the document was read. A stage with no document of a run
+	// that exists is found, pending.
 	docFound docRead = iota
-	// docMissing: the runs bucket has no such run.
+	// docMissing: the run does not exist.
 	docMissing
 	// docUnreadable: the read failed (timeout, connection, decoding).
 	docUnreadable
@@ -65,19 +66,18 @@ type decision struct {
 }
 
 // judge decides what to do with one delivery of a job: the delivered-th
-// delivery of the job message at stream sequence msgSeq, given the run
-// document as read (doc is nil unless read is docFound). Every delivery
-// is judged, the first one too: the run document, not the message, says
-// which job is a stage's current one.
-func judge(doc *wire.Run, read docRead, job wire.Job, delivered int, msgSeq uint64) decision {
+// delivery of the job message at stream sequence msgSeq, given the
+// stage's document as read (s is nil unless read is docFound). Every
+// delivery is judged, the first one too: the stage's document, not the
+// message, says which job is the stage's current one.
+func judge(s *wire.StageRun, read docRead, job wire.Job, delivered int, msgSeq uint64) decision {
 	switch read {
 	case docMissing:
 		// Runs are created before their jobs are published.
 		return decision{verdict: drop, why: "its run does not exist"}
 	case docUnreadable:
-		return decision{verdict: later, delay: unreadableDelay, why: "its run document is unreadable"}
+		return decision{verdict: later, delay: unreadableDelay, why: "its stage's document is unreadable"}
 	}
-	s := doc.Stage(job.Stage.Key)
 	switch {
 	case s == nil:
 		return decision{verdict: drop, why: "its run has no such stage"}
@@ -85,7 +85,7 @@ func judge(doc *wire.Run, read docRead, job wire.Job, delivered int, msgSeq uint
 		return decision{verdict: drop, why: "its stage moved on to a later job"}
 	case s.Job < job.Job || s.State == wire.StagePending:
 		// The job exists, so the document we read is older than it.
-		return decision{verdict: later, delay: lagDelay, why: "the run document read is older than the job"}
+		return decision{verdict: later, delay: lagDelay, why: "the stage's document read is older than the job"}
 	case s.State.Terminal():
 		return decision{verdict: drop, why: "its stage has ended"}
 	case s.JobSeq != 0 && msgSeq != 0 && s.JobSeq != msgSeq:
@@ -114,7 +114,7 @@ func judge(doc *wire.Run, read docRead, job wire.Job, delivered int, msgSeq uint
 		// Its agent died or was cut off: this is the next attempt.
 		d.attempt, d.why = max(s.Attempt, job.Attempt)+1, "taking over a stage whose agent was lost"
 	}
-	if doc.CancelReason != "" {
+	if s.Cancelling {
 		return decision{verdict: refuse, attempt: d.attempt, why: "its run is being cancelled"}
 	}
 	return d
@@ -151,13 +151,13 @@ const (
 )
 
 // standingOf returns the standing of attempt of job, run by agent, in
-// doc as read. An unreadable or missing document is no reason to stop,
-// and neither is one older than the job (a lagging replica).
-func standingOf(doc *wire.Run, read docRead, job wire.Job, attempt int, agent string) standing {
+// its stage's document s as read. An unreadable or missing document is no
+// reason to stop, and neither is one older than the job (a lagging
+// replica).
+func standingOf(s *wire.StageRun, read docRead, job wire.Job, attempt int, agent string) standing {
 	if read != docFound {
 		return holding
 	}
-	s := doc.Stage(job.Stage.Key)
 	switch {
 	case s == nil || s.Job > job.Job:
 		return movedOn
@@ -168,7 +168,8 @@ func standingOf(doc *wire.Run, read docRead, job wire.Job, attempt int, agent st
 	case s.Attempt == attempt && s.State == wire.StageRunning && s.Agent != "" && s.Agent != agent:
 		// Two deliveries ran the same attempt; the first to start won.
 		return duplicate
-	case doc.CancelReason != "":
+	case s.Cancelling || s.State == wire.StageCancelled:
+		// A stage cancelled while queued, whose job an agent took anyway.
 		return cancelling
 	}
 	return holding

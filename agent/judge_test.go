@@ -10,10 +10,12 @@ import (
 	"github.com/weft-ci/weft/wire"
 )
 
-// runWith returns a run document whose stage "s" is as given.
-func runWith(s wire.StageRun, cancelReason string) *wire.Run {
+// runWith returns the document of stage "s" as given, of a run being
+// cancelled when cancelReason is set.
+func runWith(s wire.StageRun, cancelReason string) *wire.StageRun {
 	s.Key = "s"
-	return &wire.Run{ID: "run", State: wire.RunRunning, CancelReason: cancelReason, Stages: []wire.StageRun{{Key: "other", State: wire.StageRunning, Job: 1, Attempt: 1}, s}}
+	s.Cancelling = cancelReason != ""
+	return &s
 }
 
 // jobOf returns the job message of stage "s" with its job and attempt
@@ -31,7 +33,7 @@ func TestJudge(t *testing.T) {
 	const seq = 40
 	tests := []struct {
 		name      string
-		doc       *wire.Run
+		doc       *wire.StageRun
 		read      docRead
 		job       wire.Job
 		delivered int
@@ -40,7 +42,7 @@ func TestJudge(t *testing.T) {
 	}{
 		{"run not found", nil, docMissing, jobOf(1, 1), 1, seq, decision{verdict: drop}},
 		{"run unreadable", nil, docUnreadable, jobOf(1, 1), 1, seq, decision{verdict: later, delay: unreadableDelay}},
-		{"stage missing", &wire.Run{ID: "run"}, docFound, jobOf(1, 1), 1, seq, decision{verdict: drop}},
+		{"stage missing", nil, docFound, jobOf(1, 1), 1, seq, decision{verdict: drop}},
 		{"stage on a later job", runWith(wire.StageRun{State: wire.StageQueued, Job: 2, Attempt: 2}, ""), docFound, jobOf(1, 1), 2, seq, decision{verdict: drop}},
 		{"document older than the job", runWith(wire.StageRun{State: wire.StageFailed, Job: 1, Attempt: 1}, ""), docFound, jobOf(2, 2), 1, seq, decision{verdict: later, delay: lagDelay}},
 		{"stage still pending in the document", runWith(wire.StageRun{State: wire.StagePending}, ""), docFound, jobOf(1, 1), 1, seq, decision{verdict: later, delay: lagDelay}},
@@ -77,7 +79,7 @@ func TestStandingOf(t *testing.T) {
 	const me = "me"
 	tests := []struct {
 		name    string
-		doc     *wire.Run
+		doc     *wire.StageRun
 		read    docRead
 		job     wire.Job
 		attempt int
@@ -92,11 +94,11 @@ func TestStandingOf(t *testing.T) {
 		{"a later attempt took over, not started yet", runWith(wire.StageRun{State: wire.StageQueued, Job: 1, Attempt: 2}, ""), docFound, jobOf(1, 1), 1, superseded},
 		{"the same attempt started elsewhere", runWith(wire.StageRun{State: wire.StageRunning, Job: 1, Attempt: 1, Agent: "b"}, ""), docFound, jobOf(1, 1), 1, duplicate},
 		{"stage moved on to a later job", runWith(wire.StageRun{State: wire.StageQueued, Job: 2, Attempt: 2}, ""), docFound, jobOf(1, 1), 1, movedOn},
-		{"stage gone", &wire.Run{ID: "run"}, docFound, jobOf(1, 1), 1, movedOn},
+		{"stage gone", nil, docFound, jobOf(1, 1), 1, movedOn},
 		{"document older than the job", runWith(wire.StageRun{State: wire.StageFailed, Job: 1, Attempt: 1}, ""), docFound, jobOf(2, 2), 2, holding},
 		{"ended by this attempt's finish", runWith(wire.StageRun{State: wire.StageSucceeded, Job: 1, Attempt: 1, Agent: me}, ""), docFound, jobOf(1, 1), 1, holding},
 		{"run cancelling", runWith(wire.StageRun{State: wire.StageRunning, Job: 1, Attempt: 1, Agent: me}, "user"), docFound, jobOf(1, 1), 1, cancelling},
-		{"run cancelling, stage cancelled while queued", runWith(wire.StageRun{State: wire.StageCancelled, Job: 1, Attempt: 1}, "user"), docFound, jobOf(1, 1), 1, cancelling},
+		{"run cancelling, stage cancelled while queued", runWith(wire.StageRun{State: wire.StageCancelled, Job: 1, Attempt: 1}, ""), docFound, jobOf(1, 1), 1, cancelling},
 		{"run cancelling, superseded", runWith(wire.StageRun{State: wire.StageRunning, Job: 1, Attempt: 2, Agent: "b"}, "user"), docFound, jobOf(1, 1), 1, superseded},
 	}
 	for _, tt := range tests {

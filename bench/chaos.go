@@ -19,6 +19,7 @@ import (
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/container"
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -413,6 +414,10 @@ func Chaos(ctx context.Context, o ChaosOptions) (*ChaosResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("chaos: bucket %s: %w", subjects.RunsBucket, err)
 	}
+	stagesKV, err := b.JS.KeyValue(ctx, subjects.StagesBucket)
+	if err != nil {
+		return nil, fmt.Errorf("chaos: bucket %s: %w", subjects.StagesBucket, err)
+	}
 	wipKV, err := b.JS.KeyValue(ctx, subjects.WIPBucket)
 	if err != nil {
 		return nil, fmt.Errorf("chaos: bucket %s: %w", subjects.WIPBucket, err)
@@ -447,7 +452,7 @@ func Chaos(ctx context.Context, o ChaosOptions) (*ChaosResult, error) {
 
 	rng := rand.New(rand.NewPCG(o.Seed, 1))
 	d := &chaosDriver{
-		o: o, js: b.JS, runsKV: runsKV, plan: plan(o.Runs, o.Repos, rng),
+		o: o, js: b.JS, runsKV: runsKV, stagesKV: stagesKV, hanging: map[string]bool{}, plan: plan(o.Runs, o.Repos, rng),
 		latest: map[string]*runState{}, pending: map[string]map[string]bool{}, byID: map[string]*chaosRun{},
 		spans: map[containerProc]*execution{}, restarted: make(chan struct{}), submitted: make(chan struct{}),
 	}
@@ -459,6 +464,7 @@ func Chaos(ctx context.Context, o ChaosOptions) (*ChaosResult, error) {
 	var observers sync.WaitGroup
 	defer func() { stopObservers(); observers.Wait() }()
 	observers.Go(func() { d.watch(obsCtx) })
+	observers.Go(func() { d.watchHangs(obsCtx) })
 	if rt != nil {
 		observers.Go(func() { d.sample(obsCtx, env.records) })
 	}
@@ -530,7 +536,7 @@ func connect(ctx context.Context, url string) (*bus.Bus, error) {
 	for {
 		b, err := bus.Open(ctx, bus.Config{URL: url, Name: "weft bench chaos", ConnectTimeout: time.Second})
 		if err == nil {
-			if err = bus.Provision(ctx, b.JS); err == nil {
+			if err = bus.Provision(ctx, b.JS, 0); err == nil {
 				return b, nil
 			}
 			b.Close()
@@ -556,12 +562,15 @@ type chaosDriver struct {
 	o      ChaosOptions
 	js     jetstream.JetStream
 	runsKV jetstream.KeyValue
-	plan   []*chaosRun
-	text   func(*chaosRun) string
+	// stagesKV holds the stage documents; the hang stages are watched.
+	stagesKV jetstream.KeyValue
+	plan     []*chaosRun
+	text     func(*chaosRun) string
 
 	mu      sync.Mutex                   // guards the plan's ID and cancel fields and everything below
 	byID    map[string]*chaosRun         // accepted runs
 	latest  map[string]*runState         // newest document seen of each run
+	hanging map[string]bool              // runs whose hang stage was last seen running
 	pending map[string]map[string]bool   // pending reasons seen of each run
 	spans   map[containerProc]*execution // container stage attempts seen executing
 	// serverDown and serverUp bound the server restart.
@@ -670,7 +679,7 @@ func (d *chaosDriver) cancelVictims(ctx context.Context) {
 			if r.ID == "" || st == nil || st.run.State.Terminal() {
 				continue
 			}
-			if s := st.run.Stage("hang"); s == nil || s.State != wire.StageRunning {
+			if !d.hanging[r.ID] {
 				continue
 			}
 			if r.HoldCancel && !restarted {
@@ -832,6 +841,43 @@ func (d *chaosDriver) watch(ctx context.Context) {
 	}
 }
 
+// watchHangs follows the documents of the runs' hang stages until ctx
+// ends, starting a new watch if one ends (the server restart).
+func (d *chaosDriver) watchHangs(ctx context.Context) {
+	for ctx.Err() == nil {
+		w, err := d.stagesKV.Watch(ctx, "*.hang")
+		if err != nil {
+			if !pause(ctx, nil, 500*time.Millisecond) {
+				return
+			}
+			continue
+		}
+		func() {
+			defer func() { _ = w.Stop() }()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case e, ok := <-w.Updates():
+					if !ok {
+						return
+					}
+					if e == nil || e.Operation() != jetstream.KeyValuePut {
+						continue
+					}
+					var s wire.StageRun
+					if json.Unmarshal(e.Value(), &s) == nil {
+						runID, _, _ := strings.Cut(e.Key(), ".")
+						d.mu.Lock()
+						d.hanging[runID] = s.State == wire.StageRunning
+						d.mu.Unlock()
+					}
+				}
+			}
+		}()
+	}
+}
+
 // refresh reads the documents of the accepted runs not seen ended, for
 // what the watch may have missed.
 func (d *chaosDriver) refresh(ctx context.Context) {
@@ -927,7 +973,7 @@ func (d *chaosDriver) finalDocs(ctx context.Context) (map[string]*wire.Run, erro
 	docs := map[string]*wire.Run{}
 	for _, id := range ids {
 		r, err := client.Get(ctx, d.js, id)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
+		if errors.Is(err, runstore.ErrNoRun) {
 			continue
 		}
 		if err != nil {

@@ -24,8 +24,10 @@ import (
 )
 
 // readEvents reads every message of WEFT_EVENTS, up to the last one
-// stored when it starts, with an ordered consumer. It returns the events
-// but heartbeats, in stream order, and how many heartbeats there were.
+// stored when it starts, with an ordered consumer. It returns the events,
+// in stream order, and how many heartbeats were published (the
+// heartbeats stream keeps only the last of each stage; its last sequence
+// counts them all).
 func readEvents(ctx context.Context, js jetstream.JetStream) ([]wire.Event, int, error) {
 	st, err := js.Stream(ctx, subjects.EventsStream)
 	if err != nil {
@@ -72,7 +74,15 @@ func readEvents(ctx context.Context, js jetstream.JetStream) ([]wire.Event, int,
 			return nil, 0, fmt.Errorf("chaos: read events: %w", err)
 		}
 	}
-	return events, heartbeats, nil
+	beats, err := js.Stream(ctx, subjects.HeartbeatsStream)
+	if err != nil {
+		return nil, 0, fmt.Errorf("chaos: heartbeats stream: %w", err)
+	}
+	binfo, err := beats.Info(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("chaos: heartbeats stream: %w", err)
+	}
+	return events, heartbeats + int(binfo.State.LastSeq), nil
 }
 
 // readRecords reads the host stages' records (see chaosLib), one

@@ -39,7 +39,7 @@ func TestProvisionIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := snap()
-	for _, s := range subjects.Streams() {
+	for _, s := range subjects.Streams(0) {
 		if _, ok := before[s.Name]; !ok {
 			t.Errorf("stream %s not provisioned", s.Name)
 		}
@@ -49,7 +49,7 @@ func TestProvisionIsIdempotent(t *testing.T) {
 			t.Errorf("bucket stream %s not provisioned", name)
 		}
 	}
-	if err := bus.Provision(ctx, b.JS); err != nil {
+	if err := bus.Provision(ctx, b.JS, 0); err != nil {
 		t.Fatalf("second Provision: %v", err)
 	}
 	if err := bus.EnsureJobConsumers(ctx, b.JS, subjects.DefaultQueue, time.Second, 0); err != nil {

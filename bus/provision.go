@@ -12,21 +12,26 @@ import (
 )
 
 // Provision creates or updates every stream, KV bucket and object bucket of
-// package subjects. Running it again with the same configuration changes
+// package subjects, keeping what runs leave behind for keep (see
+// Retention). Running it again with the same configuration changes
 // nothing. Job consumers are created by the agents that serve their queues
 // (EnsureJobConsumers), with the agents' AckWait.
-func Provision(ctx context.Context, js jetstream.JetStream) error {
-	for _, s := range subjects.Streams() {
+func Provision(ctx context.Context, js jetstream.JetStream, keep time.Duration) error {
+	keep, err := Retention(ctx, js, keep)
+	if err != nil {
+		return err
+	}
+	for _, s := range subjects.Streams(keep) {
 		if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(s)); err != nil {
 			return fmt.Errorf("provision stream %s: %w", s.Name, err)
 		}
 	}
-	for _, b := range subjects.Buckets() {
+	for _, b := range subjects.Buckets(keep) {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, KeyValueConfig(b)); err != nil {
 			return fmt.Errorf("provision kv %s: %w", b.Name, err)
 		}
 	}
-	for _, o := range subjects.ObjectBuckets() {
+	for _, o := range subjects.ObjectBuckets(keep) {
 		if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket:      o.Name,
 			Description: o.Description,
@@ -37,6 +42,31 @@ func Provision(ctx context.Context, js jetstream.JetStream) error {
 		}
 	}
 	return nil
+}
+
+// Retention returns the retention Provision applies for keep: keep itself
+// when it is set (an operator chose it), else the one the runs bucket was
+// provisioned with, so that a process started without the flag never
+// undoes an operator's choice, else subjects.DefaultRetention.
+func Retention(ctx context.Context, js jetstream.JetStream, keep time.Duration) (time.Duration, error) {
+	if keep > 0 {
+		return keep, nil
+	}
+	kv, err := js.KeyValue(ctx, subjects.RunsBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return subjects.DefaultRetention, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("bucket %s: %w", subjects.RunsBucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("bucket %s: %w", subjects.RunsBucket, err)
+	}
+	if st.TTL() <= 0 {
+		return subjects.DefaultRetention, nil
+	}
+	return st.TTL(), nil
 }
 
 // EnsureJobConsumers creates the durable consumer of every tier of queue
@@ -82,15 +112,16 @@ func JobConsumer(ctx context.Context, js jetstream.JetStream, queue string, tier
 // JetStream stream configuration.
 func StreamConfig(s subjects.Stream) jetstream.StreamConfig {
 	cfg := jetstream.StreamConfig{
-		Name:        s.Name,
-		Description: s.Description,
-		Subjects:    s.Subjects,
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      s.MaxAge,
-		Duplicates:  s.Duplicates,
-		MaxMsgSize:  s.MaxMsgSize,
-		Storage:     jetstream.FileStorage,
-		AllowMsgTTL: s.AllowMsgTTL,
+		Name:              s.Name,
+		Description:       s.Description,
+		Subjects:          s.Subjects,
+		Retention:         jetstream.LimitsPolicy,
+		MaxAge:            s.MaxAge,
+		MaxMsgsPerSubject: s.MaxMsgsPerSubject,
+		Duplicates:        s.Duplicates,
+		MaxMsgSize:        s.MaxMsgSize,
+		Storage:           jetstream.FileStorage,
+		AllowMsgTTL:       s.AllowMsgTTL,
 	}
 	if s.Retention == subjects.WorkQueue {
 		cfg.Retention = jetstream.WorkQueuePolicy

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -172,21 +173,14 @@ func Cancel(ctx context.Context, js jetstream.JetStream, runID, reason string) e
 	return nil
 }
 
-// Get returns the run document of runID.
+// Get returns run runID whole: its document, pipeline and stages. A
+// missing run wraps runstore.ErrNoRun.
 func Get(ctx context.Context, js jetstream.JetStream, runID string) (*wire.Run, error) {
-	runs, err := js.KeyValue(ctx, subjects.RunsBucket)
+	rs, err := runstore.Open(ctx, js)
 	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", subjects.RunsBucket, err)
+		return nil, err
 	}
-	e, err := runs.Get(ctx, runID)
-	if err != nil {
-		return nil, fmt.Errorf("get run %s: %w", runID, err)
-	}
-	var r wire.Run
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		return nil, fmt.Errorf("decode run %s: %w", runID, err)
-	}
-	return &r, nil
+	return rs.Get(ctx, runID)
 }
 
 // PauseQueue pauses queue: agents finish what they run but take no new job

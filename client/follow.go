@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -47,19 +48,26 @@ const logDrainTimeout = 10 * time.Second
 var ErrNoRun = errors.New("client: no such run")
 
 // Follow calls fn for every update of run runID, in order, from its current
-// state until it ends, and returns the final run document. It returns early
-// with ctx's error when ctx ends, and at once with an error wrapping
-// ErrNoRun when the run does not exist (Submit returns only once it does).
+// state until it ends, and returns the final run. It returns early with
+// ctx's error when ctx ends, and at once with an error wrapping ErrNoRun
+// when the run does not exist (Submit returns only once it does). The
+// run an Update carries is the follower's own, changed in place as the
+// run goes: fn must copy what it keeps.
 func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(Update)) (*wire.Run, error) {
-	runs, err := js.KeyValue(ctx, subjects.RunsBucket)
+	rs, err := runstore.Open(ctx, js)
 	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", subjects.RunsBucket, err)
+		return nil, err
 	}
-	w, err := runs.Watch(ctx, runID)
+	hw, err := rs.Runs().Watch(ctx, runID)
 	if err != nil {
 		return nil, fmt.Errorf("watch run %s: %w", runID, err)
 	}
-	defer func() { _ = w.Stop() }()
+	defer func() { _ = hw.Stop() }()
+	sw, err := rs.Stages().Watch(ctx, subjects.RunStages(runID), jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("watch stages of %s: %w", runID, err)
+	}
+	defer func() { _ = sw.Stop() }()
 
 	logs, err := js.OrderedConsumer(ctx, subjects.LogsStream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{subjects.RunLogs(runID)},
@@ -90,20 +98,34 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 	}()
 	defer func() { it.Stop(); <-done }()
 
-	f := follower{fn: fn, runID: runID}
+	f := follower{fn: fn, runID: runID, early: map[string]wire.StageRun{}}
 	var drain <-chan time.Time
 	for {
-		if f.run != nil && f.run.State.Terminal() && f.seen >= f.maxLogSeq() {
-			f.flush()
-			fn(Update{Run: f.run, Done: true})
-			return f.run, nil
+		if f.run != nil && f.run.State.Terminal() {
+			if f.ended == len(f.run.Stages) && f.seen >= f.maxLog {
+				f.flush()
+				fn(Update{Run: f.run, Done: true})
+				return f.run, nil
+			}
+			if drain == nil {
+				drain = time.After(logDrainTimeout)
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return f.run, ctx.Err()
 		case <-drain:
-			f.seen = f.maxLogSeq() // give up on output that never came
-		case e, ok := <-w.Updates():
+			// Give up on output that never came, and read the stages
+			// whose last change did not arrive.
+			final, err := rs.Get(ctx, runID)
+			if err != nil {
+				return f.run, err
+			}
+			for _, s := range final.Stages {
+				f.stage(s)
+			}
+			f.seen = f.maxLog
+		case e, ok := <-hw.Updates():
 			if !ok {
 				return f.run, errors.New("client: run watch closed")
 			}
@@ -113,14 +135,33 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
-			var r wire.Run
-			if err := json.Unmarshal(e.Value(), &r); err != nil {
-				return f.run, fmt.Errorf("decode run %s: %w", runID, err)
+			h, err := runstore.DecodeRun(e.Value())
+			if err != nil {
+				return f.run, fmt.Errorf("run %s: %w", runID, err)
 			}
-			f.update(&r)
-			if r.State.Terminal() && drain == nil {
-				drain = time.After(logDrainTimeout)
+			if f.run == nil {
+				p, err := rs.Spec(ctx, h.Spec)
+				if err != nil {
+					return nil, fmt.Errorf("follow run %s: %w", runID, err)
+				}
+				f.start(runstore.Assemble(h, p, func(string) (*wire.StageRun, uint64) { return nil, 0 }).Run)
+				continue
 			}
+			h.Pipeline, h.Stages = f.run.Pipeline, f.run.Stages
+			*f.run = *h
+		case e, ok := <-sw.Updates():
+			if !ok {
+				return f.run, errors.New("client: stage watch closed")
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var s wire.StageRun
+			if err := json.Unmarshal(e.Value(), &s); err != nil {
+				return f.run, fmt.Errorf("decode stage %s: %w", e.Key(), err)
+			}
+			s.Key = subjects.StageOfKey(e.Key())
+			f.stage(s)
 		case msg, ok := <-lines:
 			if !ok {
 				return f.run, fmt.Errorf("client: logs of %s: %w", runID, ctx.Err())
@@ -130,27 +171,64 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 	}
 }
 
-// follower turns run document revisions and log batches into ordered
-// updates.
+// follower turns run and stage document revisions and log batches into
+// ordered updates.
 type follower struct {
 	fn    func(Update)
 	runID string
 	run   *wire.Run
-	seen  uint64 // stream sequence of the last log batch delivered
+	// early holds stage documents that arrived before the run's.
+	early map[string]wire.StageRun
+	// ended counts the run's stages in a terminal state; maxLog is the
+	// highest log sequence a finished stage reported.
+	ended  int
+	maxLog uint64
+	seen   uint64 // stream sequence of the last log batch delivered
 	// held are stage transitions waiting, in order, for the output of a
 	// finished stage before them.
 	held []wire.StageRun
 }
 
-func (f *follower) update(r *wire.Run) {
-	prev := f.run
+// start takes the run as first read, its stages pending, and applies the
+// stage documents that came before it.
+func (f *follower) start(r *wire.Run) {
 	f.run = r
-	for i, s := range r.Stages {
-		if prev != nil && i < len(prev.Stages) && prev.Stages[i].State == s.State && prev.Stages[i].Attempt == s.Attempt {
-			continue
+	for _, s := range r.Stages {
+		if s.State.Terminal() {
+			f.ended++
 		}
-		f.held = append(f.held, s)
 	}
+	for _, s := range r.Stages {
+		if e, ok := f.early[s.Key]; ok {
+			f.stage(e)
+		}
+	}
+	f.early = nil
+}
+
+// stage applies a stage document.
+func (f *follower) stage(s wire.StageRun) {
+	if f.run == nil {
+		f.early[s.Key] = s
+		return
+	}
+	i := f.run.Pipeline.Index(s.Key)
+	if i < 0 {
+		return
+	}
+	prev := f.run.Stages[i]
+	if prev.State.Terminal() {
+		f.ended--
+	}
+	if s.State.Terminal() {
+		f.ended++
+		f.maxLog = max(f.maxLog, s.LogSeq)
+	}
+	f.run.Stages[i] = s
+	if prev.State == s.State && prev.Attempt == s.Attempt {
+		return
+	}
+	f.held = append(f.held, s)
 	f.flush()
 }
 
@@ -180,14 +258,4 @@ func (f *follower) flush() {
 		n++
 	}
 	f.held = f.held[n:]
-}
-
-func (f *follower) maxLogSeq() uint64 {
-	var m uint64
-	if f.run != nil {
-		for _, s := range f.run.Stages {
-			m = max(m, s.LogSeq)
-		}
-	}
-	return m
 }

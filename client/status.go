@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -103,6 +104,10 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 			st.Paused[subjects.PausedQueue(k)] = string(e.Value())
 		}
 	}
+	rs, err := runstore.Open(ctx, js)
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now()
 	seen := map[string]bool{}
 	for _, kind := range []string{subjects.AllLeases, subjects.AllWaits, subjects.AllStats} {
@@ -127,7 +132,13 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 				continue
 			}
 			seen[id] = true
-			r, err := Get(ctx, js, id)
+			// A waiting run has no stage to show: its document is enough.
+			var r *wire.Run
+			if kind == subjects.AllWaits {
+				r, _, err = rs.Header(ctx, id)
+			} else {
+				r, err = rs.Get(ctx, id)
+			}
 			if err != nil || r.State.Terminal() {
 				continue
 			}
@@ -139,7 +150,7 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 }
 
 func runStatus(r *wire.Run, agents []wire.Agent, paused map[string]string, now time.Time) RunStatus {
-	rs := RunStatus{ID: r.ID, Repo: r.Repo, Pipeline: r.Pipeline.Name, Branch: r.Branch, State: r.State, Tier: r.Tier}
+	rs := RunStatus{ID: r.ID, Repo: r.Repo, Pipeline: r.PipelineName, Branch: r.Branch, State: r.State, Tier: r.Tier}
 	if r.Pending != nil {
 		rs.Reason, rs.Detail, rs.Waited = r.Pending.Reason, r.Pending.Detail, now.Sub(r.Created)
 	} else if !r.Admitted.IsZero() {

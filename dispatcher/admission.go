@@ -245,10 +245,10 @@ func (d *Dispatcher) snapshot(ctx context.Context, token string) (snapshot, erro
 // enough to decide the run still waits; that it does not (admitted or
 // ended) is decided on a fresh read, since a replayed run waits again.
 func (d *Dispatcher) waitingRun(ctx context.Context, id string) (*wire.Run, error) {
-	r, _, cached, err := d.runs.load(ctx, id)
+	r, cached, err := d.runs.brief(ctx, id)
 	if err == nil && cached && (r.Lease != "" || r.State.Terminal()) {
 		d.runs.forget(id)
-		r, _, _, err = d.runs.load(ctx, id)
+		r, _, err = d.runs.brief(ctx, id)
 	}
 	return r, err
 }
@@ -279,7 +279,7 @@ func (d *Dispatcher) applyPlan(ctx context.Context, token string, steps []action
 // drop removes the wait key of a run that no longer waits and, when the
 // run ended, frees what it may hold from an admission cut short.
 func (d *Dispatcher) drop(ctx context.Context, w waiting) {
-	if r, _, err := d.runs.get(ctx, w.ID); err == nil && r.State.Terminal() {
+	if r, err := d.runs.header(ctx, w.ID); err == nil && r.State.Terminal() {
 		d.releaseAll(ctx, r)
 	}
 	if err := d.wip.Delete(ctx, w.WaitKey); err != nil {
@@ -303,15 +303,26 @@ func (d *Dispatcher) admitOne(ctx context.Context, st action) (lost bool, err er
 	if mine, err := d.take(ctx, lease, id); err != nil || !mine {
 		return !mine, err
 	}
-	before, after, err := d.runs.update(ctx, id, func(r *wire.Run) bool { return admitRun(r, lease, d.cfg.Now()) })
+	var admitted bool
+	after, w, err := d.runs.update(ctx, id, nil, func(r *wire.Run) bool {
+		if admitRun(r, lease, d.cfg.Now()) {
+			admitted = true
+		}
+		// A redone change (a stage write lost a race) queues what the
+		// admission calls for on the documents as they are now.
+		if r.Lease == lease {
+			advance(r, d.cfg.Now())
+		}
+		return admitted
+	})
 	if err != nil {
 		return false, err
 	}
-	if after == nil {
+	if after == nil || after.Lease != lease {
 		// Admitted by another dispatcher, or ended while it waited. The
 		// group lock is the run's either way; the slot is freed only when
 		// the run does not name it.
-		cur, _, err := d.runs.get(ctx, id)
+		cur, err := d.runs.header(ctx, id)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			d.releaseKey(ctx, lease, id)
@@ -331,8 +342,8 @@ func (d *Dispatcher) admitOne(ctx context.Context, st action) (lost bool, err er
 	if err := d.wip.Delete(ctx, st.Run.WaitKey); err != nil {
 		d.log.Warn().Err(err).Str("key", st.Run.WaitKey).Msg("remove wait key")
 	}
-	d.log.Info().Str("run_id", id).Str("lease", lease).Dur("waited", d.cfg.Now().Sub(before.Created)).Msg("run admitted")
-	return false, d.afterUpdate(ctx, before, after)
+	d.log.Info().Str("run_id", id).Str("lease", lease).Dur("waited", d.cfg.Now().Sub(after.Created)).Msg("run admitted")
+	return false, d.afterUpdate(ctx, after, w)
 }
 
 // take creates key naming runID, create-only. It reports whether the key
@@ -357,7 +368,7 @@ func (d *Dispatcher) take(ctx context.Context, key, runID string) (bool, error) 
 
 // pend records why a run waits, when that changed.
 func (d *Dispatcher) pend(ctx context.Context, runID, reason, detail string) {
-	if _, _, err := d.runs.update(ctx, runID, func(r *wire.Run) bool { return setPending(r, reason, detail, d.cfg.Now()) }); err != nil {
+	if _, _, err := d.runs.update(ctx, runID, []string{}, func(r *wire.Run) bool { return setPending(r, reason, detail, d.cfg.Now()) }); err != nil {
 		d.log.Warn().Err(err).Str("run_id", runID).Msg("record pending reason")
 	}
 }
@@ -416,7 +427,7 @@ func (d *Dispatcher) supersede(ctx context.Context, r *wire.Run) error {
 		}
 	}
 	for _, id := range victims {
-		v, _, _, err := d.runs.load(ctx, id)
+		v, _, err := d.runs.brief(ctx, id)
 		if err != nil || v.Group != r.Group || v.Seq > r.Seq || v.State.Terminal() {
 			continue
 		}
@@ -485,7 +496,7 @@ func (d *Dispatcher) sweep(ctx context.Context) {
 				continue
 			}
 			runID := string(e.Value())
-			r, _, err := d.runs.get(ctx, runID)
+			r, err := d.runs.header(ctx, runID)
 			switch {
 			case errors.Is(err, jetstream.ErrKeyNotFound):
 			case err != nil:

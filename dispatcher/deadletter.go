@@ -69,20 +69,26 @@ func (d *Dispatcher) handleDeadLetter(ctx context.Context, msg jetstream.Msg) er
 		return fmt.Errorf("delete dead job %d: %w", adv.StreamSeq, err)
 	}
 	log.Warn().Uint64("deliveries", adv.Deliveries).Msg("job dead-lettered")
-	before, after, err := d.runs.update(ctx, job.RunID, func(r *wire.Run) bool {
-		return deadLetter(r, job.Stage.Key, job.Attempt, fmt.Sprintf("its job was dead-lettered after %d deliveries (weft dlq replay runs it again)", adv.Deliveries), d.cfg.Now())
+	after, w, err := d.runs.update(ctx, job.RunID, []string{job.Stage.Key}, func(r *wire.Run) bool {
+		changed := deadLetter(r, job.Stage.Key, job.Attempt, fmt.Sprintf("its job was dead-lettered after %d deliveries (weft dlq replay runs it again)", adv.Deliveries), d.cfg.Now())
+		advance(r, d.cfg.Now())
+		return changed
 	})
 	if err != nil || after == nil {
 		return err
 	}
-	return d.afterUpdate(ctx, before, after)
+	return d.afterUpdate(ctx, after, w)
 }
 
 // replay runs a failed stage again on an operator's request. A run that
 // had ended waits for admission again, in its original arrival order, so
 // it holds a WIP slot and its group's lock while the stage runs.
 func (d *Dispatcher) replay(ctx context.Context, ev wire.Event) error {
-	before, after, err := d.runs.update(ctx, ev.RunID, func(r *wire.Run) bool { return replayStage(r, ev.Stage, d.cfg.Now()) })
+	after, w, err := d.runs.update(ctx, ev.RunID, nil, func(r *wire.Run) bool {
+		changed := replayStage(r, ev.Stage, d.cfg.Now())
+		advance(r, d.cfg.Now())
+		return changed
+	})
 	if err != nil || after == nil {
 		return err
 	}
@@ -93,5 +99,5 @@ func (d *Dispatcher) replay(ctx context.Context, ev wire.Event) error {
 		}
 		return d.admit(ctx, subjects.RepoToken(after.Repo))
 	}
-	return d.afterUpdate(ctx, before, after)
+	return d.afterUpdate(ctx, after, w)
 }

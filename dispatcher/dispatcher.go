@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 )
 
@@ -138,9 +139,9 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: bucket %s: %w", subjects.WIPBucket, err)
 	}
-	runs, err := b.JS.KeyValue(ctx, subjects.RunsBucket)
+	runs, err := runstore.Open(ctx, b.JS)
 	if err != nil {
-		return nil, fmt.Errorf("dispatcher: bucket %s: %w", subjects.RunsBucket, err)
+		return nil, fmt.Errorf("dispatcher: %w", err)
 	}
 	dedup, err := b.JS.KeyValue(ctx, subjects.DedupBucket)
 	if err != nil {

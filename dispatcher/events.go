@@ -41,41 +41,51 @@ func (d *Dispatcher) handleEvent(ctx context.Context, msg jetstream.Msg) error {
 	return nil
 }
 
-// repair publishes what a run document calls for, in case the dispatcher
-// that changed it died before doing so: the jobs of its queued stages not
+// repair redoes what a run's documents call for, in case the dispatcher
+// that changed them died half-way: it advances the run on fresh
+// documents (a stage it ended whose dependents it did not queue, a run
+// whose stages all ended), publishes the jobs of its queued stages not
 // recorded as published (their message ids make this a no-op when they
-// were published within the stream's duplicate window), the cancel notice
-// of a run being cancelled and, for an ended run, the release of its lease
-// and lock.
+// were published within the stream's duplicate window), resends the
+// cancel notice of a run being cancelled and, for an ended run, releases
+// its lease and lock.
 func (d *Dispatcher) repair(ctx context.Context, runID string) error {
-	d.runs.forget(runID) // repair works from the stored document
-	r, _, _, err := d.runs.load(ctx, runID)
+	d.runs.forget(runID) // repair works from the stored documents
+	after, w, err := d.runs.update(ctx, runID, nil, func(r *wire.Run) bool {
+		return len(advance(r, d.cfg.Now())) > 0
+	})
+	if err != nil {
+		return err
+	}
+	if after != nil {
+		if err := d.afterUpdate(ctx, after, w); err != nil {
+			return err
+		}
+	}
+	r, _, err := d.runs.load(ctx, runID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if r.State.Terminal() {
-		return d.release(ctx, r)
+	if r.run.State.Terminal() {
+		return d.release(ctx, r.run)
 	}
-	if r.CancelReason != "" {
+	if r.run.CancelReason != "" {
 		if err := d.notifyCancel(runID); err != nil {
 			return err
 		}
 	}
-	return d.publishJobs(ctx, r, unpublishedKeys(r))
+	return d.publishJobs(ctx, r.run, unpublishedKeys(r.run))
 }
 
 func (d *Dispatcher) stageEvent(ctx context.Context, ev wire.Event) error {
 	var v verdict
-	before, after, err := d.runs.update(ctx, ev.RunID, func(r *wire.Run) bool {
+	after, w, err := d.runs.update(ctx, ev.RunID, []string{ev.Stage}, func(r *wire.Run) bool {
 		v = apply(r, ev, d.cfg.Now())
-		if v != applied {
-			return false
-		}
 		advance(r, d.cfg.Now())
-		return true
+		return v == applied
 	})
 	if err != nil {
 		return err
@@ -83,13 +93,13 @@ func (d *Dispatcher) stageEvent(ctx context.Context, ev wire.Event) error {
 	if v == recancel {
 		return d.notifyCancel(ev.RunID)
 	}
-	if v != applied {
+	if after == nil {
 		if ev.Type == wire.Finished {
 			d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Int("attempt", ev.Attempt).Msg("stale finish ignored")
 		}
 		return nil
 	}
-	return d.afterUpdate(ctx, before, after)
+	return d.afterUpdate(ctx, after, w)
 }
 
 func (d *Dispatcher) cancel(ctx context.Context, ev wire.Event) error {
@@ -97,7 +107,7 @@ func (d *Dispatcher) cancel(ctx context.Context, ev wire.Event) error {
 	if reason == "" {
 		reason = "cancel requested"
 	}
-	before, after, err := d.runs.update(ctx, ev.RunID, func(r *wire.Run) bool {
+	after, w, err := d.runs.update(ctx, ev.RunID, nil, func(r *wire.Run) bool {
 		return cancel(r, reason, d.cfg.Now())
 	})
 	if err != nil || after == nil {
@@ -107,23 +117,16 @@ func (d *Dispatcher) cancel(ctx context.Context, ev wire.Event) error {
 	if err := d.notifyCancel(ev.RunID); err != nil {
 		return err
 	}
-	return d.afterUpdate(ctx, before, after)
+	return d.afterUpdate(ctx, after, w)
 }
 
-// afterUpdate publishes what a successful run update calls for: the jobs of
-// newly queued stage attempts, and the run's end.
-func (d *Dispatcher) afterUpdate(ctx context.Context, before, after *wire.Run) error {
-	var keys []string
-	for i, s := range after.Stages {
-		b := before.Stages[i]
-		if s.State == wire.StageQueued && (b.State != wire.StageQueued || b.Attempt != s.Attempt) {
-			keys = append(keys, s.Key)
-		}
-	}
-	if err := d.publishJobs(ctx, after, keys); err != nil {
+// afterUpdate publishes what an update of a run wrote calls for: the jobs
+// of the stages it queued, and the run's end.
+func (d *Dispatcher) afterUpdate(ctx context.Context, after *wire.Run, w wrote) error {
+	if err := d.publishJobs(ctx, after, w.queued); err != nil {
 		return err
 	}
-	if after.State.Terminal() && !before.State.Terminal() {
+	if w.ended {
 		d.log.Info().Str("run_id", after.ID).Str("state", string(after.State)).Msg("run finished")
 		data, _ := json.Marshal(wire.Event{Type: wire.RunFinished, RunID: after.ID, Time: after.Finished, Message: string(after.State)})
 		if _, err := d.js.Publish(ctx, subjects.RunEvent(after.ID), data); err != nil {
@@ -142,8 +145,12 @@ func (d *Dispatcher) notifyCancel(runID string) error {
 }
 
 // publishJobs publishes the job of each stage key with its attempt's
-// message id, so publishing twice stores it once.
+// message id, so publishing twice stores it once, and records where each
+// job is stored in its stage's document.
 func (d *Dispatcher) publishJobs(ctx context.Context, r *wire.Run, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
 	seqs := map[string]uint64{}
 	jobs := queuedJobs(r, keys)
 	for _, job := range jobs {
@@ -161,11 +168,8 @@ func (d *Dispatcher) publishJobs(ctx context.Context, r *wire.Run, keys []string
 		d.log.Debug().Str("run_id", r.ID).Str("stage", job.Stage.Key).Int("attempt", job.Attempt).
 			Str("queue", job.Stage.Queue).Str("tier", string(r.Tier)).Msg("stage queued")
 	}
-	if len(jobs) == 0 {
-		return nil
-	}
 	// Record where the jobs are, for the reconcile loop.
-	_, _, err := d.runs.update(ctx, r.ID, func(r *wire.Run) bool {
+	_, _, err := d.runs.update(ctx, r.ID, keys, func(r *wire.Run) bool {
 		changed := false
 		for _, job := range jobs {
 			s := r.Stage(job.Stage.Key)

@@ -51,6 +51,10 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("events stream: %w", err)
 	}
+	beats, err := d.js.Stream(ctx, subjects.HeartbeatsStream)
+	if err != nil {
+		return fmt.Errorf("heartbeats stream: %w", err)
+	}
 	ackWaits := map[string]time.Duration{}
 	ackWait := func(r *wire.Run, s wire.StageRun) time.Duration {
 		name := subjects.JobConsumer(s.Queue, tierOf(r))
@@ -74,7 +78,10 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 			continue
 		}
 		runID := string(e.Value())
-		r, _, err := d.runs.get(ctx, runID)
+		if h, err := d.runs.header(ctx, runID); err != nil || h.State.Terminal() || h.Lease != k {
+			continue // the sweep frees what ended runs hold
+		}
+		r, err := d.runs.get(ctx, runID)
 		if err != nil || r.State.Terminal() || r.Lease != k {
 			continue // the sweep frees what ended runs hold
 		}
@@ -104,7 +111,7 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 				found = append(found, ev)
 				continue
 			}
-			if s.State == wire.StageRunning && now.Sub(s.Heartbeat) < ackWait(r, s) {
+			if s.State == wire.StageRunning && now.Sub(lastBeat(ctx, beats, runID, s)) < ackWait(r, s) {
 				continue // its attempt is alive
 			}
 			if budget > 0 {
@@ -118,13 +125,14 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 				return err
 			}
 		}
-		before, after, err := d.runs.update(ctx, runID, func(r *wire.Run) bool { return repairRun(r, found, lost, d.cfg.Now()) })
+		d.runs.forget(runID) // the repair decides on the documents just read
+		after, w, err := d.runs.update(ctx, runID, nil, func(r *wire.Run) bool { return repairRun(r, found, lost, d.cfg.Now()) })
 		if err != nil {
 			return err
 		}
 		if after != nil {
 			d.log.Warn().Str("run_id", runID).Int("lost", len(lost)).Int("finished", len(found)).Msg("run repaired by the reconcile loop")
-			if err := d.afterUpdate(ctx, before, after); err != nil {
+			if err := d.afterUpdate(ctx, after, w); err != nil {
 				return err
 			}
 		}
@@ -145,4 +153,18 @@ func lastFinished(ctx context.Context, events jetstream.Stream, runID string, s 
 		return wire.Event{}, false
 	}
 	return ev, true
+}
+
+// lastBeat returns when the stage's attempt last said it was alive: its
+// last heartbeat of that attempt, or its start.
+func lastBeat(ctx context.Context, beats jetstream.Stream, runID string, s wire.StageRun) time.Time {
+	m, err := beats.GetLastMsgForSubject(ctx, subjects.Heartbeat(runID, s.Key))
+	if err != nil {
+		return s.Started
+	}
+	var ev wire.Event
+	if json.Unmarshal(m.Data, &ev) != nil || ev.Attempt != s.Attempt || ev.Time.Before(s.Started) {
+		return s.Started
+	}
+	return ev.Time
 }

@@ -29,26 +29,29 @@ func newRun(id string, t wire.Trigger, p *pipeline.Pipeline, seq uint64, now tim
 		p.Queue = t.Queue
 	}
 	r := &wire.Run{
-		ID:        id,
-		TriggerID: t.ID,
-		Repo:      t.Repo,
-		Branch:    t.Branch,
-		Commit:    t.Commit,
-		File:      t.File,
-		Pipeline:  p,
-		Tier:      tier,
-		State:     wire.RunQueued,
-		Seq:       seq,
-		Pending:   &wire.Pending{Reason: wire.PendingAdmission, Since: now},
-		Created:   now,
+		ID:           id,
+		TriggerID:    t.ID,
+		Repo:         t.Repo,
+		Branch:       t.Branch,
+		Commit:       t.Commit,
+		File:         t.File,
+		Pipeline:     p,
+		PipelineName: p.Name,
+		StageCount:   len(p.Stages),
+		Tier:         tier,
+		State:        wire.RunQueued,
+		Seq:          seq,
+		Pending:      &wire.Pending{Reason: wire.PendingAdmission, Since: now},
+		Created:      now,
 	}
 	if p.Concurrency != nil {
 		r.Group = p.Concurrency.ExpandGroup(map[string]string{
 			"WEFT_BRANCH": t.Branch, "WEFT_COMMIT": t.Commit, "WEFT_PIPELINE": p.Name, "WEFT_REPO": t.Repo,
 		})
 	}
+	r.Stages = make([]wire.StageRun, 0, len(p.Stages))
 	for _, st := range p.Stages {
-		r.Stages = append(r.Stages, wire.StageRun{Key: st.Key, State: wire.StagePending, Queue: st.Queue, ExitCode: -1})
+		r.Stages = append(r.Stages, wire.PendingStage(st.Key, st.Queue))
 	}
 	return r
 }
@@ -96,10 +99,12 @@ func satisfied(r *wire.Run) map[string]bool {
 
 // advance skips the stages that can no longer run, queues the stages whose
 // dependencies are satisfied (unless the run is being cancelled) and ends
-// the run when every stage is terminal. It returns the keys it queued, in
-// file order.
+// the run when every stage is terminal. It derives all of it from the
+// stages' states, so it is idempotent; it does nothing to a run that is
+// not admitted (no lease) or that ended. It returns the keys it queued,
+// in file order.
 func advance(r *wire.Run, now time.Time) []string {
-	if r.State.Terminal() {
+	if r.State.Terminal() || r.Lease == "" {
 		return nil
 	}
 	for {
@@ -136,8 +141,8 @@ func queueAttempt(s *wire.StageRun, now time.Time) {
 	s.State = wire.StageQueued
 	s.Attempt++
 	s.Job = s.Attempt
-	s.Agent, s.ExitCode, s.Category, s.Message, s.LogSeq, s.JobSeq = "", -1, wire.CategoryNone, "", 0, 0
-	s.Queued, s.Started, s.Heartbeat, s.Finished, s.NotBefore = now, time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	s.Agent, s.ExitCode, s.Category, s.Message, s.LogSeq, s.JobSeq, s.Cancelling = "", -1, wire.CategoryNone, "", 0, 0, false
+	s.Queued, s.Started, s.Finished, s.NotBefore = now, time.Time{}, time.Time{}, time.Time{}
 }
 
 // finish sets the run's terminal state once every stage is terminal.
@@ -212,7 +217,7 @@ func apply(r *wire.Run, ev wire.Event, now time.Time) verdict {
 	if ev.Attempt != s.Attempt {
 		return ignored
 	}
-	if s.State == wire.StageCancelled && (ev.Type == wire.Started || ev.Type == wire.Heartbeat) {
+	if s.State == wire.StageCancelled && ev.Type == wire.Started {
 		return recancel
 	}
 	switch ev.Type {
@@ -220,16 +225,13 @@ func apply(r *wire.Run, ev wire.Event, now time.Time) verdict {
 		if s.State != wire.StageQueued {
 			return ignored
 		}
-		s.State, s.Started, s.Heartbeat, s.Agent = wire.StageRunning, ev.Time, ev.Time, ev.Agent
+		s.State, s.Started, s.Agent = wire.StageRunning, ev.Time, ev.Agent
 		if r.State == wire.RunQueued {
 			r.State, r.Started = wire.RunRunning, ev.Time
 		}
-		return applied
-	case wire.Heartbeat:
-		if s.State != wire.StageRunning {
-			return ignored
+		if r.CancelReason != "" {
+			s.Cancelling = true
 		}
-		s.Heartbeat = ev.Time
 		return applied
 	case wire.Finished:
 		if s.State != wire.StageQueued && s.State != wire.StageRunning {
@@ -301,8 +303,13 @@ func cancel(r *wire.Run, reason string, now time.Time) bool {
 	r.CancelReason = clip(reason)
 	for i := range r.Stages {
 		s := &r.Stages[i]
-		if s.State == wire.StagePending || s.State == wire.StageQueued {
-			s.State, s.Message, s.Finished = wire.StageCancelled, "run cancelled: "+reason, now
+		switch s.State {
+		case wire.StagePending, wire.StageQueued:
+			s.State, s.Message, s.Finished = wire.StageCancelled, clip("run cancelled: "+reason), now
+		case wire.StageRunning:
+			// Every stage not ended is rewritten: a dispatcher holding an
+			// older copy of one cannot write it over the cancel.
+			s.Cancelling = true
 		}
 	}
 	finish(r, now)
@@ -386,9 +393,17 @@ func replayStage(r *wire.Run, key string, now time.Time) bool {
 	if s == nil || s.State != wire.StageFailed || r.CancelReason != "" {
 		return false
 	}
+	r.Replays++
 	for i := range r.Stages {
-		if st := &r.Stages[i]; st.State == wire.StageSkipped {
+		st := &r.Stages[i]
+		if st.State == wire.StageSkipped {
 			st.State, st.Message, st.Finished = wire.StagePending, "", time.Time{}
+		}
+		if st.State != wire.StageSucceeded {
+			// Every stage that did not succeed is rewritten, so that a
+			// dispatcher holding an older copy of one (that skipped it
+			// for the failure replayed now) cannot write it over this.
+			st.Epoch = r.Replays
 		}
 	}
 	s.State, s.Message, s.Category, s.ExitCode, s.Finished = wire.StagePending, "", wire.CategoryNone, -1, time.Time{}

@@ -50,7 +50,7 @@ func startRun(t *testing.T, src string) *wire.Run {
 	t.Helper()
 	trig := wire.Trigger{ID: "trigger-1", Repo: "weft-ci/app", File: "pipeline.yml", Pipeline: src, Branch: "main", Commit: "abc123"}
 	r := newRun(testRunID, trig, parse(t, src), 0, t0)
-	advance(r, t0)
+	admitRun(r, "lease._.0", t0)
 	return r
 }
 
@@ -204,7 +204,7 @@ stages:
 			got := newRun(testRunID, trig, p, 7, t0)
 			want := &wire.Run{
 				ID: testRunID, TriggerID: "trigger-1", Repo: "weft-ci/app", Branch: "main", Commit: "abc123",
-				File: "ci.yml", Pipeline: p, Tier: tt.want, State: wire.RunQueued, Created: t0, Seq: 7,
+				File: "ci.yml", Pipeline: p, PipelineName: "app", StageCount: 2, Tier: tt.want, State: wire.RunQueued, Created: t0, Seq: 7,
 				Pending: &wire.Pending{Reason: wire.PendingAdmission, Since: t0},
 				Stages: []wire.StageRun{
 					{Key: "build", State: wire.StagePending, Queue: "linux", ExitCode: -1},
@@ -239,6 +239,7 @@ stages:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRun(testRunID, wire.Trigger{ID: "trigger-1"}, parse(t, tt.src), 0, t0)
+			r.Lease = "lease._.0"
 			now := at(1)
 			if got := advance(r, now); !slices.Equal(got, tt.want) {
 				t.Fatalf("advance() = %q, want %q", got, tt.want)
@@ -325,7 +326,9 @@ stages:
 			steps: []step{
 				{ev: started("build", 1), want: applied,
 					stages: stages{"build": running, "lint": pending, "test": pending, "package": pending}, run: wire.RunRunning},
-				{ev: heartbeat("build", 1), want: applied,
+				// Heartbeats go to the heartbeats stream; the dispatcher
+				// changes nothing for one.
+				{ev: heartbeat("build", 1), want: ignored,
 					stages: stages{"build": running, "lint": pending, "test": pending, "package": pending}, run: wire.RunRunning},
 				{ev: finished("build", 1, 0, wire.CategoryNone), want: applied, queued: []string{"lint", "test"},
 					stages: stages{"build": succeeded, "lint": queued, "test": queued, "package": pending}, run: wire.RunRunning},
@@ -347,9 +350,9 @@ stages:
 					t.Errorf("run started %v, finished %v, want %v and %v", r.Started, r.Finished, at(1), at(9))
 				}
 				b := r.Stage("build")
-				if !b.Queued.Equal(t0) || !b.Started.Equal(at(1)) || !b.Heartbeat.Equal(at(2)) || !b.Finished.Equal(at(3)) {
-					t.Errorf("build queued %v, started %v, heartbeat %v, finished %v, want %v, %v, %v, %v",
-						b.Queued, b.Started, b.Heartbeat, b.Finished, t0, at(1), at(2), at(3))
+				if !b.Queued.Equal(t0) || !b.Started.Equal(at(1)) || !b.Finished.Equal(at(3)) {
+					t.Errorf("build queued %v, started %v, finished %v, want %v, %v, %v",
+						b.Queued, b.Started, b.Finished, t0, at(1), at(3))
 				}
 				if b.Attempt != 1 || b.ExitCode != 0 || b.Agent != "agent-1" {
 					t.Errorf("build attempt %d, exit %d, agent %q, want 1, 0, agent-1", b.Attempt, b.ExitCode, b.Agent)
@@ -429,9 +432,9 @@ stages:
 				// An agent started the cancelled test job anyway: tell it again.
 				{ev: started("test", 1), want: recancel,
 					stages: stages{"build": succeeded, "lint": running, "test": cancelled, "package": cancelled}, run: wire.RunRunning},
-				{ev: heartbeat("test", 1), want: recancel,
+				{ev: heartbeat("test", 1), want: ignored,
 					stages: stages{"build": succeeded, "lint": running, "test": cancelled, "package": cancelled}, run: wire.RunRunning},
-				{ev: heartbeat("lint", 1), want: applied,
+				{ev: heartbeat("lint", 1), want: ignored,
 					stages: stages{"build": succeeded, "lint": running, "test": cancelled, "package": cancelled}, run: wire.RunRunning},
 				{ev: finished("test", 1, -1, wire.CategoryCancelled), want: ignored,
 					stages: stages{"build": succeeded, "lint": running, "test": cancelled, "package": cancelled}, run: wire.RunRunning},
@@ -957,7 +960,7 @@ func TestQueuedKeys(t *testing.T) {
 // document that is being cancelled and still has a pending stage.
 func TestAdvanceWhileCancelling(t *testing.T) {
 	r := newRun(testRunID, wire.Trigger{ID: "trigger-1"}, parse(t, diamond), 0, t0)
-	r.CancelReason = "user"
+	r.Lease, r.CancelReason = "lease._.0", "user"
 	if got := advance(r, at(1)); got != nil {
 		t.Errorf("advance() of a cancelling run = %q, want nothing queued", got)
 	}
@@ -1010,6 +1013,7 @@ func TestAdmitRunAndSetPending(t *testing.T) {
 
 func TestRedeliveredJobTakesTheStageOver(t *testing.T) {
 	r := newRun(testRunID, wire.Trigger{ID: "t"}, parse(t, diamond), 1, t0)
+	r.Lease = "lease._.0"
 	advance(r, t0)
 	if v := apply(r, wire.Event{Type: wire.Started, RunID: testRunID, Stage: "build", Attempt: 1, Agent: "a", Time: at(1)}, at(1)); v != applied {
 		t.Fatalf("start attempt 1 = %v", v)

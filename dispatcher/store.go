@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,155 +9,442 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/wire"
 )
 
-// store reads and writes run documents in the runs bucket. Every write is
-// a compare-and-set on the key's revision; the cache only saves a read,
-// and a conflict drops the entry and reads the document again.
+// store changes runs as runstore stores them: the run document, one
+// document per stage and the pipeline spec. The dispatcher works on a run
+// whole (a view: the documents assembled, with their revisions), and the
+// store writes back only the documents a change touched, each by
+// compare-and-set. The cache saves reads; what it holds may be stale
+// (another dispatcher moved the run on), and every decision it could get
+// wrong is checked against fresh reads:
+//
+//   - a write over a stale revision fails; the store reads the documents
+//     that failed again and redoes the change on them;
+//   - a change that changes nothing is decided again on fresh documents
+//     (the ones the change is about, or the whole run);
+//   - after a write that ends a stage, the stages its decision rests on
+//     as not ended (the other dependencies of its dependents, and one
+//     stage of the run not ended) are read fresh; if one ended meanwhile
+//     the change is redone. Two dispatchers ending the last two stages of
+//     a run each write, then read the other's: at least one sees both
+//     ended, so a dependent is queued and the run is finished by one of
+//     them.
+//
+// Changes must therefore be idempotent, and derive what follows from the
+// documents (advance), not from what they just did.
 type store struct {
-	kv  jetstream.KeyValue
+	rs  *runstore.Store
 	log zerolog.Logger
 
-	mu    sync.Mutex           // guards cache
-	cache map[string]cachedRun // run documents as last read or written
+	mu     sync.Mutex
+	cache  map[string]*view // views of live runs, by id
+	staged int              // stages held by cache
 }
 
-// cachedRun is a run document and its revision.
-type cachedRun struct {
-	run *wire.Run
-	rev uint64
+// view is a run as last read or written, with the revision of its
+// document and of each stage's.
+type view struct {
+	run    *wire.Run
+	rev    uint64
+	revs   []uint64
+	header []byte // the run document as encoded at rev
 }
 
-// maxCachedRuns bounds the cache; past it the cache starts over.
-const maxCachedRuns = 4096
+// maxCachedStages bounds the stages the cache holds; past it the cache
+// starts over.
+const maxCachedStages = 200_000
 
-func newStore(kv jetstream.KeyValue, log zerolog.Logger) *store {
-	return &store{kv: kv, log: log, cache: map[string]cachedRun{}}
+func newStore(rs *runstore.Store, log zerolog.Logger) *store {
+	return &store{rs: rs, log: log, cache: map[string]*view{}}
 }
 
-// create stores a new run document; it returns jetstream.ErrKeyExists
-// (wrapped) when the run exists.
+// wrote is what one update wrote.
+type wrote struct {
+	// queued are the stages the update queued (as a new attempt), in file
+	// order: their jobs are to be published.
+	queued []string
+	// ended says the update ended the run.
+	ended bool
+}
+
+// create stores a new run document (its stages have none yet: they are
+// pending); it wraps jetstream.ErrKeyExists when the run exists. The
+// pipeline spec must be stored, under r.Spec.
 func (s *store) create(ctx context.Context, r *wire.Run) error {
-	data, err := json.Marshal(r)
+	rev, err := s.rs.CreateRun(ctx, r)
 	if err != nil {
-		return fmt.Errorf("encode run %s: %w", r.ID, err)
+		return err
 	}
-	rev, err := s.kv.Create(ctx, r.ID, data)
-	if err != nil {
-		return fmt.Errorf("create run %s: %w", r.ID, err)
-	}
-	s.remember(clone(r), rev)
+	l := runstore.Assemble(r, r.Pipeline, func(string) (*wire.StageRun, uint64) { return nil, 0 })
+	s.remember(&view{run: l.Run, rev: rev, revs: l.Revs, header: encodeHeader(l.Run)})
 	return nil
 }
 
-// get reads a run document and its revision from the bucket. A missing
-// run wraps jetstream.ErrKeyNotFound.
-func (s *store) get(ctx context.Context, id string) (*wire.Run, uint64, error) {
-	entry, err := s.kv.Get(ctx, id)
+// header reads a run document alone, fresh. A missing run wraps
+// jetstream.ErrKeyNotFound.
+func (s *store) header(ctx context.Context, id string) (*wire.Run, error) {
+	r, _, err := s.rs.Header(ctx, id)
+	return r, err
+}
+
+// get reads a run whole, fresh. A missing run wraps
+// jetstream.ErrKeyNotFound.
+func (s *store) get(ctx context.Context, id string) (*wire.Run, error) {
+	v, err := s.fresh(ctx, id)
 	if err != nil {
-		return nil, 0, fmt.Errorf("get run %s: %w", id, err)
+		return nil, err
 	}
-	var r wire.Run
-	if err := json.Unmarshal(entry.Value(), &r); err != nil {
-		return nil, 0, fmt.Errorf("decode run %s: %w", id, err)
-	}
-	return &r, entry.Revision(), nil
+	return v.run, nil
 }
 
-// update applies change to the run document by compare-and-set, retrying
-// on a revision conflict. It returns the document before and after, or a
-// nil after when change reported no change (or the run does not exist).
-// change must be a pure function of the document: it may run several
-// times.
-func (s *store) update(ctx context.Context, id string, change func(*wire.Run) bool) (before, after *wire.Run, err error) {
-	for {
-		r, rev, cached, err := s.load(ctx, id)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			s.log.Warn().Str("run_id", id).Msg("event for unknown run")
-			return nil, nil, nil
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		old := clone(r)
-		if !change(r) {
-			if cached {
-				// Another dispatcher may have moved the run on: decide
-				// "nothing to do" only on a fresh read.
-				s.forget(id)
-				continue
-			}
-			return old, nil, nil
-		}
-		data, err := json.Marshal(r)
-		if err != nil {
-			return nil, nil, fmt.Errorf("encode run %s: %w", id, err)
-		}
-		rev, err = s.kv.Update(ctx, id, data, rev)
-		if err != nil {
-			s.forget(id)
-			if isCASConflict(err) {
-				continue
-			}
-			return nil, nil, fmt.Errorf("update run %s: %w", id, err)
-		}
-		s.remember(r, rev)
-		return old, r, nil
-	}
-}
-
-// load returns a copy of the run document and its revision, from the cache
-// (cached is true) or from the bucket.
-func (s *store) load(ctx context.Context, id string) (r *wire.Run, rev uint64, cached bool, err error) {
+// load returns a copy of the view of a run, from the cache (cached is
+// true) or read whole.
+func (s *store) load(ctx context.Context, id string) (v *view, cached bool, err error) {
 	s.mu.Lock()
 	c, ok := s.cache[id]
 	s.mu.Unlock()
 	if ok {
-		return clone(c.run), c.rev, true, nil
+		return c.clone(), true, nil
 	}
-	r, rev, err = s.get(ctx, id)
-	if err == nil {
-		s.remember(r, rev)
-		r = clone(r)
+	v, err = s.fresh(ctx, id)
+	if err != nil {
+		return nil, false, err
 	}
-	return r, rev, false, err
+	s.remember(v)
+	return v.clone(), false, nil
 }
 
-func (s *store) remember(r *wire.Run, rev uint64) {
+// fresh reads a run whole.
+func (s *store) fresh(ctx context.Context, id string) (*view, error) {
+	l, err := s.rs.Load(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &view{run: l.Run, rev: l.Rev, revs: l.Revs, header: encodeHeader(l.Run)}, nil
+}
+
+// refreshHeader reads the run document of v again.
+func (s *store) refreshHeader(ctx context.Context, v *view) error {
+	r, rev, err := s.rs.Header(ctx, v.run.ID)
+	if err != nil {
+		return err
+	}
+	r.Pipeline, r.Stages = v.run.Pipeline, v.run.Stages
+	v.run, v.rev, v.header = r, rev, encodeHeader(r)
+	return nil
+}
+
+// refreshStage reads the document of the stage at position i of v again;
+// it reports whether it differed from v's.
+func (s *store) refreshStage(ctx context.Context, v *view, i int) (bool, error) {
+	key := v.run.Pipeline.Stages[i].Key
+	st, rev, err := s.rs.Stage(ctx, v.run.ID, key)
+	if err != nil {
+		return false, err
+	}
+	if rev == v.revs[i] {
+		return false, nil
+	}
+	if st == nil {
+		p := wire.PendingStage(key, v.run.Pipeline.Stages[i].Queue)
+		st = &p
+	}
+	st.Key = key
+	v.run.Stages[i], v.revs[i] = *st, rev
+	return true, nil
+}
+
+// maxRounds bounds the rounds of one update (a write that lost a race, a
+// belief found stale); a run that keeps changing under it is left to the
+// next event.
+const maxRounds = 32
+
+// update applies change to the run and writes what it changed: the
+// documents of the stages it changed (by compare-and-set, all at once),
+// then the run document. It returns the run as written and what the
+// update wrote, or a nil run when nothing changed (or the run does not
+// exist). scope names the stages change depends on, for deciding on
+// fresh documents that it changes nothing; nil is the whole run.
+//
+// change must be idempotent (see store): it may run several times, on
+// documents some of its earlier effects were written to.
+func (s *store) update(ctx context.Context, id string, scope []string, change func(*wire.Run) bool) (*wire.Run, wrote, error) {
+	var w wrote
+	v, cached, err := s.load(ctx, id)
+	if errors.Is(err, runstore.ErrNoRun) {
+		s.log.Warn().Str("run_id", id).Msg("event for unknown run")
+		return nil, w, nil
+	}
+	if err != nil {
+		return nil, w, err
+	}
+	wroteAny := false
+	for range maxRounds {
+		r := clone(v.run)
+		change(r)
+		writes, at := stageWrites(v, r)
+		header := encodeHeader(r)
+		headerChanged := !bytes.Equal(header, v.header)
+		if len(writes) == 0 && !headerChanged {
+			if cached {
+				// The view may be stale: decide "nothing to do" on fresh
+				// documents.
+				cached = false
+				if err := s.refresh(ctx, &v, scope); err != nil {
+					return nil, w, err
+				}
+				continue
+			}
+			break
+		}
+		revs, werr := s.rs.WriteStages(ctx, id, writes)
+		var ended []int
+		for j, i := range at {
+			if revs[j] == 0 {
+				continue
+			}
+			old := v.run.Stages[i]
+			ns := r.Stages[i]
+			if ns.State == wire.StageQueued && (old.State != wire.StageQueued || old.Attempt != ns.Attempt) {
+				w.queued = append(w.queued, ns.Key)
+			}
+			if ns.State.Terminal() && !old.State.Terminal() {
+				ended = append(ended, i)
+			}
+			v.run.Stages[i], v.revs[i] = ns, revs[j]
+			wroteAny = true
+		}
+		if werr != nil {
+			s.forget(id)
+			if !runstore.IsConflict(werr) {
+				return nil, w, werr
+			}
+			// Read the stages whose writes failed, and the run, again.
+			for j, i := range at {
+				if revs[j] == 0 {
+					if _, err := s.refreshStage(ctx, v, i); err != nil {
+						return nil, w, err
+					}
+				}
+			}
+			if err := s.refreshHeader(ctx, v); err != nil {
+				return nil, w, err
+			}
+			cached = false
+			continue
+		}
+		if headerChanged {
+			hr := *r
+			hr.Pipeline, hr.Stages = v.run.Pipeline, v.run.Stages
+			rev, err := s.rs.UpdateRun(ctx, &hr, v.rev)
+			if err != nil {
+				s.forget(id)
+				if !runstore.IsConflict(err) {
+					return nil, w, err
+				}
+				if err := s.refreshHeader(ctx, v); err != nil {
+					return nil, w, err
+				}
+				cached = false
+				continue
+			}
+			if hr.State.Terminal() && !v.run.State.Terminal() {
+				w.ended = true
+			}
+			v.run, v.rev, v.header = &hr, rev, header
+			wroteAny = true
+		}
+		stale, err := s.settle(ctx, v, ended)
+		if err != nil {
+			return nil, w, err
+		}
+		if !stale {
+			break
+		}
+	}
+	s.remember(v.clone())
+	if !wroteAny {
+		return nil, w, nil
+	}
+	slices.SortFunc(w.queued, func(a, b string) int { return v.run.Pipeline.Index(a) - v.run.Pipeline.Index(b) })
+	w.queued = slices.Compact(w.queued)
+	return v.run, w, nil
+}
+
+// refresh reads again what a change that changed nothing depends on: the
+// run document and the stages of scope, or the whole run.
+func (s *store) refresh(ctx context.Context, v **view, scope []string) error {
+	if scope == nil {
+		nv, err := s.fresh(ctx, (*v).run.ID)
+		if err != nil {
+			return err
+		}
+		*v = nv
+		return nil
+	}
+	if err := s.refreshHeader(ctx, *v); err != nil {
+		return err
+	}
+	for _, key := range scope {
+		if i := (*v).run.Pipeline.Index(key); i >= 0 {
+			if _, err := s.refreshStage(ctx, *v, i); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// settle reads fresh the stages that the decisions following the end of
+// the stages at ended rest on as not ended: the unfinished dependencies
+// of their pending dependents, and, for the run's end, a stage of the run
+// not ended, until one found not ended confirms each decision. It reports
+// whether a stage had ended meanwhile (the view was stale: the change is
+// to be redone).
+func (s *store) settle(ctx context.Context, v *view, ended []int) (bool, error) {
+	if len(ended) == 0 || v.run.State.Terminal() {
+		return false, nil
+	}
+	p := v.run.Pipeline
+	stale := false
+	// confirm reads stages fresh, in order, until one is not ended.
+	confirm := func(candidates func(yield func(int) bool)) error {
+		for i := range candidates {
+			if v.run.Stages[i].State.Terminal() {
+				continue
+			}
+			changed, err := s.refreshStage(ctx, v, i)
+			if err != nil {
+				return err
+			}
+			if changed {
+				stale = true
+			}
+			if !v.run.Stages[i].State.Terminal() {
+				return nil
+			}
+		}
+		return nil
+	}
+	for _, e := range ended {
+		for _, d := range p.Dependents(e) {
+			if v.run.Stages[d].State != wire.StagePending {
+				continue
+			}
+			err := confirm(func(yield func(int) bool) {
+				for _, dep := range p.Stages[d].DependsOn {
+					if !yield(p.Index(dep)) {
+						return
+					}
+				}
+			})
+			if err != nil {
+				return false, err
+			}
+		}
+	}
+	err := confirm(func(yield func(int) bool) {
+		for i := range v.run.Stages {
+			if !yield(i) {
+				return
+			}
+		}
+	})
+	return stale, err
+}
+
+// stageWrites returns the writes of the stages r changed from v, and
+// their positions.
+func stageWrites(v *view, r *wire.Run) ([]runstore.StageWrite, []int) {
+	var writes []runstore.StageWrite
+	var at []int
+	for i := range r.Stages {
+		if r.Stages[i] != v.run.Stages[i] {
+			writes = append(writes, runstore.StageWrite{Stage: r.Stages[i], Rev: v.revs[i]})
+			at = append(at, i)
+		}
+	}
+	return writes, at
+}
+
+// encodeHeader encodes the run document alone (the pipeline and stages
+// are not part of it).
+func encodeHeader(r *wire.Run) []byte {
+	data, err := json.Marshal(r.Document())
+	if err != nil {
+		panic(fmt.Sprintf("encode run %s: %v", r.ID, err)) // a run document always encodes
+	}
+	return data
+}
+
+func (s *store) remember(v *view) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r.State.Terminal() {
-		delete(s.cache, r.ID)
+	if old, ok := s.cache[v.run.ID]; ok {
+		s.staged -= len(old.run.Stages)
+		delete(s.cache, v.run.ID)
+	}
+	if v.run.State.Terminal() {
 		return
 	}
-	if len(s.cache) >= maxCachedRuns {
+	if s.staged+len(v.run.Stages) > maxCachedStages {
 		clear(s.cache)
+		s.staged = 0
 	}
-	s.cache[r.ID] = cachedRun{run: r, rev: rev}
+	s.cache[v.run.ID] = v
+	s.staged += len(v.run.Stages)
 }
 
 func (s *store) forget(id string) {
 	s.mu.Lock()
-	delete(s.cache, id)
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	if old, ok := s.cache[id]; ok {
+		s.staged -= len(old.run.Stages)
+		delete(s.cache, id)
+	}
 }
 
-// clone copies a run document deeply enough to change it: the pipeline is
-// never changed and is shared.
+// clone copies a view deeply enough to change it: the pipeline is never
+// changed and is shared.
+func (v *view) clone() *view {
+	return &view{run: clone(v.run), rev: v.rev, revs: slices.Clone(v.revs), header: v.header}
+}
+
+// clone copies a run deeply enough to change it: the pipeline is never
+// changed and is shared.
 func clone(r *wire.Run) *wire.Run {
 	c := *r
 	c.Stages = slices.Clone(r.Stages)
+	if r.Pending != nil {
+		p := *r.Pending
+		c.Pending = &p
+	}
 	return &c
 }
 
-// isCASConflict reports whether a write with an expected revision lost
-// to another writer (10164 is the code of replicated streams).
-func isCASConflict(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.As(err, &apiErr) &&
-		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+// brief returns a run document with its pipeline but not its stages (nil
+// Stages), from the cache when it is there (cached is true) or read
+// fresh: what admission decides on.
+func (s *store) brief(ctx context.Context, id string) (r *wire.Run, cached bool, err error) {
+	s.mu.Lock()
+	c, ok := s.cache[id]
+	s.mu.Unlock()
+	if ok {
+		b := *c.run
+		b.Stages = nil
+		return &b, true, nil
+	}
+	r, _, err = s.rs.Header(ctx, id)
+	if err != nil {
+		return nil, false, err
+	}
+	if r.Pipeline, err = s.rs.Spec(ctx, r.Spec); err != nil {
+		return nil, false, fmt.Errorf("run %s: %w", id, err)
+	}
+	return r, false, nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/weft-ci/weft/pipeline"
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -150,7 +151,7 @@ func (d *Dispatcher) priorOutcome(ctx context.Context, key string, stored time.T
 		if err == nil {
 			return nil, nil
 		}
-		if !isCASConflict(err) {
+		if !runstore.IsConflict(err) {
 			return nil, fmt.Errorf("dedup %s: drop an earlier refusal: %w", key, err)
 		}
 	}
@@ -177,21 +178,35 @@ func (d *Dispatcher) draft(t wire.Trigger, seq uint64) (*wire.Run, *pipeline.Pip
 	return r, p, nil
 }
 
-// fits checks that the run document r fits in one message with room for
-// the state of its stages as the run goes (pipeline.StageStateSize each)
-// and for the headers of a KV write. The limit is subjects.MaxPayload, or
-// the server's max_payload when that is smaller. The error wraps
-// errRunTooLarge.
+// fits checks that what the run writes fits in one message with room for
+// the headers of a KV write: its run document (which holds the
+// repository, branch and commit) and the job of each stage (which holds
+// the stage, its environment and the branch and commit again). The limit
+// is subjects.MaxPayload, or the server's max_payload when that is
+// smaller. A stage document is small whatever the trigger. The error
+// wraps errRunTooLarge.
 func (d *Dispatcher) fits(r *wire.Run) error {
 	limit := d.maxPayload()
-	data, err := json.Marshal(r)
+	data, err := json.Marshal(r.Document())
 	if err != nil {
 		return fmt.Errorf("%w: %s: encode: %v", errRunTooLarge, r.File, err)
 	}
-	need := int64(len(data) + len(r.Stages)*pipeline.StageStateSize + kvHeaderRoom)
-	if need > limit {
-		return fmt.Errorf("%w: %s: the run document would need %d KiB (%d stages, counting %d bytes of run state per stage, and the repository, branch and commit), over the limit of %d KiB a message may hold",
-			errRunTooLarge, r.File, (need+1023)/1024, len(r.Stages), pipeline.StageStateSize, limit/1024)
+	if need := int64(len(data) + kvHeaderRoom); need > limit {
+		return fmt.Errorf("%w: %s: the run document would need %d KiB (with the repository, branch and commit), over the limit of %d KiB a message may hold",
+			errRunTooLarge, r.File, (need+1023)/1024, limit/1024)
+	}
+	for i := range r.Pipeline.Stages {
+		st := &r.Pipeline.Stages[i]
+		job := wire.Job{RunID: r.ID, Pipeline: r.Pipeline.Name, Attempt: 1, Job: 1, Tier: r.Tier, Stage: *st,
+			Env: wire.JobEnv(r.Pipeline, st, r.ID, r.Branch, r.Commit, 1)}
+		data, err := json.Marshal(job)
+		if err != nil {
+			return fmt.Errorf("%w: %s: encode stage %s: %v", errRunTooLarge, r.File, st.Key, err)
+		}
+		if need := int64(len(data) + kvHeaderRoom); need > limit {
+			return fmt.Errorf("%w: %s: the job of stage %s would need %d KiB (its commands and environment, with the branch and commit), over the limit of %d KiB a message may hold",
+				errRunTooLarge, r.File, st.Key, (need+1023)/1024, limit/1024)
+		}
 	}
 	return nil
 }
@@ -214,12 +229,17 @@ func (d *Dispatcher) maxPayload() int64 {
 // that a no-op when they were sent).
 func (d *Dispatcher) createRun(ctx context.Context, r *wire.Run, p *pipeline.Pipeline) error {
 	id := r.ID
-	err := d.runs.create(ctx, r)
+	spec, err := d.runs.rs.StoreSpec(ctx, p)
+	if err != nil {
+		return err
+	}
+	r.Spec = spec
+	err = d.runs.create(ctx, r)
 	switch {
 	case err == nil:
 		d.log.Info().Str("run_id", id).Str("pipeline", p.Name).Str("repo", r.Repo).Str("tier", string(r.Tier)).Msg("run created")
 	case errors.Is(err, jetstream.ErrKeyExists):
-		if r, _, err = d.runs.get(ctx, id); err != nil {
+		if r, err = d.runs.get(ctx, id); err != nil {
 			return err
 		}
 		if err := d.publishJobs(ctx, r, unpublishedKeys(r)); err != nil {
@@ -364,7 +384,7 @@ func (d *Dispatcher) answer(ctx context.Context, key string, out wire.Outcome, s
 				return nil // refused already
 			}
 			if prior.RunID != "" {
-				_, _, err := d.runs.get(ctx, prior.RunID)
+				_, err := d.runs.header(ctx, prior.RunID)
 				if err == nil {
 					return nil // the trigger took effect
 				}
@@ -379,7 +399,7 @@ func (d *Dispatcher) answer(ctx context.Context, key string, out wire.Outcome, s
 		if err == nil {
 			return nil
 		}
-		if !isCASConflict(err) {
+		if !runstore.IsConflict(err) {
 			return fmt.Errorf("dedup %s: %w", key, err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -53,57 +54,66 @@ func TestPermanentTriggerError(t *testing.T) {
 	}
 }
 
-// widest returns a pipeline of one-command stages with 63-character keys
-// on a 63-character queue, as many as pipeline.MaxSize admits.
+// widest returns a pipeline of MaxStages one-command stages with
+// 63-character keys on a 63-character queue.
 func widest(t *testing.T) *pipeline.Pipeline {
 	t.Helper()
-	parse := func(n int) (*pipeline.Pipeline, error) {
-		var b strings.Builder
-		b.WriteString("name: wide\nqueue: " + strings.Repeat("q", 63) + "\nstages:\n")
-		for i := range n {
-			fmt.Fprintf(&b, "  - {key: %s%05d, commands: [true]}\n", strings.Repeat("k", 58), i)
-		}
-		return pipeline.Parse("p.yml", []byte(b.String()))
+	var b strings.Builder
+	b.WriteString("name: wide\nqueue: " + strings.Repeat("q", 63) + "\nstages:\n")
+	for i := range pipeline.MaxStages {
+		fmt.Fprintf(&b, "  - {key: %s%05d, commands: [true]}\n", strings.Repeat("k", 58), i)
 	}
-	lo, hi := 1, 10_000 // parse(lo) passes, parse(hi) fails
-	for hi-lo > 1 {
-		if mid := (lo + hi) / 2; func() bool { _, err := parse(mid); return err == nil }() {
-			lo = mid
-		} else {
-			hi = mid
-		}
+	if b.Len() > pipeline.MaxFileSize {
+		// Keys this long do not fit MaxStages in one file: take as many
+		// as do.
+		text := b.String()[:pipeline.MaxFileSize]
+		b.Reset()
+		b.WriteString(text[:strings.LastIndexByte(text, '\n')+1])
 	}
-	p, err := parse(lo)
+	p, err := pipeline.Parse("p.yml", []byte(b.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-// The limit leaves room: a run of the widest pipeline Parse admits, with
-// every stage finished with its times, a long agent id and a message,
-// still fits in one message.
-func TestARunOfTheWidestPipelineFits(t *testing.T) {
-	p := widest(t)
-	d := &Dispatcher{}
-	r := newRun("01JZZZZZZZZZZZZZZZZZZZZZZZ", wire.Trigger{ID: "t", File: "p.yml", Repo: "acme/api", Branch: "main", Commit: strings.Repeat("c", 40)}, p, 1, t0)
-	if err := d.fits(r); err != nil {
-		t.Fatalf("fits(new run of %d stages) = %v", len(r.Stages), err)
+// What a run writes does not grow with its pipeline: the run document of
+// the widest pipeline is the size of a one-stage run's, and a stage's
+// document, finished with its times, a long agent id and a message, is a
+// few hundred bytes.
+func TestRunDocumentsDoNotGrowWithThePipeline(t *testing.T) {
+	trig := wire.Trigger{ID: "t", File: "p.yml", Repo: "acme/api", Branch: "main", Commit: strings.Repeat("c", 40)}
+	finish := func(r *wire.Run) {
+		r.Spec = strings.Repeat("f", 64)
+		r.Admitted, r.Started, r.Finished, r.Lease, r.State = t0, t0, t0, subjects.LeaseKey(r.Repo, 2), wire.RunFailed
 	}
-	for i := range r.Stages {
-		s := &r.Stages[i]
-		s.State, s.Attempt, s.Job, s.Agent, s.ExitCode = wire.StageFailed, 11, 11, "build-host-0042-"+strings.Repeat("A", 26), 255
-		s.Category, s.Message, s.LogSeq, s.JobSeq = wire.CategoryCommand, "exit status 255: "+strings.Repeat("m", 100), 1<<40, 1<<40
-		s.NotBefore, s.Queued, s.Started, s.Heartbeat, s.Finished = t0, t0, t0, t0, t0
-	}
-	r.Admitted, r.Started, r.Finished, r.Lease, r.State = t0, t0, t0, subjects.LeaseKey(r.Repo, 2), wire.RunFailed
-	data, err := json.Marshal(r)
+	wide := newRun("01JZZZZZZZZZZZZZZZZZZZZZZZ", trig, widest(t), 1, t0)
+	one, err := pipeline.Parse("p.yml", []byte("name: wide\nstages: [{key: a, commands: [true]}]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("a finished run of %d stages: %d bytes", len(r.Stages), len(data))
-	if len(data) > subjects.MaxPayload-kvHeaderRoom {
-		t.Errorf("finished run of the widest pipeline (%d stages) is %d bytes, over %d", len(r.Stages), len(data), subjects.MaxPayload-kvHeaderRoom)
+	narrow := newRun("01JZZZZZZZZZZZZZZZZZZZZZZZ", trig, one, 1, t0)
+	finish(wide)
+	finish(narrow)
+	if err := (&Dispatcher{}).fits(wide); err != nil {
+		t.Fatalf("fits(run of %d stages) = %v", len(wide.Stages), err)
+	}
+	wd, nd := encodeHeader(wide), encodeHeader(narrow)
+	t.Logf("run documents: %d bytes for %d stages, %d bytes for 1", len(wd), len(wide.Stages), len(nd))
+	if len(wd)-len(nd) > len(strconv.Itoa(len(wide.Stages))) {
+		t.Errorf("the run document of %d stages is %d bytes, of 1 stage %d: it grows with the pipeline", len(wide.Stages), len(wd), len(nd))
+	}
+	s := wide.Stages[len(wide.Stages)-1]
+	s.State, s.Attempt, s.Job, s.Agent, s.ExitCode = wire.StageFailed, 11, 11, "build-host-0042-"+strings.Repeat("A", 26), 255
+	s.Category, s.Message, s.LogSeq, s.JobSeq = wire.CategoryCommand, clip("exit status 255: "+strings.Repeat("m", 1000)), 1<<40, 1<<40
+	s.NotBefore, s.Queued, s.Started, s.Finished = t0, t0, t0, t0
+	data, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a finished stage's document: %d bytes", len(data))
+	if len(data) > 1024 {
+		t.Errorf("a finished stage's document is %d bytes, want at most 1 KiB", len(data))
 	}
 }
 
@@ -114,7 +124,7 @@ func TestFitsRefusesWhatCannotBeWritten(t *testing.T) {
 	}
 	r := newRun("01JZZZZZZZZZZZZZZZZZZZZZZZ", wire.Trigger{ID: "t", File: "p.yml", Branch: strings.Repeat("b", subjects.MaxPayload)}, p, 1, t0)
 	err = (&Dispatcher{}).fits(r)
-	if !errors.Is(err, errRunTooLarge) || !strings.Contains(err.Error(), "p.yml: the run document would need 1026 KiB (1 stages") || !strings.Contains(err.Error(), "over the limit of 1024 KiB") {
+	if !errors.Is(err, errRunTooLarge) || !strings.Contains(err.Error(), "p.yml: the run document would need 1026 KiB (with the repository") || !strings.Contains(err.Error(), "over the limit of 1024 KiB") {
 		t.Errorf("fits(run with a 1 MiB branch) = %v, want errRunTooLarge naming the file, the size and the limit", err)
 	}
 	if !permanentTriggerError(err) {

@@ -18,6 +18,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -38,6 +39,9 @@ type Config struct {
 	Dispatcher dispatcher.Config
 	// Agents start one agent each.
 	Agents []agent.Config
+	// Retention is how long runs, events, logs and artifacts are kept
+	// (bus.Provision); 0 keeps what the streams have, or the default.
+	Retention time.Duration
 	// Logger receives the logs of the bus and of every component (the
 	// Logger fields of the component configurations are ignored).
 	Logger zerolog.Logger
@@ -73,7 +77,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := bus.Provision(ctx, b.JS); err != nil {
+	if err := bus.Provision(ctx, b.JS, cfg.Retention); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("%w: %w", bus.ErrUnavailable, err)
 	}

@@ -44,13 +44,15 @@
 //     at the anchored original. Merge keys (<<) are refused. A document whose
 //     alias expansion exceeds a million nodes is refused, so that a hostile
 //     file cannot make the dispatcher walk an exponential tree.
-//   - A pipeline's expanded size (its JSON form, aliases expanded, plus
-//     StageStateSize per stage) must stay within MaxSize, half a NATS
-//     message, so that its run document and its jobs always fit in one
-//     message as the run goes. The problem is reported at the stages key,
-//     with the size, the stage count and the limit. A file whose YAML
-//     values alone pass 32 MiB once aliases are expanded is refused
-//     without being encoded.
+//   - Limits (limits.go), each reported with the size found and the
+//     limit: the file (MaxFileSize, at the file), the stage count
+//     (MaxStages) and the expanded size, JSON with aliases expanded
+//     (MaxSize), at the stages key; the commands (MaxCommandsSize) and the
+//     environment with the pipeline's merged in (MaxEnvSize) of each
+//     stage, at the stage. A file whose YAML values alone pass 32 MiB once
+//     aliases are expanded is refused without being encoded. None of them
+//     depends on the run's documents, which do not grow with the
+//     pipeline (see package runstore).
 //   - Only the first YAML document is read; a further non-empty document is
 //     an error rather than being silently ignored.
 package pipeline

@@ -30,18 +30,34 @@ func TestParseSizeLimit(t *testing.T) {
 	}{
 		{"small", aliased(10, 50), nil},
 		{"a thousand one-command stages", aliased(1000, 1), nil},
+		{"ten thousand stages, the most a pipeline may have", aliased(MaxStages, 1), nil},
 		{
-			"3000 stages sharing a 50-command alias", aliased(3000, 50),
-			[]string{"p.yml:2:1: stages: the expanded pipeline is 7.3 MiB (3000 stages, counting 384 bytes of run state per stage; YAML aliases are expanded), over the limit of 512 KiB"},
+			"one stage too many", aliased(MaxStages+1, 1),
+			[]string{"p.yml:2:1: stages: 10001 stages, over the limit of 10000 stages per pipeline"},
 		},
 		{
-			"too many stages", aliased(1200, 1),
-			[]string{"p.yml:2:1: stages: the expanded pipeline is 552.2 KiB (1200 stages", "over the limit of 512 KiB"},
+			"3000 stages sharing a 100-command alias", aliased(3000, 100),
+			[]string{"p.yml:2:1: stages: the expanded pipeline is 12.", "(3000 stages; YAML aliases are expanded), over the limit of 8 MiB"},
 		},
 		{
 			"one long string aliased ten thousand times",
-			"name: x\nstages:\n  - key: a\n    commands: [&s " + strings.Repeat("x", 500_000) + "]\n  - key: b\n    commands: [" + strings.Repeat("*s, ", 10_000) + "*s]\n",
-			[]string{"p.yml:2:1: stages: the expanded pipeline holds more than 32 MiB of YAML values (2 stages; YAML aliases are expanded), over the limit of 512 KiB"},
+			"name: x\nstages:\n  - key: a\n    commands: [&s " + strings.Repeat("x", 400_000) + "]\n  - key: b\n    commands: [" + strings.Repeat("*s, ", 10_000) + "*s]\n",
+			[]string{"p.yml:2:1: stages: the expanded pipeline holds more than 32 MiB of YAML values (2 stages; YAML aliases are expanded), over the limit of 8 MiB"},
+		},
+		{
+			"a stage's commands over the limit",
+			"name: x\nstages:\n  - key: a\n    commands: [&s " + strings.Repeat("x", 40_000) + "]\n  - key: b\n    commands: [*s, *s]\n",
+			[]string{"p.yml:5:5: stages[1].commands: the commands are 78.2 KiB (YAML aliases are expanded), over the limit of 64 KiB per stage"},
+		},
+		{
+			"a stage's environment over the limit",
+			"name: x\nenv: {A: &v " + strings.Repeat("v", 40_000) + "}\nstages:\n  - key: a\n    commands: [true]\n  - key: b\n    commands: [true]\n    env: {B: *v}\n",
+			[]string{"p.yml:6:5: stages[1].env: the environment is 78.2 KiB (the pipeline's env with the stage's own; YAML aliases are expanded), over the limit of 64 KiB per stage"},
+		},
+		{
+			"a file over the limit",
+			"name: x\n# " + strings.Repeat("x", MaxFileSize) + "\nstages: [{key: a, commands: [true]}]\n",
+			[]string{"p.yml:1:1: (file): the file is 512.1 KiB, over the limit of 512 KiB"},
 		},
 	}
 	for _, tt := range tests {
@@ -76,10 +92,10 @@ func TestParseSizeLimit(t *testing.T) {
 }
 
 func TestParseSizeLimitIsReportedWithTheOtherProblems(t *testing.T) {
-	src := strings.Replace(aliased(3000, 50), "name: big\n", "name: big\nqueu: x\n", 1)
+	src := strings.Replace(aliased(3000, 100), "name: big\n", "name: big\nqueu: x\n", 1)
 	_, err := Parse("p.yml", []byte(src))
 	var errs Errors
-	if !errors.As(err, &errs) || len(errs) != 2 || errs[0].Field != "queu" || errs[1].Field != "stages" || !strings.Contains(errs[1].Msg, "over the limit of 512 KiB") {
+	if !errors.As(err, &errs) || len(errs) != 2 || errs[0].Field != "queu" || errs[1].Field != "stages" || !strings.Contains(errs[1].Msg, "over the limit of 8 MiB") {
 		t.Fatalf("Parse = %v, want the unknown field and the size limit", err)
 	}
 }
@@ -92,8 +108,8 @@ func TestFormatSize(t *testing.T) {
 		{0, "0 bytes"},
 		{1023, "1023 bytes"},
 		{1024, "1 KiB"},
-		{MaxSize, "512 KiB"},
-		{MaxSize + 1, "512.1 KiB"},
+		{MaxFileSize, "512 KiB"},
+		{MaxFileSize + 1, "512.1 KiB"},
 		{1536, "1.5 KiB"},
 		{1 << 20, "1 MiB"},
 		{2_726_297, "2.6 MiB"},

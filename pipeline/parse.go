@@ -101,6 +101,10 @@ func (p *parser) fileErrorf(line int, format string, args ...any) {
 // parse reads the first document of data and walks it. The result is only
 // meaningful when no problem was recorded.
 func (p *parser) parse(data []byte) *Pipeline {
+	if len(data) > MaxFileSize {
+		p.fileErrorf(1, "the file is %s, over the limit of %s", formatSize(len(data)), formatSize(MaxFileSize))
+		return nil
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
@@ -257,17 +261,27 @@ func (p *parser) pipeline(n *yaml.Node) *Pipeline {
 	}
 	if e, ok := f["stages"]; ok {
 		pl.Stages = p.stages(e.val, "stages", pl.Queue)
-		p.size(pl, e.key)
+		var nodes []*yaml.Node
+		if e.val.Kind == yaml.SequenceNode && len(e.val.Content) == len(pl.Stages) {
+			nodes = e.val.Content
+		}
+		p.size(pl, e.key, nodes)
 	} else {
 		p.errorf(n, "stages", "missing required field")
 	}
 	return pl
 }
 
-// size checks the expanded size of pl against MaxSize, reporting a
-// pipeline over it at the stages key.
-func (p *parser) size(pl *Pipeline, at *yaml.Node) {
+// size checks pl against the limits (limits.go): the stage count, and the
+// expanded size, both reported at the stages key; the commands and the
+// environment of each stage, reported at the stage (nodes holds the
+// stages' nodes, in order).
+func (p *parser) size(pl *Pipeline, at *yaml.Node, nodes []*yaml.Node) {
 	if len(pl.Stages) == 0 {
+		return
+	}
+	if len(pl.Stages) > MaxStages {
+		p.errorf(at, "stages", "%d stages, over the limit of %d stages per pipeline", len(pl.Stages), MaxStages)
 		return
 	}
 	if p.values > maxMeasured {
@@ -275,9 +289,24 @@ func (p *parser) size(pl *Pipeline, at *yaml.Node) {
 			formatSize(maxMeasured), len(pl.Stages), formatSize(MaxSize))
 		return
 	}
+	for i := range pl.Stages {
+		st := &pl.Stages[i]
+		n := at
+		if i < len(nodes) {
+			n = nodes[i]
+		}
+		if c := commandsSize(st); c > MaxCommandsSize {
+			p.errorf(n, index("stages", i)+".commands", "the commands are %s (YAML aliases are expanded), over the limit of %s per stage",
+				formatSize(c), formatSize(MaxCommandsSize))
+		}
+		if e := envSize(pl, st); e > MaxEnvSize {
+			p.errorf(n, index("stages", i)+".env", "the environment is %s (the pipeline's env with the stage's own; YAML aliases are expanded), over the limit of %s per stage",
+				formatSize(e), formatSize(MaxEnvSize))
+		}
+	}
 	if n, ok := expandedSize(pl); ok && n > MaxSize {
-		p.errorf(at, "stages", "the expanded pipeline is %s (%d stages, counting %d bytes of run state per stage; YAML aliases are expanded), over the limit of %s",
-			formatSize(n), len(pl.Stages), StageStateSize, formatSize(MaxSize))
+		p.errorf(at, "stages", "the expanded pipeline is %s (%d stages; YAML aliases are expanded), over the limit of %s",
+			formatSize(n), len(pl.Stages), formatSize(MaxSize))
 	}
 }
 

@@ -32,6 +32,12 @@ type Pipeline struct {
 	Concurrency *Concurrency `json:"concurrency,omitempty"`
 	// Stages are the stages in file order.
 	Stages []Stage `json:"stages"`
+
+	// index maps a stage key to its position in Stages, and dependents
+	// a position to the positions of the stages that depend on it; both
+	// built by Prepare.
+	index      map[string]int
+	dependents [][]int
 }
 
 // Concurrency is a pipeline's concurrency group.
@@ -155,6 +161,7 @@ func Parse(file string, data []byte) (*Pipeline, error) {
 		})
 		return nil, p.errs
 	}
+	pl.Prepare()
 	return pl, nil
 }
 
@@ -169,12 +176,59 @@ func ParseFile(path string) (*Pipeline, error) {
 	return Parse(path, data)
 }
 
-// Stage returns the stage with key, or nil if there is none.
-func (p *Pipeline) Stage(key string) *Stage {
+// Prepare indexes the stages by key, so that Stage and Index take
+// constant time; Parse calls it. Call it again after changing stage keys,
+// and before sharing the pipeline between goroutines.
+func (p *Pipeline) Prepare() {
+	p.index = make(map[string]int, len(p.Stages))
+	for i := range p.Stages {
+		p.index[p.Stages[i].Key] = i
+	}
+	p.dependents = make([][]int, len(p.Stages))
+	for i, st := range p.Stages {
+		for _, d := range st.DependsOn {
+			if j, ok := p.index[d]; ok {
+				p.dependents[j] = append(p.dependents[j], i)
+			}
+		}
+	}
+}
+
+// Dependents returns the positions in Stages of the stages that depend
+// directly on the stage at position i.
+func (p *Pipeline) Dependents(i int) []int {
+	if p.dependents == nil {
+		var out []int
+		for j, st := range p.Stages {
+			if slices.Contains(st.DependsOn, p.Stages[i].Key) {
+				out = append(out, j)
+			}
+		}
+		return out
+	}
+	return p.dependents[i]
+}
+
+// Index returns the position of the stage with key in Stages, or -1.
+func (p *Pipeline) Index(key string) int {
+	if p.index != nil {
+		if i, ok := p.index[key]; ok && i < len(p.Stages) && p.Stages[i].Key == key {
+			return i
+		}
+		return -1
+	}
 	for i := range p.Stages {
 		if p.Stages[i].Key == key {
-			return &p.Stages[i]
+			return i
 		}
+	}
+	return -1
+}
+
+// Stage returns the stage with key, or nil if there is none.
+func (p *Pipeline) Stage(key string) *Stage {
+	if i := p.Index(key); i >= 0 {
+		return &p.Stages[i]
 	}
 	return nil
 }

@@ -157,6 +157,7 @@ stages:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := Parse("p.yml", []byte(tt.src))
+			tt.want.Prepare()
 			if err != nil || !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("Parse(%q) = %+v, %v, want %+v", tt.src, got, err, tt.want)
 			}
@@ -165,7 +166,9 @@ stages:
 				t.Fatalf("json.Marshal(%+v): %v", got, err)
 			}
 			var back Pipeline
-			if err := json.Unmarshal(data, &back); err != nil || !reflect.DeepEqual(&back, tt.want) {
+			err = json.Unmarshal(data, &back)
+			back.Prepare()
+			if err != nil || !reflect.DeepEqual(&back, tt.want) {
 				t.Fatalf("json round trip of %s = %+v, %v, want %+v", data, &back, err, tt.want)
 			}
 		})

@@ -32,12 +32,22 @@ const (
 	// job or trigger is handled even when no dispatcher was listening at
 	// the time.
 	AdvisoriesStream = "WEFT_ADVISORIES"
+	// HeartbeatsStream keeps the last heartbeat of every running stage
+	// (one message per subject), read only when a stage's job is gone.
+	HeartbeatsStream = "WEFT_HEARTBEATS"
 )
 
 // KV and object bucket names.
 const (
-	// RunsBucket holds one run document per run id, updated by CAS.
+	// RunsBucket holds one run document per run id (the run's own state,
+	// without its stages), updated by CAS.
 	RunsBucket = "weft_runs"
+	// StagesBucket holds one stage document per stage of a run,
+	// <run>.<stage>, updated by CAS; a stage with no key is pending.
+	StagesBucket = "weft_stages"
+	// PipelinesBucket is the object store of pipeline specs, one object
+	// per content hash, shared by every run of the same pipeline.
+	PipelinesBucket = "weft_pipelines"
 	// WIPBucket holds admission state: per-repository WIP leases and
 	// concurrency-group locks (no TTL: they go when their run ends),
 	// waiting runs, queue pauses and counters.
@@ -73,6 +83,7 @@ const (
 	triggersPrefix = "weft.triggers"
 	dlqPrefix      = "weft.dlq"
 	cancelPrefix   = "weft.cancel"
+	beatsPrefix    = "weft.heartbeats"
 
 	// AllJobs matches every job subject.
 	AllJobs = jobsPrefix + ".>"
@@ -86,6 +97,8 @@ const (
 	AllTriggers = triggersPrefix + ".>"
 	// AllDLQ matches every dead-letter subject.
 	AllDLQ = dlqPrefix + ".>"
+	// AllHeartbeats matches every heartbeat subject.
+	AllHeartbeats = beatsPrefix + ".>"
 	// AllCancel matches every cancel notice.
 	AllCancel = cancelPrefix + ".*"
 	// MaxDeliveries matches the server's advisories for job messages that
@@ -115,6 +128,21 @@ func WakeFor(queue string, tier Tier) string { return wakePrefix + "." + queue +
 // StageEvent returns the subject of a stage's lifecycle events:
 // weft.events.<run>.<stage>.
 func StageEvent(run, stage string) string { return eventsPrefix + "." + run + "." + stage }
+
+// Heartbeat returns the subject of a running stage's heartbeats:
+// weft.heartbeats.<run>.<stage>. They are kept apart from the lifecycle
+// events, so that no dispatcher handles them.
+func Heartbeat(run, stage string) string { return beatsPrefix + "." + run + "." + stage }
+
+// StageKey returns the key of a stage's document in StagesBucket:
+// <run>.<stage>.
+func StageKey(run, stage string) string { return run + "." + stage }
+
+// RunStages matches the keys of every stage document of run.
+func RunStages(run string) string { return run + ".*" }
+
+// StageOfKey returns the stage key of a stage document's key.
+func StageOfKey(key string) string { return key[strings.LastIndexByte(key, '.')+1:] }
 
 // RunEvent returns the subject of a run's own events: weft.events.<run>.
 func RunEvent(run string) string { return eventsPrefix + "." + run }
@@ -244,6 +272,9 @@ type Stream struct {
 	Retention Retention
 	// MaxAge removes older messages; 0 keeps them forever.
 	MaxAge time.Duration
+	// MaxMsgsPerSubject keeps only the last this many messages of each
+	// subject; 0 is no limit.
+	MaxMsgsPerSubject int64
 	// Duplicates is the Nats-Msg-Id deduplication window.
 	Duplicates time.Duration
 	// MaxMsgSize bounds one message; 0 is the server's limit.
@@ -301,12 +332,12 @@ const (
 	DefaultAckWait = 30 * time.Second
 	// DefaultMaxDeliver is how often a job is delivered before it is dead.
 	DefaultMaxDeliver = 5
-	// DefaultArtifactRetention is how long artifacts are kept.
-	DefaultArtifactRetention = 30 * 24 * time.Hour
-	// DefaultLogRetention is how long logs are kept, like artifacts.
-	DefaultLogRetention = DefaultArtifactRetention
-	// DefaultEventRetention is how long lifecycle events are kept.
-	DefaultEventRetention = 7 * 24 * time.Hour
+	// DefaultRetention is how long run and stage documents, lifecycle
+	// events, logs, dead letters and artifacts are kept (see Streams).
+	DefaultRetention = 30 * 24 * time.Hour
+	// HeartbeatRetention is how long a stage's last heartbeat is kept: it
+	// only says whether the stage's attempt is alive.
+	HeartbeatRetention = time.Hour
 	// DefaultDedupWindow is how long a trigger is remembered.
 	DefaultDedupWindow = 60 * time.Second
 	// DefaultWIPLimit is how many runs of one repository are in flight.
@@ -335,8 +366,14 @@ func JobConsumerFor(queue string, tier Tier) JobConsumerConfig {
 	}
 }
 
-// Streams returns the configuration of every stream weft uses.
-func Streams() []Stream {
+// Streams returns the configuration of every stream weft uses, keeping
+// what a run leaves behind (events, logs, dead letters) for keep; 0 is
+// DefaultRetention. Jobs and triggers are work queues: they go when
+// handled.
+func Streams(keep time.Duration) []Stream {
+	if keep <= 0 {
+		keep = DefaultRetention
+	}
 	return []Stream{
 		{
 			Name:            JobsStream,
@@ -351,14 +388,14 @@ func Streams() []Stream {
 			Name:        EventsStream,
 			Description: "weft lifecycle events: weft.events.<run>[.<stage>]",
 			Subjects:    []string{AllEvents},
-			MaxAge:      DefaultEventRetention,
+			MaxAge:      keep,
 			Duplicates:  2 * time.Minute,
 		},
 		{
 			Name:        LogsStream,
 			Description: "weft stage output line batches: weft.logs.<run>.<stage>",
 			Subjects:    []string{AllLogs},
-			MaxAge:      DefaultLogRetention,
+			MaxAge:      keep,
 		},
 		{
 			Name:        TriggersStream,
@@ -371,33 +408,64 @@ func Streams() []Stream {
 			Name:        AdvisoriesStream,
 			Description: "max-deliveries advisories of WEFT_JOBS and of the triggers consumer, for the dispatchers' dead-letter handling",
 			Subjects:    []string{MaxDeliveries, TriggerMaxDeliveries},
-			MaxAge:      DefaultEventRetention,
+			MaxAge:      keep,
 		},
 		{
 			Name:        DLQStream,
 			Description: "weft stage jobs that exhausted their deliveries (weft.dlq.<queue>) and triggers given up (weft.dlq.triggers.<repo>)",
 			Subjects:    []string{AllDLQ},
-			MaxAge:      DefaultArtifactRetention,
+			MaxAge:      keep,
+		},
+		{
+			Name:              HeartbeatsStream,
+			Description:       "weft heartbeats of running stages: weft.heartbeats.<run>.<stage>, the last one of each",
+			Subjects:          []string{AllHeartbeats},
+			MaxAge:            HeartbeatRetention,
+			MaxMsgsPerSubject: 1,
 		},
 	}
 }
 
-// Buckets returns the configuration of every KV bucket weft uses.
-func Buckets() []Bucket {
+// Buckets returns the configuration of every KV bucket weft uses, keeping
+// run and stage documents for keep after their last change; 0 is
+// DefaultRetention.
+func Buckets(keep time.Duration) []Bucket {
+	if keep <= 0 {
+		keep = DefaultRetention
+	}
 	return []Bucket{
-		{Name: RunsBucket, Description: "weft run documents, one per run id", History: 1},
+		{Name: RunsBucket, Description: "weft run documents, one per run id", History: 1, TTL: keep},
+		{Name: StagesBucket, Description: "weft stage documents, <run>.<stage>; a stage with no key is pending", History: 1, TTL: keep},
 		{Name: WIPBucket, Description: "weft admission: lease.<repo>.<slot> WIP leases, group.<repo>.<group> concurrency locks, wait.<repo>.<seq> waiting runs", History: 1, PerKeyTTL: time.Minute},
 		{Name: DedupBucket, Description: "weft trigger dedup keys and outcomes", History: 1, PerKeyTTL: time.Minute},
 		{Name: AgentsBucket, Description: "weft agent registry: one key per agent id, renewed while it runs", History: 1, TTL: AgentTTL},
 	}
 }
 
-// ObjectBuckets returns the configuration of every object store bucket.
-func ObjectBuckets() []ObjectBucket {
+// ObjectBuckets returns the configuration of every object store bucket,
+// keeping artifacts for keep (0 is DefaultRetention) and pipeline specs
+// for PipelineRetention(keep).
+func ObjectBuckets(keep time.Duration) []ObjectBucket {
+	if keep <= 0 {
+		keep = DefaultRetention
+	}
 	return []ObjectBucket{
-		{Name: ArtifactsBucket, Description: "weft stage artifacts", MaxAge: DefaultArtifactRetention},
+		{Name: ArtifactsBucket, Description: "weft stage artifacts", MaxAge: keep},
+		{Name: PipelinesBucket, Description: "weft pipeline specs, one per content hash", MaxAge: PipelineRetention(keep)},
 	}
 }
+
+// PipelineRetention is how long a pipeline spec is kept when runs are
+// kept for keep: one and a half times as long. A spec is shared by every
+// run of the same pipeline, and whoever stores a run rewrites a spec
+// older than SpecRefresh(keep), so a spec outlives every run document
+// that names it by at least keep/4 plus the run's own duration, up to
+// runs lasting a quarter of keep.
+func PipelineRetention(keep time.Duration) time.Duration { return keep + keep/2 }
+
+// SpecRefresh is the age past which a pipeline spec is stored again for
+// a new run (see PipelineRetention).
+func SpecRefresh(keep time.Duration) time.Duration { return keep / 4 }
 
 // DedupKey returns the dedup bucket key of a trigger id: a hash, so that any
 // delivery id is a valid key and the key says nothing about the repository.

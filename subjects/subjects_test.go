@@ -62,7 +62,7 @@ func TestNames(t *testing.T) {
 }
 
 func TestJobStreamRepublishesToWakeSubjects(t *testing.T) {
-	for _, s := range Streams() {
+	for _, s := range Streams(0) {
 		if s.Name != JobsStream {
 			continue
 		}

@@ -7,15 +7,19 @@ import (
 	"github.com/weft-ci/weft/wire"
 )
 
-func TestACancelInTheRunDocumentStopsTheStageWithoutANotice(t *testing.T) {
+func TestACancelInTheDocumentsStopsTheStageWithoutANotice(t *testing.T) {
 	t.Parallel()
 	const ackWait = time.Second
 	s := StartStack(t, StackConfig{AckWait: ackWait})
 	id := s.Submit(t, "name: durable-cancel\nstages:\n  - key: s\n    commands: [sleep 60]\n")
 	waitFor(t, s, id, "running", stageIs("s", wire.StageRunning))
 	// A cancel whose notice (weft.cancel.<run>) the agent missed: only the
-	// run document says it.
-	updateRun(t, s, id, func(r *wire.Run) { r.CancelReason = "cancelled while the agent was not listening" })
+	// documents say it, as a dispatcher writes them (the run's reason, and
+	// the running stage marked cancelling).
+	updateRun(t, s, id, func(r *wire.Run) {
+		r.CancelReason = "cancelled while the agent was not listening"
+		r.Stage("s").Cancelling = true
+	})
 	cancelled := time.Now()
 	r := waitFor(t, s, id, "cancelled", func(r *wire.Run) bool { return r.State.Terminal() })
 	st := r.Stage("s")

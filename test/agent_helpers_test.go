@@ -2,12 +2,13 @@ package test
 
 import (
 	"context"
-	"encoding/json"
+	"reflect"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/weft-ci/weft/agent"
-	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -33,32 +34,43 @@ func countEvents(evs []wire.Event, typ wire.EventType) int {
 	return n
 }
 
-// updateRun changes a run document by compare-and-set, as a dispatcher
-// would, retrying when another writer got there first.
+// updateRun changes a run by compare-and-set, as a dispatcher would: the
+// documents of the stages change changed, then the run's, retrying when
+// another writer got there first.
 func updateRun(t testing.TB, s *Stack, id string, change func(*wire.Run)) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	runs, err := s.Bus.JS.KeyValue(ctx, subjects.RunsBucket)
+	rs, err := runstore.Open(ctx, s.Bus.JS)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for ctx.Err() == nil {
-		e, err := runs.Get(ctx, id)
+		l, err := rs.Load(ctx, id)
 		if err != nil {
 			t.Fatalf("get run %s: %v", id, err)
 		}
-		var r wire.Run
-		if err := json.Unmarshal(e.Value(), &r); err != nil {
+		before, doc := slices.Clone(l.Run.Stages), l.Run.Document()
+		change(l.Run)
+		var writes []runstore.StageWrite
+		for i, st := range l.Run.Stages {
+			if st != before[i] {
+				writes = append(writes, runstore.StageWrite{Stage: st, Rev: l.Revs[i]})
+			}
+		}
+		if _, err := rs.WriteStages(ctx, id, writes); err != nil {
+			if runstore.IsConflict(err) {
+				continue
+			}
 			t.Fatal(err)
 		}
-		change(&r)
-		data, err := json.Marshal(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := runs.Update(ctx, id, data, e.Revision()); err == nil {
+		if reflect.DeepEqual(doc, l.Run.Document()) {
 			return
+		}
+		if _, err := rs.UpdateRun(ctx, l.Run, l.Rev); err == nil {
+			return
+		} else if !runstore.IsConflict(err) {
+			t.Fatal(err)
 		}
 	}
 	t.Fatalf("update run %s: %v", id, ctx.Err())

@@ -30,7 +30,7 @@ func BusWith(t testing.TB, cfg bus.Config) *bus.Bus {
 		t.Fatalf("open bus: %v", err)
 	}
 	t.Cleanup(b.Close)
-	if err := bus.Provision(ctx, b.JS); err != nil {
+	if err := bus.Provision(ctx, b.JS, 0); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	return b

@@ -36,12 +36,12 @@ func aliasedPipeline(n, cmds int, each string) string {
 	return b.String()
 }
 
-// oversized is the pipeline of the report: 3,000 stages sharing one
-// 50-command alias, a 106 KB file that expands to 7.3 MiB.
-var oversized = aliasedPipeline(3000, 50, "of the shared command list")
+// oversized is a pipeline one stage over the documented limit
+// (pipeline.MaxStages): a 300 KB file.
+var oversized = aliasedPipeline(pipeline.MaxStages+1, 1, "")
 
 // sizeLimitError is how every refusal of oversized names the limit.
-const sizeLimitError = "the expanded pipeline is 7.3 MiB (3000 stages, counting 384 bytes of run state per stage; YAML aliases are expanded), over the limit of 512 KiB"
+const sizeLimitError = "10001 stages, over the limit of 10000 stages per pipeline"
 
 // outcome returns the outcome recorded for trigger id, or nil.
 func outcome(t testing.TB, js jetstream.JetStream, id string) *wire.Outcome {
@@ -171,13 +171,13 @@ func TestOversizedPipelineIsRefusedByTheCommands(t *testing.T) {
 			}
 		})
 	}
-	// The same limit lets a large pipeline that fits through.
+	// The same limit lets the largest pipeline through.
 	fits := filepath.Join(dir, "fits.yml")
-	if err := os.WriteFile(fits, []byte(aliasedPipeline(1000, 1, "")), 0o600); err != nil {
+	if err := os.WriteFile(fits, []byte(aliasedPipeline(pipeline.MaxStages, 1, "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if res := RunWeft(t, weftBin, dir, nil, "validate", fits); res.Code != 0 {
-		t.Errorf("weft validate of 1,000 one-command stages exited %d: %s", res.Code, res.Stderr)
+		t.Errorf("weft validate of 10,000 one-command stages exited %d: %s", res.Code, res.Stderr)
 	}
 }
 
@@ -200,19 +200,21 @@ func TestDispatcherRefusesARunThatCannotFit(t *testing.T) {
 		}
 	})
 
-	// The pipeline is within its limit, but the branch the trigger names
-	// makes the run document too large for a message.
-	t.Run("run document over a message, submitted", func(t *testing.T) {
-		text := aliasedPipeline(100, 100, strings.Repeat("x", 20)) // about 440 KiB expanded
+	// The pipeline is within its limits, but the branch the trigger names
+	// makes a stage's job (its commands and environment, and the branch)
+	// too large for a message.
+	t.Run("a job over a message, submitted", func(t *testing.T) {
+		half := 32_000
+		text := "name: big\nstages:\n  - key: s\n    commands: [&c " + strings.Repeat("x", half) + ", *c]\n    env: {A: &v " + strings.Repeat("v", half) + ", B: *v}\n"
 		if _, err := pipeline.Parse("p.yml", []byte(text)); err != nil {
-			t.Fatalf("the pipeline must be within the limit: %v", err)
+			t.Fatalf("the pipeline must be within the limits: %v", err)
 		}
-		tr := wire.Trigger{ID: "oversized-2", Repo: "acme/api", File: "p.yml", Pipeline: text, Branch: strings.Repeat("b", 700_000)}
+		tr := wire.Trigger{ID: "oversized-2", Repo: "acme/api", File: "p.yml", Pipeline: text, Branch: strings.Repeat("b", 950_000)}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		_, err := client.Submit(ctx, js, tr)
 		var re *client.RefusedError
-		if !errors.As(err, &re) || re.Reason != wire.RefusedInvalid || !strings.Contains(re.Message, "p.yml: the run document would need") || !strings.Contains(re.Message, "over the limit of 1024 KiB") {
+		if !errors.As(err, &re) || re.Reason != wire.RefusedInvalid || !strings.Contains(re.Message, "p.yml: the job of stage s would need") || !strings.Contains(re.Message, "over the limit of 1024 KiB") {
 			t.Fatalf("Submit = %v, want a refusal, reason invalid, naming the message limit", err)
 		}
 	})

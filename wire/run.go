@@ -47,8 +47,12 @@ func (s StageState) Terminal() bool {
 	return false
 }
 
-// Run is the run document, stored in the runs bucket under its ID and only
-// ever changed by compare-and-set on the key's revision.
+// Run is a run: its own document, stored in the runs bucket under its ID,
+// and, filled in when it is read, its pipeline (stored once per content
+// hash in the pipelines object store, named by Spec) and its stages (one
+// document each in the stages bucket, see StageRun). Every document is
+// only ever changed by compare-and-set on its key's revision, so an event
+// rewrites the few hundred bytes it changes, whatever the pipeline's size.
 type Run struct {
 	// ID is the run's ULID.
 	ID string `json:"id"`
@@ -60,8 +64,17 @@ type Run struct {
 	Commit string `json:"commit,omitempty"`
 	// File is the pipeline file's name.
 	File string `json:"file"`
-	// Pipeline is the validated pipeline.
-	Pipeline *pipeline.Pipeline `json:"pipeline"`
+	// PipelineName is the pipeline's name.
+	PipelineName string `json:"pipeline"`
+	// Spec is the content hash of the pipeline spec (the validated
+	// pipeline, as the run's stages are queued from it), the name of its
+	// object in the pipelines bucket.
+	Spec string `json:"spec"`
+	// StageCount is how many stages the pipeline has.
+	StageCount int `json:"stage_count"`
+	// Pipeline is the validated pipeline, read from the pipelines bucket;
+	// the run document stored in the runs bucket has none.
+	Pipeline *pipeline.Pipeline `json:"pipeline_spec,omitempty"`
 	// Tier is the tier the run's stages are queued at.
 	Tier subjects.Tier `json:"tier"`
 	// State is the run's state.
@@ -77,17 +90,24 @@ type Run struct {
 	Lease string `json:"lease,omitempty"`
 	// Admitted is when the run got its WIP slot (and group lock).
 	Admitted time.Time `json:"admitted,omitzero"`
-	// Stages holds one entry per pipeline stage, in file order.
-	Stages []StageRun `json:"stages"`
+	// Stages holds one entry per pipeline stage, in file order, read from
+	// the stages bucket; a stage with no document there is pending. The
+	// run document stored in the runs bucket has none (see
+	// Run.Document); the JSON of a whole run, as weft prints it, has them.
+	Stages []StageRun `json:"stages,omitempty"`
 	// CancelReason says who cancelled the run.
 	CancelReason string `json:"cancel_reason,omitempty"`
+	// Replays counts the operator's replays of failed stages; each one
+	// rewrites every stage that did not succeed with it as Epoch.
+	Replays int `json:"replays,omitempty"`
 	// Created, Started and Finished time the run.
 	Created  time.Time `json:"created"`
 	Started  time.Time `json:"started,omitzero"`
 	Finished time.Time `json:"finished,omitzero"`
 }
 
-// StageRun is the state of one stage of a run.
+// StageRun is the state of one stage of a run, stored in the stages
+// bucket under subjects.StageKey(run, stage).
 type StageRun struct {
 	// Key is the stage key.
 	Key string `json:"key"`
@@ -108,6 +128,14 @@ type StageRun struct {
 	Category Category `json:"category,omitempty"`
 	// Message explains a failure or a skip.
 	Message string `json:"message,omitempty"`
+	// Epoch is the run's Replays when the stage was last rewritten by a
+	// replay: a replay changes every stage document that did not
+	// succeed, so that no writer holding an older copy of one can write
+	// it over the replay.
+	Epoch int `json:"epoch,omitempty"`
+	// Cancelling is set on a running stage of a run being cancelled: the
+	// attempt is to stop, and a redelivery of its job is not run.
+	Cancelling bool `json:"cancelling,omitempty"`
 	// LogSeq is the stream sequence of the stage's last log batch.
 	LogSeq uint64 `json:"log_seq,omitempty"`
 	// JobSeq is the jobs stream sequence of the stage's job message, so
@@ -115,21 +143,40 @@ type StageRun struct {
 	JobSeq uint64 `json:"job_seq,omitempty"`
 	// NotBefore is when a retry may start (backoff); zero for no wait.
 	NotBefore time.Time `json:"not_before,omitzero"`
-	// Queued, Started, Heartbeat and Finished time the current attempt.
-	Queued    time.Time `json:"queued,omitzero"`
-	Started   time.Time `json:"started,omitzero"`
-	Heartbeat time.Time `json:"heartbeat,omitzero"`
-	Finished  time.Time `json:"finished,omitzero"`
+	// Queued, Started and Finished time the current attempt. Heartbeats
+	// are not recorded here: the last one of each stage is in the
+	// heartbeats stream.
+	Queued   time.Time `json:"queued,omitzero"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+}
+
+// Document returns a copy of r as the runs bucket stores it: without its
+// pipeline and stages.
+func (r *Run) Document() *Run {
+	d := *r
+	d.Pipeline, d.Stages = nil, nil
+	return &d
 }
 
 // Stage returns the entry of the stage with key, or nil.
 func (r *Run) Stage(key string) *StageRun {
+	if r.Pipeline != nil && len(r.Stages) == len(r.Pipeline.Stages) {
+		if i := r.Pipeline.Index(key); i >= 0 && r.Stages[i].Key == key {
+			return &r.Stages[i]
+		}
+	}
 	for i := range r.Stages {
 		if r.Stages[i].Key == key {
 			return &r.Stages[i]
 		}
 	}
 	return nil
+}
+
+// PendingStage is the state of a stage no document records yet.
+func PendingStage(key, queue string) StageRun {
+	return StageRun{Key: key, State: StagePending, Queue: queue, ExitCode: -1}
 }
 
 // Pending reasons of a waiting run.

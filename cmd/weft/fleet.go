@@ -19,6 +19,7 @@ func serverCommand(g *globals) *cobra.Command {
 	var (
 		state, listen string
 		syncAlways    bool
+		keep          time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -34,7 +35,7 @@ nothing but a power loss can lose the last minutes on one node.
 --sync-always fsyncs every write (slower: measured here 2,070 vs 6,350
 jobs/s); a 3-node cluster is the answer for a fleet.
 
-` + exitCodesHelp,
+` + retentionHelp + exitCodesHelp,
 		Example: "  weft server --state /var/lib/weft --listen 0.0.0.0:4222",
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -47,7 +48,7 @@ jobs/s); a 3-node cluster is the answer for a fleet.
 				return withCode(exitInfra, err)
 			}
 			defer b.Close()
-			if err := bus.Provision(ctx, b.JS); err != nil {
+			if err := bus.Provision(ctx, b.JS, keep); err != nil {
 				return withCode(exitInfra, err)
 			}
 			fmt.Fprintf(g.stderr, "weft: nats server listening on %s (state in %s)\n", b.ClientURL(), state)
@@ -60,6 +61,7 @@ jobs/s); a 3-node cluster is the answer for a fleet.
 	f.StringVar(&state, "state", envOr("WEFT_STATE", "weft-state"), "directory of the JetStream state (env WEFT_STATE)")
 	f.StringVar(&listen, "listen", envOr("WEFT_LISTEN", "127.0.0.1:4222"), "client address; port 0 picks a free one (env WEFT_LISTEN)")
 	f.BoolVar(&syncAlways, "sync-always", false, "fsync every write (see Durability)")
+	f.DurationVar(&keep, "retention", 0, "how long runs, events, logs, dead letters and artifacts are kept (see Retention); 0 keeps what the streams have, 720h (30 days) for new ones")
 	return cmd
 }
 
@@ -68,6 +70,7 @@ func dispatcherCommand(g *globals) *cobra.Command {
 		fleet fleetFlags
 		cfg   dispatcher.Config
 		limit map[string]int
+		keep  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "dispatcher",
@@ -77,7 +80,7 @@ buckets, and admits triggers and drives runs until SIGINT or SIGTERM. It
 keeps no state of its own: several may run at once, and one may be killed
 and restarted at any time.
 
-` + exitCodesHelp,
+` + retentionHelp + exitCodesHelp,
 		Example: "  weft dispatcher --server nats://ci:4222 --wip 3 --wip-repo acme/monorepo=8",
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -87,7 +90,7 @@ and restarted at any time.
 				return err
 			}
 			defer b.Close()
-			if err := bus.Provision(ctx, b.JS); err != nil {
+			if err := bus.Provision(ctx, b.JS, keep); err != nil {
 				return withCode(exitInfra, err)
 			}
 			cfg.WIPLimits = limit
@@ -105,6 +108,7 @@ and restarted at any time.
 	fleet.add(cmd)
 	f := cmd.Flags()
 	f.IntVar(&cfg.WIPLimit, "wip", 3, "runs of one repository in flight at once")
+	f.DurationVar(&keep, "retention", 0, "how long runs, events, logs, dead letters and artifacts are kept (see Retention); 0 keeps what the streams have, 720h (30 days) for new ones")
 	f.StringToIntVar(&limit, "wip-repo", nil, "WIP limit of one repository, REPO=N (repeatable)")
 	f.StringVar(&cfg.WIPPolicy, "wip-policy", dispatcher.PolicyQueue, "above the WIP limit: queue (wait in order) or refuse (with a retry-after)")
 	f.IntVar(&cfg.MaxPending, "max-pending", 0, "bound on the pending jobs of a queue; 0 is none")

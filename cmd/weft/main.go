@@ -125,3 +125,17 @@ func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 		return withCode(exitUsage, check(cmd, args))
 	}
 }
+
+// retentionHelp says what the fleet keeps, and for how long.
+const retentionHelp = `Retention: run and stage documents (KV buckets weft_runs, weft_stages),
+lifecycle events (stream WEFT_EVENTS), logs (WEFT_LOGS), dead letters
+(WEFT_DLQ, WEFT_ADVISORIES) and artifacts (object store weft_artifacts)
+are kept for --retention after they were last written: 30 days (720h)
+unless set. JetStream enforces it (stream MaxAge, bucket TTL); nothing
+sweeps. Pipeline specs (weft_pipelines, one per distinct pipeline) are
+kept 1.5 times as long, the last heartbeat of each stage
+(WEFT_HEARTBEATS) for an hour. Jobs and triggers go once handled. A
+process started without --retention keeps the retention the streams
+already have.
+
+`

@@ -62,8 +62,8 @@ file content) within the dedup window starts one run: the first run's id is
 printed again. A refused trigger is remembered for a few seconds only, and a
 file changed to fix it is a new trigger.
 
-A pipeline over the size limit (` + sizeLimit() + ` once YAML aliases are expanded, see
-weft validate) is refused with exit 2 before anything is published.
+A pipeline over a limit (see weft validate) is refused with exit 2, naming
+the limit, before anything is published.
 
 The run may wait before it starts: for the repository's WIP limit, its
 concurrency group, or a queue over its backpressure bound (weft status says

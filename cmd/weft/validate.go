@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -17,10 +16,8 @@ func validateCommand(g *globals) *cobra.Command {
 		Long: `validate parses a pipeline file and reports every problem it finds as
 FILE:LINE:COL: FIELD: message, one per line, without running anything.
 
-Besides the format, it checks the pipeline's size: with YAML aliases
-expanded, and counting the state a run keeps of each stage, a pipeline
-must stay within ` + sizeLimit() + `, so that its run fits in NATS messages. weft run,
-weft trigger and the dispatcher refuse a larger one the same way.
+Besides the format, it checks the limits (` + limitsHelp() + `). weft run, weft trigger and
+the dispatcher refuse a pipeline over one the same way, naming it.
 
 ` + exitCodesHelp,
 		Example: "  weft validate examples/diamond.yml",
@@ -36,8 +33,11 @@ weft trigger and the dispatcher refuse a larger one the same way.
 	}
 }
 
-// sizeLimit renders pipeline.MaxSize for help texts.
-func sizeLimit() string { return strconv.Itoa(pipeline.MaxSize>>10) + " KiB" }
+// limitsHelp renders the limits of package pipeline for help texts.
+func limitsHelp() string {
+	return fmt.Sprintf("a file of at most %d KiB; at most %d stages;\nat most %d KiB of commands and %d KiB of environment per stage; at most\n%d MiB with YAML aliases expanded",
+		pipeline.MaxFileSize>>10, pipeline.MaxStages, pipeline.MaxCommandsSize>>10, pipeline.MaxEnvSize>>10, pipeline.MaxSize>>20)
+}
 
 // loadPipeline parses a pipeline file; problems in it exit with the usage
 // code.
