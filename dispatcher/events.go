@@ -84,7 +84,11 @@ func (d *Dispatcher) stageEvent(ctx context.Context, ev wire.Event) error {
 	var v verdict
 	after, w, err := d.runs.update(ctx, ev.RunID, []string{ev.Stage}, func(r *wire.Run) bool {
 		v = apply(r, ev, d.cfg.Now())
-		advance(r, d.cfg.Now())
+		if ev.Type != wire.Started || v != applied {
+			// A start makes nothing ready; anything else (or a start
+			// redone on fresh documents) may.
+			advance(r, d.cfg.Now())
+		}
 		return v == applied
 	})
 	if err != nil {

@@ -81,56 +81,79 @@ func setPending(r *wire.Run, reason, detail string, now time.Time) bool {
 	return true
 }
 
-// satisfied maps every finished stage to whether it lets its dependents run.
-func satisfied(r *wire.Run) map[string]bool {
-	done := make(map[string]bool, len(r.Stages))
-	for _, s := range r.Stages {
-		switch s.State {
-		case wire.StageSucceeded:
-			done[s.Key] = true
-		case wire.StageFailed:
-			done[s.Key] = r.Pipeline.Stage(s.Key).AllowFailure
-		case wire.StageSkipped, wire.StageCancelled:
-			done[s.Key] = false
+// outcome says whether the stage at position i of r has ended and, if
+// so, whether it lets its dependents run: it succeeded, or failed with
+// allow_failure.
+func outcome(r *wire.Run, i int) (ended, satisfies bool) {
+	switch r.Stages[i].State {
+	case wire.StageSucceeded:
+		return true, true
+	case wire.StageFailed:
+		return true, r.Pipeline.Stages[i].AllowFailure
+	case wire.StageSkipped, wire.StageCancelled:
+		return true, false
+	}
+	return false, false
+}
+
+// blockedAt reports whether a dependency of the stage at position i ended
+// without satisfying it: the stage can never run.
+func blockedAt(r *wire.Run, i int) bool {
+	for _, d := range r.Pipeline.Deps(i) {
+		if ended, ok := outcome(r, d); ended && !ok {
+			return true
 		}
 	}
-	return done
+	return false
+}
+
+// readyAt reports whether every dependency of the stage at position i
+// ended and satisfies it.
+func readyAt(r *wire.Run, i int) bool {
+	for _, d := range r.Pipeline.Deps(i) {
+		if ended, ok := outcome(r, d); !ended || !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // advance skips the stages that can no longer run, queues the stages whose
 // dependencies are satisfied (unless the run is being cancelled) and ends
 // the run when every stage is terminal. It derives all of it from the
 // stages' states, so it is idempotent; it does nothing to a run that is
-// not admitted (no lease) or that ended. It returns the keys it queued,
-// in file order.
+// not admitted (no lease) or that ended. It reads every stage but hands
+// out (Run.Edit) only those it changes, and allocates nothing else. It
+// returns the keys it queued, in file order.
 func advance(r *wire.Run, now time.Time) []string {
 	if r.State.Terminal() || r.Lease == "" {
 		return nil
 	}
-	for {
-		blocked := r.Pipeline.Blocked(satisfied(r))
-		changed := false
-		for _, key := range blocked {
-			s := r.Stage(key)
-			if s.State != wire.StagePending {
-				continue
-			}
-			s.State, s.Message, s.Finished = wire.StageSkipped, "a dependency did not succeed", now
-			changed = true
+	// Skip what a dependency blocks, and what that skip blocks in turn.
+	var skip []int
+	for i := range r.Stages {
+		if r.Stages[i].State == wire.StagePending && blockedAt(r, i) {
+			skip = append(skip, i)
 		}
-		if !changed {
-			break
+	}
+	for len(skip) > 0 {
+		i := skip[len(skip)-1]
+		skip = skip[:len(skip)-1]
+		if r.Stages[i].State != wire.StagePending || !blockedAt(r, i) {
+			continue
 		}
+		s := r.Edit(i)
+		s.State, s.Message, s.Finished = wire.StageSkipped, "a dependency did not succeed", now
+		skip = append(skip, r.Pipeline.Dependents(i)...)
 	}
 	var queued []string
 	if r.CancelReason == "" {
-		for _, key := range r.Pipeline.Ready(satisfied(r)) {
-			s := r.Stage(key)
-			if s.State != wire.StagePending {
+		for i := range r.Stages {
+			if r.Stages[i].State != wire.StagePending || !readyAt(r, i) {
 				continue
 			}
-			queueAttempt(s, now)
-			queued = append(queued, key)
+			queueAttempt(r.Edit(i), now)
+			queued = append(queued, r.Stages[i].Key)
 		}
 	}
 	finish(r, now)
@@ -148,12 +171,12 @@ func queueAttempt(s *wire.StageRun, now time.Time) {
 // finish sets the run's terminal state once every stage is terminal.
 func finish(r *wire.Run, now time.Time) {
 	state := wire.RunSucceeded
-	for _, s := range r.Stages {
+	for i, s := range r.Stages {
 		if !s.State.Terminal() {
 			return
 		}
 		switch {
-		case s.State == wire.StageFailed && !r.Pipeline.Stage(s.Key).AllowFailure:
+		case s.State == wire.StageFailed && !r.Pipeline.Stages[i].AllowFailure:
 			state = wire.RunFailed
 		case s.State == wire.StageCancelled && r.CancelReason == "":
 			// A stage cancelled outside a run cancel (an agent gave it up)
@@ -302,14 +325,14 @@ func cancel(r *wire.Run, reason string, now time.Time) bool {
 	}
 	r.CancelReason = clip(reason)
 	for i := range r.Stages {
-		s := &r.Stages[i]
-		switch s.State {
+		switch r.Stages[i].State {
 		case wire.StagePending, wire.StageQueued:
+			s := r.Edit(i)
 			s.State, s.Message, s.Finished = wire.StageCancelled, clip("run cancelled: "+reason), now
 		case wire.StageRunning:
 			// Every stage not ended is rewritten: a dispatcher holding an
 			// older copy of one cannot write it over the cancel.
-			s.Cancelling = true
+			r.Edit(i).Cancelling = true
 		}
 	}
 	finish(r, now)
@@ -395,7 +418,10 @@ func replayStage(r *wire.Run, key string, now time.Time) bool {
 	}
 	r.Replays++
 	for i := range r.Stages {
-		st := &r.Stages[i]
+		if r.Stages[i].State == wire.StageSucceeded {
+			continue
+		}
+		st := r.Edit(i)
 		if st.State == wire.StageSkipped {
 			st.State, st.Message, st.Finished = wire.StagePending, "", time.Time{}
 		}

@@ -818,7 +818,7 @@ stages:
 	}
 }
 
-func TestSatisfied(t *testing.T) {
+func TestOutcome(t *testing.T) {
 	const src = `name: all
 stages:
   - key: pending
@@ -847,8 +847,63 @@ stages:
 		r.Stages[i].State = state
 	}
 	want := map[string]bool{"succeeded": true, "failed": false, "allowed": true, "skipped": false, "cancelled": false}
-	if got := satisfied(r); !maps.Equal(got, want) {
-		t.Errorf("satisfied(%v) = %v, want %v", stageStates(r), got, want)
+	got := map[string]bool{}
+	for i, s := range r.Stages {
+		if ended, ok := outcome(r, i); ended {
+			got[s.Key] = ok
+		}
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("outcome of %v = %v, want %v", stageStates(r), got, want)
+	}
+}
+
+func TestReadyAndBlocked(t *testing.T) {
+	p := parse(t, `name: diamond
+stages:
+  - {key: build, commands: make}
+  - {key: lint, commands: make lint, depends_on: build}
+  - {key: test, commands: make test, depends_on: build}
+  - {key: package, commands: make dist, depends_on: [lint, test]}
+`)
+	tests := []struct {
+		name         string
+		done         map[string]bool // ended stages: succeeded (true) or failed
+		ready, block []string
+	}{
+		{"nothing done", nil, []string{"build"}, nil},
+		{"build ok", map[string]bool{"build": true}, []string{"lint", "test"}, nil},
+		{"build failed", map[string]bool{"build": false}, nil, []string{"lint", "test"}},
+		{"lint ok", map[string]bool{"build": true, "lint": true}, []string{"test"}, nil},
+		{"lint and test ok", map[string]bool{"build": true, "lint": true, "test": true}, []string{"package"}, nil},
+		{"test failed", map[string]bool{"build": true, "lint": true, "test": false}, nil, []string{"package"}},
+		{"lint skipped, test pending", map[string]bool{"build": false, "lint": false}, nil, []string{"test", "package"}},
+		{"all done", map[string]bool{"build": true, "lint": true, "test": true, "package": true}, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRun(testRunID, wire.Trigger{ID: "trigger-1"}, p, 0, t0)
+			for i := range r.Stages {
+				if ok, ended := tt.done[r.Stages[i].Key]; ended {
+					r.Stages[i].State = map[bool]wire.StageState{true: wire.StageSucceeded, false: wire.StageFailed}[ok]
+				}
+			}
+			var ready, block []string
+			for i, s := range r.Stages {
+				if s.State != wire.StagePending {
+					continue
+				}
+				if readyAt(r, i) {
+					ready = append(ready, s.Key)
+				}
+				if blockedAt(r, i) {
+					block = append(block, s.Key)
+				}
+			}
+			if !slices.Equal(ready, tt.ready) || !slices.Equal(block, tt.block) {
+				t.Errorf("ready %v, blocked %v; want %v and %v", ready, block, tt.ready, tt.block)
+			}
+		})
 	}
 }
 

@@ -42,8 +42,37 @@ type store struct {
 	log zerolog.Logger
 
 	mu     sync.Mutex
-	cache  map[string]*view // views of live runs, by id
-	staged int              // stages held by cache
+	cache  map[string]*view     // views of live runs, by id
+	staged int                  // stages held by cache
+	locks  map[string]*runLock // per-run locks of the updates under way
+}
+
+// runLock serializes the updates of one run in this process: an update
+// changes the cached view in place.
+type runLock struct {
+	mu    sync.Mutex
+	users int
+}
+
+// lock takes the update lock of run id; the function returned releases it.
+func (s *store) lock(id string) func() {
+	s.mu.Lock()
+	l := s.locks[id]
+	if l == nil {
+		l = &runLock{}
+		s.locks[id] = l
+	}
+	l.users++
+	s.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		s.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(s.locks, id)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // view is a run as last read or written, with the revision of its
@@ -53,6 +82,9 @@ type view struct {
 	rev    uint64
 	revs   []uint64
 	header []byte // the run document as encoded at rev
+	// open is where settle looks for a stage not ended: the stages
+	// before it were seen ended.
+	open int
 }
 
 // maxCachedStages bounds the stages the cache holds; past it the cache
@@ -60,7 +92,7 @@ type view struct {
 const maxCachedStages = 200_000
 
 func newStore(rs *runstore.Store, log zerolog.Logger) *store {
-	return &store{rs: rs, log: log, cache: map[string]*view{}}
+	return &store{rs: rs, log: log, cache: map[string]*view{}, locks: map[string]*runLock{}}
 }
 
 // wrote is what one update wrote.
@@ -105,18 +137,14 @@ func (s *store) get(ctx context.Context, id string) (*wire.Run, error) {
 // load returns a copy of the view of a run, from the cache (cached is
 // true) or read whole.
 func (s *store) load(ctx context.Context, id string) (v *view, cached bool, err error) {
-	s.mu.Lock()
-	c, ok := s.cache[id]
-	s.mu.Unlock()
-	if ok {
-		return c.clone(), true, nil
-	}
-	v, err = s.fresh(ctx, id)
+	unlock := s.lock(id)
+	defer unlock()
+	v, cached, err = s.view(ctx, id)
 	if err != nil {
 		return nil, false, err
 	}
 	s.remember(v)
-	return v.clone(), false, nil
+	return v.clone(), cached, nil
 }
 
 // fresh reads a run whole.
@@ -171,11 +199,18 @@ const maxRounds = 32
 // exist). scope names the stages change depends on, for deciding on
 // fresh documents that it changes nothing; nil is the whole run.
 //
-// change must be idempotent (see store): it may run several times, on
-// documents some of its earlier effects were written to.
+// change works on the cached run in place (under the run's lock), its
+// edits recorded (wire.Run.BeginEdit), so that an update costs what it
+// changes, not what the run holds; it must hand out every stage it
+// changes through Run.Stage or Run.Edit. It must be idempotent (see
+// store): it may run several times, on documents some of its earlier
+// effects were written to. The run returned is a copy of the run
+// document with, as its Stages, only the stages the update queued.
 func (s *store) update(ctx context.Context, id string, scope []string, change func(*wire.Run) bool) (*wire.Run, wrote, error) {
 	var w wrote
-	v, cached, err := s.load(ctx, id)
+	unlock := s.lock(id)
+	defer unlock()
+	v, cached, err := s.view(ctx, id)
 	if errors.Is(err, runstore.ErrNoRun) {
 		s.log.Warn().Str("run_id", id).Msg("event for unknown run")
 		return nil, w, nil
@@ -183,13 +218,30 @@ func (s *store) update(ctx context.Context, id string, scope []string, change fu
 	if err != nil {
 		return nil, w, err
 	}
+	// The view is changed in place: whatever goes wrong, it leaves the
+	// cache, and goes back only as written.
+	s.forget(id)
 	wroteAny := false
 	for range maxRounds {
-		r := clone(v.run)
-		change(r)
-		writes, at := stageWrites(v, r)
-		header := encodeHeader(r)
+		saved := *v.run // the run document's fields, to undo
+		v.run.BeginEdit()
+		change(v.run)
+		edits := v.run.EndEdit()
+		var writes []runstore.StageWrite
+		var at []int
+		for i, old := range edits {
+			if v.run.Stages[i] != old {
+				writes = append(writes, runstore.StageWrite{Stage: v.run.Stages[i], Rev: v.revs[i]})
+				at = append(at, i)
+			}
+		}
+		header := encodeHeader(v.run)
 		headerChanged := !bytes.Equal(header, v.header)
+		undoHeader := func() {
+			stages := v.run.Stages
+			*v.run = saved
+			v.run.Stages = stages
+		}
 		if len(writes) == 0 && !headerChanged {
 			if cached {
 				// The view may be stale: decide "nothing to do" on fresh
@@ -206,21 +258,21 @@ func (s *store) update(ctx context.Context, id string, scope []string, change fu
 		var ended []int
 		for j, i := range at {
 			if revs[j] == 0 {
+				v.run.Stages[i] = edits[i] // not written: undo
 				continue
 			}
-			old := v.run.Stages[i]
-			ns := r.Stages[i]
+			old, ns := edits[i], v.run.Stages[i]
 			if ns.State == wire.StageQueued && (old.State != wire.StageQueued || old.Attempt != ns.Attempt) {
 				w.queued = append(w.queued, ns.Key)
 			}
 			if ns.State.Terminal() && !old.State.Terminal() {
 				ended = append(ended, i)
 			}
-			v.run.Stages[i], v.revs[i] = ns, revs[j]
+			v.revs[i] = revs[j]
 			wroteAny = true
 		}
 		if werr != nil {
-			s.forget(id)
+			undoHeader()
 			if !runstore.IsConflict(werr) {
 				return nil, w, werr
 			}
@@ -239,11 +291,9 @@ func (s *store) update(ctx context.Context, id string, scope []string, change fu
 			continue
 		}
 		if headerChanged {
-			hr := *r
-			hr.Pipeline, hr.Stages = v.run.Pipeline, v.run.Stages
-			rev, err := s.rs.UpdateRun(ctx, &hr, v.rev)
+			rev, err := s.rs.UpdateRun(ctx, v.run, v.rev)
 			if err != nil {
-				s.forget(id)
+				undoHeader()
 				if !runstore.IsConflict(err) {
 					return nil, w, err
 				}
@@ -253,10 +303,10 @@ func (s *store) update(ctx context.Context, id string, scope []string, change fu
 				cached = false
 				continue
 			}
-			if hr.State.Terminal() && !v.run.State.Terminal() {
+			if v.run.State.Terminal() && !saved.State.Terminal() {
 				w.ended = true
 			}
-			v.run, v.rev, v.header = &hr, rev, header
+			v.rev, v.header = rev, header
 			wroteAny = true
 		}
 		stale, err := s.settle(ctx, v, ended)
@@ -267,13 +317,31 @@ func (s *store) update(ctx context.Context, id string, scope []string, change fu
 			break
 		}
 	}
-	s.remember(v.clone())
+	s.remember(v)
 	if !wroteAny {
 		return nil, w, nil
 	}
 	slices.SortFunc(w.queued, func(a, b string) int { return v.run.Pipeline.Index(a) - v.run.Pipeline.Index(b) })
 	w.queued = slices.Compact(w.queued)
-	return v.run, w, nil
+	after := *v.run
+	after.Stages = make([]wire.StageRun, 0, len(w.queued))
+	for _, key := range w.queued {
+		after.Stages = append(after.Stages, v.run.Stages[v.run.Pipeline.Index(key)])
+	}
+	return &after, w, nil
+}
+
+// view returns the cached view of a run (cached is true) or reads it
+// whole. Call it under the run's lock: the view is the cache's own.
+func (s *store) view(ctx context.Context, id string) (v *view, cached bool, err error) {
+	s.mu.Lock()
+	c, ok := s.cache[id]
+	s.mu.Unlock()
+	if ok {
+		return c, true, nil
+	}
+	v, err = s.fresh(ctx, id)
+	return v, false, err
 }
 
 // refresh reads again what a change that changed nothing depends on: the
@@ -349,27 +417,13 @@ func (s *store) settle(ctx context.Context, v *view, ended []int) (bool, error) 
 		}
 	}
 	err := confirm(func(yield func(int) bool) {
-		for i := range v.run.Stages {
-			if !yield(i) {
+		for ; v.open < len(v.run.Stages); v.open++ {
+			if !yield(v.open) {
 				return
 			}
 		}
 	})
 	return stale, err
-}
-
-// stageWrites returns the writes of the stages r changed from v, and
-// their positions.
-func stageWrites(v *view, r *wire.Run) ([]runstore.StageWrite, []int) {
-	var writes []runstore.StageWrite
-	var at []int
-	for i := range r.Stages {
-		if r.Stages[i] != v.run.Stages[i] {
-			writes = append(writes, runstore.StageWrite{Stage: r.Stages[i], Rev: v.revs[i]})
-			at = append(at, i)
-		}
-	}
-	return writes, at
 }
 
 // encodeHeader encodes the run document alone (the pipeline and stages
@@ -412,7 +466,7 @@ func (s *store) forget(id string) {
 // clone copies a view deeply enough to change it: the pipeline is never
 // changed and is shared.
 func (v *view) clone() *view {
-	return &view{run: clone(v.run), rev: v.rev, revs: slices.Clone(v.revs), header: v.header}
+	return &view{run: clone(v.run), rev: v.rev, revs: slices.Clone(v.revs), header: v.header, open: v.open}
 }
 
 // clone copies a run deeply enough to change it: the pipeline is never
@@ -431,14 +485,17 @@ func clone(r *wire.Run) *wire.Run {
 // Stages), from the cache when it is there (cached is true) or read
 // fresh: what admission decides on.
 func (s *store) brief(ctx context.Context, id string) (r *wire.Run, cached bool, err error) {
+	unlock := s.lock(id)
 	s.mu.Lock()
 	c, ok := s.cache[id]
 	s.mu.Unlock()
 	if ok {
 		b := *c.run
+		unlock()
 		b.Stages = nil
 		return &b, true, nil
 	}
+	unlock()
 	r, _, err = s.rs.Header(ctx, id)
 	if err != nil {
 		return nil, false, err

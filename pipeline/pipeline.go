@@ -38,6 +38,7 @@ type Pipeline struct {
 	// built by Prepare.
 	index      map[string]int
 	dependents [][]int
+	deps       [][]int
 }
 
 // Concurrency is a pipeline's concurrency group.
@@ -185,13 +186,30 @@ func (p *Pipeline) Prepare() {
 		p.index[p.Stages[i].Key] = i
 	}
 	p.dependents = make([][]int, len(p.Stages))
+	p.deps = make([][]int, len(p.Stages))
 	for i, st := range p.Stages {
 		for _, d := range st.DependsOn {
 			if j, ok := p.index[d]; ok {
 				p.dependents[j] = append(p.dependents[j], i)
+				p.deps[i] = append(p.deps[i], j)
 			}
 		}
 	}
+}
+
+// Deps returns the positions in Stages of the dependencies of the stage
+// at position i.
+func (p *Pipeline) Deps(i int) []int {
+	if p.deps == nil {
+		var out []int
+		for _, d := range p.Stages[i].DependsOn {
+			if j := p.Index(d); j >= 0 {
+				out = append(out, j)
+			}
+		}
+		return out
+	}
+	return p.deps[i]
 }
 
 // Dependents returns the positions in Stages of the stages that depend
@@ -231,53 +249,6 @@ func (p *Pipeline) Stage(key string) *Stage {
 		return &p.Stages[i]
 	}
 	return nil
-}
-
-// Ready returns, in file order, the keys of the stages that are absent from
-// done and whose every dependency is present in done with value true.
-//
-// done maps the key of a finished stage to whether it satisfies its
-// dependents: true if it succeeded or failed with allow_failure, false if it
-// failed, was skipped or was cancelled. With an empty done, Ready returns
-// the root stages.
-func (p *Pipeline) Ready(done map[string]bool) []string {
-	var keys []string
-	for _, s := range p.Stages {
-		if _, finished := done[s.Key]; finished {
-			continue
-		}
-		ready := true
-		for _, d := range s.DependsOn {
-			if !done[d] {
-				ready = false
-				break
-			}
-		}
-		if ready {
-			keys = append(keys, s.Key)
-		}
-	}
-	return keys
-}
-
-// Blocked returns, in file order, the keys of the stages that are absent
-// from done and have at least one dependency present in done with value
-// false: they can never run, and the dispatcher skips them. done has the
-// meaning described at Ready.
-func (p *Pipeline) Blocked(done map[string]bool) []string {
-	var keys []string
-	for _, s := range p.Stages {
-		if _, finished := done[s.Key]; finished {
-			continue
-		}
-		for _, d := range s.DependsOn {
-			if ok, finished := done[d]; finished && !ok {
-				keys = append(keys, s.Key)
-				break
-			}
-		}
-	}
-	return keys
 }
 
 // GroupVars are the variables a concurrency group may reference as ${NAME}.

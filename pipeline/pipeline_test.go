@@ -416,41 +416,36 @@ func TestStage(t *testing.T) {
 	}
 }
 
-func TestReadyBlocked(t *testing.T) {
+func TestDepsAndDependents(t *testing.T) {
 	p, err := Parse("p.yml", []byte(`name: diamond
 stages:
+  - {key: package, commands: make dist, depends_on: [lint, test]}
   - {key: build, commands: make}
   - {key: lint, commands: make lint, depends_on: build}
   - {key: test, commands: make test, depends_on: build}
-  - {key: package, commands: make dist, depends_on: [lint, test]}
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tests := []struct {
-		name         string
-		done         map[string]bool
-		ready, block []string
-	}{
-		{"nothing done", nil, []string{"build"}, nil},
-		{"build running", map[string]bool{}, []string{"build"}, nil},
-		{"build ok", map[string]bool{"build": true}, []string{"lint", "test"}, nil},
-		{"build failed", map[string]bool{"build": false}, nil, []string{"lint", "test"}},
-		{"lint ok", map[string]bool{"build": true, "lint": true}, []string{"test"}, nil},
-		{"lint and test ok", map[string]bool{"build": true, "lint": true, "test": true}, []string{"package"}, nil},
-		{"test failed", map[string]bool{"build": true, "lint": true, "test": false}, nil, []string{"package"}},
-		{"lint skipped, test pending", map[string]bool{"build": false, "lint": false}, nil, []string{"test", "package"}},
-		{"all done", map[string]bool{"build": true, "lint": true, "test": true, "package": true}, nil, nil},
+	deps := [][]int{{2, 3}, nil, {1}, {1}}
+	dependents := [][]int{nil, {2, 3}, {0}, {0}}
+	for i := range p.Stages {
+		if got := p.Deps(i); !slices.Equal(got, deps[i]) {
+			t.Errorf("Deps(%d) = %v, want %v", i, got, deps[i])
+		}
+		if got := p.Dependents(i); !slices.Equal(got, dependents[i]) {
+			t.Errorf("Dependents(%d) = %v, want %v", i, got, dependents[i])
+		}
+		if got := p.Index(p.Stages[i].Key); got != i {
+			t.Errorf("Index(%s) = %d, want %d", p.Stages[i].Key, got, i)
+		}
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := p.Ready(tt.done); !slices.Equal(got, tt.ready) {
-				t.Errorf("Ready(%v) = %v, want %v", tt.done, got, tt.ready)
-			}
-			if got := p.Blocked(tt.done); !slices.Equal(got, tt.block) {
-				t.Errorf("Blocked(%v) = %v, want %v", tt.done, got, tt.block)
-			}
-		})
+	// A pipeline built by hand, not prepared, answers the same.
+	q := &Pipeline{Stages: slices.Clone(p.Stages)}
+	for i := range q.Stages {
+		if !slices.Equal(q.Deps(i), deps[i]) || !slices.Equal(q.Dependents(i), dependents[i]) || q.Index(q.Stages[i].Key) != i {
+			t.Errorf("unprepared stage %d: deps %v, dependents %v, index %d", i, q.Deps(i), q.Dependents(i), q.Index(q.Stages[i].Key))
+		}
 	}
 }
 
@@ -496,16 +491,20 @@ func FuzzParse(f *testing.F) {
 				}
 			}
 		}
-		// With every stage succeeding, Ready must eventually reach all
-		// stages; it stalls on a cycle.
-		done := make(map[string]bool)
-		for len(done) < len(p.Stages) {
-			ready := p.Ready(done)
-			if len(ready) == 0 {
-				t.Fatalf("Parse(%q): stages stall after %v: a cycle", data, done)
+		// With every stage succeeding, every stage becomes ready in turn;
+		// the walk stalls on a cycle.
+		done := make([]bool, len(p.Stages))
+		for n := 0; n < len(p.Stages); {
+			progress := false
+			for i := range p.Stages {
+				if done[i] || slices.ContainsFunc(p.Deps(i), func(d int) bool { return !done[d] }) {
+					continue
+				}
+				done[i], progress = true, true
+				n++
 			}
-			for _, k := range ready {
-				done[k] = true
+			if !progress {
+				t.Fatalf("Parse(%q): stages stall after %v: a cycle", data, done)
 			}
 		}
 	})

@@ -104,6 +104,34 @@ type Run struct {
 	Created  time.Time `json:"created"`
 	Started  time.Time `json:"started,omitzero"`
 	Finished time.Time `json:"finished,omitzero"`
+
+	// journal holds, while an edit is open (BeginEdit), each stage
+	// handed out for changing, as it was before.
+	journal map[int]StageRun
+}
+
+// BeginEdit starts recording the stages handed out by Stage and Edit, so
+// that whoever changes the run in place can tell (EndEdit) which stages
+// changed and undo them, without copying every stage.
+func (r *Run) BeginEdit() { r.journal = map[int]StageRun{} }
+
+// EndEdit stops recording and returns the position and former state of
+// every stage handed out since BeginEdit (changed or not).
+func (r *Run) EndEdit() map[int]StageRun {
+	j := r.journal
+	r.journal = nil
+	return j
+}
+
+// Edit returns the stage at position i for changing, recording its state
+// while an edit is open.
+func (r *Run) Edit(i int) *StageRun {
+	if r.journal != nil {
+		if _, ok := r.journal[i]; !ok {
+			r.journal[i] = r.Stages[i]
+		}
+	}
+	return &r.Stages[i]
 }
 
 // StageRun is the state of one stage of a run, stored in the stages
@@ -159,16 +187,17 @@ func (r *Run) Document() *Run {
 	return &d
 }
 
-// Stage returns the entry of the stage with key, or nil.
+// Stage returns the entry of the stage with key, or nil. The entry may be
+// changed: while an edit is open (BeginEdit) it is recorded as Edit does.
 func (r *Run) Stage(key string) *StageRun {
 	if r.Pipeline != nil && len(r.Stages) == len(r.Pipeline.Stages) {
 		if i := r.Pipeline.Index(key); i >= 0 && r.Stages[i].Key == key {
-			return &r.Stages[i]
+			return r.Edit(i)
 		}
 	}
 	for i := range r.Stages {
 		if r.Stages[i].Key == key {
-			return &r.Stages[i]
+			return r.Edit(i)
 		}
 	}
 	return nil
