@@ -278,7 +278,7 @@ type ChaosResult struct {
 	MaxInFlightByGroup map[string]int `json:"max_in_flight_by_group"`
 	MaxGroupExecuting  int            `json:"max_group_executing"`
 	// LeasesLeft counts lease and group-lock keys left in weft_wip;
-	// WaitsLeft (not an invariant) the wait keys.
+	// WaitsLeft (not an invariant) the waiting runs.
 	LeasesLeft int      `json:"leases_left"`
 	LeaseKeys  []string `json:"lease_keys,omitempty"`
 	WaitsLeft  int      `json:"waits_left"`
@@ -999,7 +999,13 @@ func (d *chaosDriver) awaitLeftovers(ctx context.Context, wip jetstream.KeyValue
 			keys, _ := bus.Keys(ctx, wip, filter)
 			l.leases = append(l.leases, keys...)
 		}
-		l.waits, _ = bus.Keys(ctx, wip, subjects.AllWaits)
+		if st, err := d.js.Stream(ctx, subjects.WaitingStream); err == nil {
+			if info, err := st.Info(ctx, jetstream.WithSubjectFilter(subjects.AllWaiting)); err == nil {
+				for subj := range info.State.Subjects {
+					l.waits = append(l.waits, subj)
+				}
+			}
+		}
 		for _, wd := range workDirs {
 			entries, _ := os.ReadDir(wd)
 			for _, e := range entries {

@@ -42,7 +42,7 @@ type observations struct {
 	// were read (Stopped plus at most the settle time).
 	Stopped, End time.Time
 	// Leases are the lease and group-lock keys left in weft_wip after the
-	// grace period; Waits the wait keys left.
+	// grace period; Waits the waiting runs left.
 	Leases, Waits []string
 	// Workspaces are the entries left in the agents' work directories.
 	Workspaces []string

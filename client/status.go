@@ -110,7 +110,21 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 	}
 	now := time.Now()
 	seen := map[string]bool{}
-	for _, kind := range []string{subjects.AllLeases, subjects.AllWaits, subjects.AllStats} {
+	waiting, err := waitingRuns(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range waiting {
+		// A waiting run has no stage to show: its document is enough.
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		if r, _, err := rs.Header(ctx, id); err == nil && !r.State.Terminal() {
+			st.Runs = append(st.Runs, runStatus(r, agents, st.Paused, now))
+		}
+	}
+	for _, kind := range []string{subjects.AllLeases, subjects.AllStats} {
 		keys, err := bus.Keys(ctx, wip, kind)
 		if err != nil {
 			return nil, err
@@ -132,13 +146,7 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 				continue
 			}
 			seen[id] = true
-			// A waiting run has no stage to show: its document is enough.
-			var r *wire.Run
-			if kind == subjects.AllWaits {
-				r, _, err = rs.Header(ctx, id)
-			} else {
-				r, err = rs.Get(ctx, id)
-			}
+			r, err := rs.Get(ctx, id)
 			if err != nil || r.State.Terminal() {
 				continue
 			}
@@ -147,6 +155,35 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 	}
 	slices.SortFunc(st.Runs, func(a, b RunStatus) int { return strings.Compare(a.ID, b.ID) })
 	return st, nil
+}
+
+// waitingRuns returns the ids of the runs waiting for admission, in the
+// order they were queued, read from WEFT_WAITING with an ordered consumer.
+func waitingRuns(ctx context.Context, js jetstream.JetStream) ([]string, error) {
+	c, err := js.OrderedConsumer(ctx, subjects.WaitingStream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return nil, fmt.Errorf("waiting runs: %w", err)
+	}
+	var ids []string
+	for {
+		info, err := c.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("waiting runs: %w", err)
+		}
+		if info.NumPending == 0 {
+			return ids, nil
+		}
+		batch, err := c.FetchNoWait(int(min(info.NumPending, 1000)))
+		if err != nil {
+			return nil, fmt.Errorf("waiting runs: %w", err)
+		}
+		for m := range batch.Messages() {
+			ids = append(ids, string(m.Data()))
+		}
+		if err := batch.Error(); err != nil {
+			return nil, fmt.Errorf("waiting runs: %w", err)
+		}
+	}
 }
 
 func runStatus(r *wire.Run, agents []wire.Agent, paused map[string]string, now time.Time) RunStatus {

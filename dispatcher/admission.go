@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/pipeline"
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -46,14 +48,24 @@ func (d *Dispatcher) refusal(ctx context.Context, t wire.Trigger, p *pipeline.Pi
 		if err != nil {
 			return nil, err
 		}
-		waits, err := d.keys(ctx, subjects.RepoWaits(token))
+		limit := d.wipLimit(token)
+		// Counting the waiting runs up to the limit is enough.
+		waits := 0
+		c, err := d.waits(ctx, token)
 		if err != nil {
 			return nil, err
 		}
-		if limit := d.wipLimit(token); len(leases)+len(waits) >= limit {
+		for ; len(leases)+waits < limit; waits++ {
+			if _, ok, err := c.next(ctx); err != nil {
+				return nil, err
+			} else if !ok {
+				break
+			}
+		}
+		if len(leases)+waits >= limit {
 			return &wire.Outcome{
 				Reason: wire.RefusedWIP, RetryAfter: d.cfg.RetryAfter,
-				Error: fmt.Sprintf("wip limit: %d of %d runs of %s in flight; retry after %s", len(leases)+len(waits), limit, repoName(t.Repo), d.cfg.RetryAfter),
+				Error: fmt.Sprintf("wip limit: %d of %d runs of %s in flight; retry after %s", len(leases)+waits, limit, repoName(t.Repo), d.cfg.RetryAfter),
 			}, nil
 		}
 	}
@@ -167,32 +179,59 @@ const maxPlans = 8
 // compare-and-set writes. A race lost to another dispatcher makes it plan
 // again on a new snapshot; it never releases a key it did not take for a
 // run that cannot use it. Safe to call any time and from any dispatcher.
+//
+// The snapshot holds the first waiting runs only, as many as the free
+// slots could take and one more (the next to wait, whose reason is
+// recorded): admitting costs the same with 10 runs waiting as with
+// 10,000. When runs in it could not take a free slot (their group is
+// held, their queue is over its bound), it reads twice as many and plans
+// again.
 func (d *Dispatcher) admit(ctx context.Context, token string) error {
 	d.admitMu.Lock()
 	defer d.admitMu.Unlock()
+	want := 0
 	for range maxPlans {
-		snap, err := d.snapshot(ctx, token)
+		snap, more, err := d.snapshot(ctx, token, want)
 		if err != nil || len(snap.Waiting) == 0 {
 			return err
 		}
-		again, err := d.applyPlan(ctx, token, plan(snap))
-		if err != nil || !again {
+		steps := plan(snap)
+		again, err := d.applyPlan(ctx, token, steps)
+		if err != nil {
 			return err
 		}
+		if again {
+			continue
+		}
+		admitted := 0
+		for _, st := range steps {
+			if st.Kind == actAdmit {
+				admitted++
+			}
+		}
+		if !more || admitted >= freeSlots(snap) {
+			return nil
+		}
+		want = 2 * len(snap.Waiting)
 	}
 	return nil
 }
 
-// snapshot reads what admission decides on for one repository.
-func (d *Dispatcher) snapshot(ctx context.Context, token string) (snapshot, error) {
-	s := snapshot{Limit: d.wipLimit(token), Slots: map[int]string{}, Groups: map[string]string{}, MaxPending: d.cfg.MaxPending}
-	waits, err := d.keys(ctx, subjects.RepoWaits(token))
-	if err != nil || len(waits) == 0 {
-		return s, err
-	}
+// freeSlots is how many runs a snapshot's repository may still admit.
+func freeSlots(s snapshot) int {
+	return max(0, s.Limit-len(s.Slots))
+}
+
+// snapshot reads what admission decides on for one repository: its slots
+// and locks, and its waiting runs in arrival order, the first ones only
+// (at least want, and at least one more than the free slots; want 0 is
+// that minimum) with every waiting run that holds a slot already (an
+// admission cut short). more says that runs beyond them wait.
+func (d *Dispatcher) snapshot(ctx context.Context, token string, want int) (s snapshot, more bool, err error) {
+	s = snapshot{Limit: d.wipLimit(token), Slots: map[int]string{}, Groups: map[string]string{}, MaxPending: d.cfg.MaxPending}
 	leases, err := d.keys(ctx, subjects.RepoLeases(token))
 	if err != nil {
-		return s, err
+		return s, false, err
 	}
 	for _, k := range leases {
 		slot, ok := subjects.LeaseSlot(k)
@@ -203,20 +242,20 @@ func (d *Dispatcher) snapshot(ctx context.Context, token string) (snapshot, erro
 			s.Slots[slot] = string(e.Value())
 		}
 	}
-	slices.Sort(waits) // zero-padded sequences: arrival order
+	want = max(want, freeSlots(s)+1)
+	c, err := d.waits(ctx, token)
+	if err != nil {
+		return s, false, err
+	}
+	seen := map[string]bool{}
 	var queues []string
-	for _, wk := range waits {
-		e, err := d.wip.Get(ctx, wk)
-		if err != nil {
-			continue
-		}
-		w := waiting{ID: string(e.Value()), WaitKey: wk}
+	add := func(w waiting) error {
 		r, err := d.waitingRun(ctx, w.ID)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			w.Done = true
 		case err != nil:
-			return s, err
+			return err
 		case r.Lease != "" || r.State.Terminal():
 			w.Done = true
 		default:
@@ -235,10 +274,98 @@ func (d *Dispatcher) snapshot(ctx context.Context, token string) (snapshot, erro
 				}
 			}
 		}
+		seen[w.ID] = true
 		s.Waiting = append(s.Waiting, w)
+		return nil
 	}
+	live := 0
+	for {
+		if live >= want {
+			_, more, err = c.peek(ctx)
+			if err != nil {
+				return s, false, err
+			}
+			break
+		}
+		w, ok, err := c.next(ctx)
+		if err != nil {
+			return s, false, err
+		}
+		if !ok {
+			break
+		}
+		if err := add(w); err != nil {
+			return s, false, err
+		}
+		if !s.Waiting[len(s.Waiting)-1].Done {
+			live++
+		}
+	}
+	// A run that holds a slot and still waits keeps its slot, wherever it
+	// is in the line.
+	for _, id := range s.Slots {
+		if seen[id] {
+			continue
+		}
+		r, _, err := d.runs.brief(ctx, id)
+		if err != nil || r.Lease != "" || r.State.Terminal() {
+			continue
+		}
+		subj := subjects.Waiting(r.Repo, r.Seq)
+		m, err := c.st.GetLastMsgForSubject(ctx, subj)
+		if err != nil {
+			continue
+		}
+		if err := add(waiting{ID: id, Wait: subj, WaitSeq: m.Sequence}); err != nil {
+			return s, false, err
+		}
+	}
+	slices.SortFunc(s.Waiting, func(a, b waiting) int { return strings.Compare(a.Wait, b.Wait) })
 	s.Depth, err = d.queueDepths(ctx, queues)
-	return s, err
+	return s, more, err
+}
+
+// waitCursor reads the waiting runs of one repository in the order they
+// were queued (trigger order), one stream lookup each, from WEFT_WAITING:
+// a run's message is deleted once it no longer waits, so no run admitted
+// before is read again.
+type waitCursor struct {
+	st      jetstream.Stream
+	subject string
+	seq     uint64   // where the next lookup starts
+	ahead   *waiting // read by peek, not yet by next
+}
+
+// waits returns a cursor over the waiting runs of a repository.
+func (d *Dispatcher) waits(_ context.Context, token string) (*waitCursor, error) {
+	return &waitCursor{st: d.waiting, subject: subjects.RepoWaiting(token), seq: 1}, nil
+}
+
+// next returns the next waiting run, or false when there is none.
+func (c *waitCursor) next(ctx context.Context) (waiting, bool, error) {
+	if c.ahead != nil {
+		w := *c.ahead
+		c.ahead = nil
+		return w, true, nil
+	}
+	m, err := c.st.GetMsg(ctx, c.seq, jetstream.WithGetMsgSubject(c.subject))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return waiting{}, false, nil
+	}
+	if err != nil {
+		return waiting{}, false, fmt.Errorf("read waiting runs: %w", err)
+	}
+	c.seq = m.Sequence + 1
+	return waiting{ID: string(m.Data), Wait: m.Subject, WaitSeq: m.Sequence}, true, nil
+}
+
+// peek reports whether a waiting run follows, without consuming it.
+func (c *waitCursor) peek(ctx context.Context) (waiting, bool, error) {
+	w, ok, err := c.next(ctx)
+	if ok {
+		c.ahead = &w
+	}
+	return w, ok, err
 }
 
 // waitingRun reads the document of a waiting run. A cached document is
@@ -276,15 +403,31 @@ func (d *Dispatcher) applyPlan(ctx context.Context, token string, steps []action
 	return false, nil
 }
 
-// drop removes the wait key of a run that no longer waits and, when the
+// drop removes the waiting message of a run that no longer waits and, when the
 // run ended, frees what it may hold from an admission cut short.
 func (d *Dispatcher) drop(ctx context.Context, w waiting) {
 	if r, err := d.runs.header(ctx, w.ID); err == nil && r.State.Terminal() {
 		d.releaseAll(ctx, r)
 	}
-	if err := d.wip.Delete(ctx, w.WaitKey); err != nil {
-		d.log.Warn().Err(err).Str("key", w.WaitKey).Msg("remove wait key")
+	d.unwait(ctx, w)
+}
+
+// unwait deletes the waiting message of a run that no longer waits.
+func (d *Dispatcher) unwait(ctx context.Context, w waiting) {
+	if err := d.waiting.DeleteMsg(ctx, w.WaitSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		d.log.Warn().Err(err).Str("subject", w.Wait).Msg("remove waiting run")
 	}
+}
+
+// queueForAdmission records run r as waiting for admission, in its
+// arrival order (its trigger's sequence); a run recorded already stays
+// as it is.
+func (d *Dispatcher) queueForAdmission(ctx context.Context, r *wire.Run) error {
+	_, err := d.js.Publish(ctx, subjects.Waiting(r.Repo, r.Seq), []byte(r.ID), jetstream.WithExpectLastSequencePerSubject(0))
+	if err != nil && !runstore.IsConflict(err) {
+		return fmt.Errorf("queue run %s for admission: %w", r.ID, err)
+	}
+	return nil
 }
 
 // admitOne takes the group lock and the slot of an admit step, both
@@ -339,9 +482,7 @@ func (d *Dispatcher) admitOne(ctx context.Context, st action) (lost bool, err er
 		}
 		return true, nil
 	}
-	if err := d.wip.Delete(ctx, st.Run.WaitKey); err != nil {
-		d.log.Warn().Err(err).Str("key", st.Run.WaitKey).Msg("remove wait key")
-	}
+	d.unwait(ctx, st.Run)
 	d.log.Info().Str("run_id", id).Str("lease", lease).Dur("waited", d.cfg.Now().Sub(after.Created)).Msg("run admitted")
 	return false, d.afterUpdate(ctx, after, w)
 }
@@ -417,13 +558,20 @@ func (d *Dispatcher) supersede(ctx context.Context, r *wire.Run) error {
 	if e, err := d.wip.Get(ctx, subjects.GroupKey(r.Repo, r.Group)); err == nil && string(e.Value()) != r.ID {
 		victims = append(victims, string(e.Value()))
 	}
-	waits, err := d.keys(ctx, subjects.RepoWaits(token))
+	c, err := d.waits(ctx, token)
 	if err != nil {
 		return err
 	}
-	for _, wk := range waits {
-		if e, err := d.wip.Get(ctx, wk); err == nil && string(e.Value()) != r.ID {
-			victims = append(victims, string(e.Value()))
+	for {
+		w, ok, err := c.next(ctx)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
+		if w.ID != r.ID {
+			victims = append(victims, w.ID)
 		}
 	}
 	for _, id := range victims {
@@ -460,22 +608,35 @@ func (d *Dispatcher) maintain(ctx context.Context) error {
 				d.log.Warn().Err(err).Msg("reconcile")
 			}
 		case <-recheck.C:
-			waits, err := d.keys(ctx, subjects.AllWaits)
+			tokens, err := d.waitingRepos(ctx)
 			if err != nil {
 				d.log.Warn().Err(err).Msg("list waiting runs")
 				continue
 			}
-			seen := map[string]bool{}
-			for _, k := range waits {
-				if token := subjects.KeyRepoToken(k); !seen[token] {
-					seen[token] = true
-					if err := d.admit(ctx, token); err != nil && ctx.Err() == nil {
-						d.log.Warn().Err(err).Str("repo", token).Msg("admit")
-					}
+			for _, token := range tokens {
+				if err := d.admit(ctx, token); err != nil && ctx.Err() == nil {
+					d.log.Warn().Err(err).Str("repo", token).Msg("admit")
 				}
 			}
 		}
 	}
+}
+
+// waitingRepos returns the tokens of the repositories with waiting runs,
+// from the subjects WEFT_WAITING holds (one stream lookup).
+func (d *Dispatcher) waitingRepos(ctx context.Context) ([]string, error) {
+	info, err := d.waiting.Info(ctx, jetstream.WithSubjectFilter(subjects.AllWaiting))
+	if err != nil {
+		return nil, fmt.Errorf("waiting runs: %w", err)
+	}
+	var tokens []string
+	for subj := range info.State.Subjects {
+		if t := subjects.WaitingRepoToken(subj); t != "" && !slices.Contains(tokens, t) {
+			tokens = append(tokens, t)
+		}
+	}
+	slices.Sort(tokens)
+	return tokens, nil
 }
 
 // sweep deletes every lease and lock whose run ended or is gone, and

@@ -94,8 +94,8 @@ func (d *Dispatcher) replay(ctx context.Context, ev wire.Event) error {
 	}
 	d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Msg("stage replayed")
 	if after.Lease == "" {
-		if _, err := d.wip.Create(ctx, subjects.WaitKey(after.Repo, after.Seq), []byte(after.ID)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-			return fmt.Errorf("queue run %s for admission: %w", after.ID, err)
+		if err := d.queueForAdmission(ctx, after); err != nil {
+			return err
 		}
 		return d.admit(ctx, subjects.RepoToken(after.Repo))
 	}

@@ -85,7 +85,9 @@ type Dispatcher struct {
 	runs  *store
 	dedup jetstream.KeyValue
 	wip   jetstream.KeyValue
-	log   zerolog.Logger
+	// waiting is the stream of the runs waiting for admission.
+	waiting jetstream.Stream
+	log     zerolog.Logger
 	// limits are the WIP limits by repository token.
 	limits map[string]int
 
@@ -147,9 +149,13 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: bucket %s: %w", subjects.DedupBucket, err)
 	}
+	waiting, err := b.JS.Stream(ctx, subjects.WaitingStream)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: stream %s: %w", subjects.WaitingStream, err)
+	}
 	log := cfg.Logger.With().Str("component", "dispatcher").Logger()
 	return &Dispatcher{
-		cfg: cfg, nc: b.Conn, js: b.JS, runs: newStore(runs, log), dedup: dedup, wip: wip, limits: limits, log: log,
+		cfg: cfg, nc: b.Conn, js: b.JS, runs: newStore(runs, log), dedup: dedup, wip: wip, waiting: waiting, limits: limits, log: log,
 	}, nil
 }
 

@@ -21,7 +21,9 @@ type snapshot struct {
 	Slots map[int]string
 	// Groups maps every locked concurrency group to the run holding it.
 	Groups map[string]string
-	// Waiting are the runs with a wait key, in arrival order.
+	// Waiting are runs with a wait key, in arrival order: the first ones,
+	// as many as admission may need (see Dispatcher.snapshot), not every
+	// one.
 	Waiting []waiting
 	// MaxPending bounds the pending jobs of a queue; 0 is no bound.
 	MaxPending int
@@ -31,8 +33,10 @@ type snapshot struct {
 
 // waiting is one run with a wait key.
 type waiting struct {
-	// ID is the run id; WaitKey its key in the WIP bucket.
-	ID, WaitKey string
+	// ID is the run id; Wait the subject of its message in WEFT_WAITING
+	// (subjects.Waiting), WaitSeq that message's sequence.
+	ID, Wait string
+	WaitSeq  uint64
 	// Done is set when the run no longer waits: it ended, it was admitted
 	// already, or its document is gone.
 	Done bool
@@ -53,7 +57,7 @@ const (
 	actAdmit actionKind = iota
 	// actWait records why the run waits (Reason, Detail).
 	actWait
-	// actDrop removes the wait key of a run that no longer waits.
+	// actDrop removes the waiting message of a run that no longer waits.
 	actDrop
 )
 

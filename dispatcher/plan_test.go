@@ -9,7 +9,7 @@ import (
 
 // w returns a waiting run on the default queue with one root stage.
 func w(id string, group ...string) waiting {
-	ww := waiting{ID: id, WaitKey: "wait.r." + id, Roots: map[string]int{"default": 1}}
+	ww := waiting{ID: id, Wait: "weft.waiting.r." + id, Roots: map[string]int{"default": 1}}
 	if len(group) > 0 {
 		ww.Group = group[0]
 	}

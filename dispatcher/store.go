@@ -42,8 +42,8 @@ type store struct {
 	log zerolog.Logger
 
 	mu     sync.Mutex
-	cache  map[string]*view     // views of live runs, by id
-	staged int                  // stages held by cache
+	cache  map[string]*view    // views of live runs, by id
+	staged int                 // stages held by cache
 	locks  map[string]*runLock // per-run locks of the updates under way
 }
 

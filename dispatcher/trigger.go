@@ -249,8 +249,8 @@ func (d *Dispatcher) createRun(ctx context.Context, r *wire.Run, p *pipeline.Pip
 		return err
 	}
 	if r.Lease == "" && !r.State.Terminal() {
-		if _, err := d.wip.Create(ctx, subjects.WaitKey(r.Repo, r.Seq), []byte(id)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-			return fmt.Errorf("queue run %s for admission: %w", id, err)
+		if err := d.queueForAdmission(ctx, r); err != nil {
+			return err
 		}
 	}
 	if p.Concurrency != nil && p.Concurrency.CancelInProgress {
@@ -258,7 +258,15 @@ func (d *Dispatcher) createRun(ctx context.Context, r *wire.Run, p *pipeline.Pip
 			return err
 		}
 	}
-	return d.admit(ctx, subjects.RepoToken(r.Repo))
+	if err := d.admit(ctx, subjects.RepoToken(r.Repo)); err != nil {
+		return err
+	}
+	// Admission looked at the first waiting runs only: a run further back
+	// says why it waits until its turn to be looked at comes.
+	if b, _, err := d.runs.brief(ctx, id); err == nil && b.Lease == "" && b.Pending != nil && b.Pending.Reason == wire.PendingAdmission {
+		d.pend(ctx, id, wire.PendingWIP, "earlier runs of "+repoName(r.Repo)+" wait for the WIP limit before it")
+	}
+	return nil
 }
 
 // recordOutcome records a refused trigger's outcome for ttl.

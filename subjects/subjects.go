@@ -32,6 +32,10 @@ const (
 	// job or trigger is handled even when no dispatcher was listening at
 	// the time.
 	AdvisoriesStream = "WEFT_ADVISORIES"
+	// WaitingStream holds one message per run waiting for admission, in
+	// arrival order (weft.waiting.<repo>.<seq>); it is deleted once the
+	// run is admitted or ends.
+	WaitingStream = "WEFT_WAITING"
 	// HeartbeatsStream keeps the last heartbeat of every running stage
 	// (one message per subject), read only when a stage's job is gone.
 	HeartbeatsStream = "WEFT_HEARTBEATS"
@@ -50,7 +54,7 @@ const (
 	PipelinesBucket = "weft_pipelines"
 	// WIPBucket holds admission state: per-repository WIP leases and
 	// concurrency-group locks (no TTL: they go when their run ends),
-	// waiting runs, queue pauses and counters.
+	// queue pauses and counters.
 	WIPBucket = "weft_wip"
 	// DedupBucket holds one create-only key per trigger with a TTL; its
 	// value is the trigger's outcome (the run id, or why it was refused).
@@ -84,6 +88,7 @@ const (
 	dlqPrefix      = "weft.dlq"
 	cancelPrefix   = "weft.cancel"
 	beatsPrefix    = "weft.heartbeats"
+	waitingPrefix  = "weft.waiting"
 
 	// AllJobs matches every job subject.
 	AllJobs = jobsPrefix + ".>"
@@ -97,6 +102,8 @@ const (
 	AllTriggers = triggersPrefix + ".>"
 	// AllDLQ matches every dead-letter subject.
 	AllDLQ = dlqPrefix + ".>"
+	// AllWaiting matches every waiting run's subject.
+	AllWaiting = waitingPrefix + ".>"
 	// AllHeartbeats matches every heartbeat subject.
 	AllHeartbeats = beatsPrefix + ".>"
 	// AllCancel matches every cancel notice.
@@ -133,6 +140,27 @@ func StageEvent(run, stage string) string { return eventsPrefix + "." + run + ".
 // weft.heartbeats.<run>.<stage>. They are kept apart from the lifecycle
 // events, so that no dispatcher handles them.
 func Heartbeat(run, stage string) string { return beatsPrefix + "." + run + "." + stage }
+
+// Waiting returns the subject of a run waiting for admission:
+// weft.waiting.<repo>.<seq>, where seq is the trigger's stream sequence,
+// zero-padded so subjects sort like numbers.
+func Waiting(repo string, seq uint64) string {
+	return fmt.Sprintf("%s.%s.%020d", waitingPrefix, RepoToken(repo), seq)
+}
+
+// RepoWaiting matches the waiting runs of one repository; token is
+// RepoToken(repo).
+func RepoWaiting(token string) string { return waitingPrefix + "." + token + ".*" }
+
+// WaitingRepoToken returns the repository token of a waiting run's
+// subject, or "" for another subject.
+func WaitingRepoToken(subject string) string {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 4 || parts[0]+"."+parts[1] != waitingPrefix {
+		return ""
+	}
+	return parts[2]
+}
 
 // StageKey returns the key of a stage's document in StagesBucket:
 // <run>.<stage>.
@@ -417,6 +445,12 @@ func Streams(keep time.Duration) []Stream {
 			MaxAge:      keep,
 		},
 		{
+			Name:              WaitingStream,
+			Description:       "weft runs waiting for admission, in arrival order: weft.waiting.<repo>.<seq>, deleted once admitted or ended",
+			Subjects:          []string{AllWaiting},
+			MaxMsgsPerSubject: 1,
+		},
+		{
 			Name:              HeartbeatsStream,
 			Description:       "weft heartbeats of running stages: weft.heartbeats.<run>.<stage>, the last one of each",
 			Subjects:          []string{AllHeartbeats},
@@ -436,7 +470,7 @@ func Buckets(keep time.Duration) []Bucket {
 	return []Bucket{
 		{Name: RunsBucket, Description: "weft run documents, one per run id", History: 1, TTL: keep},
 		{Name: StagesBucket, Description: "weft stage documents, <run>.<stage>; a stage with no key is pending", History: 1, TTL: keep},
-		{Name: WIPBucket, Description: "weft admission: lease.<repo>.<slot> WIP leases, group.<repo>.<group> concurrency locks, wait.<repo>.<seq> waiting runs", History: 1, PerKeyTTL: time.Minute},
+		{Name: WIPBucket, Description: "weft admission: lease.<repo>.<slot> WIP leases, group.<repo>.<group> concurrency locks, pause.<queue>, stats.<name>", History: 1, PerKeyTTL: time.Minute},
 		{Name: DedupBucket, Description: "weft trigger dedup keys and outcomes", History: 1, PerKeyTTL: time.Minute},
 		{Name: AgentsBucket, Description: "weft agent registry: one key per agent id, renewed while it runs", History: 1, TTL: AgentTTL},
 	}
@@ -480,7 +514,6 @@ func DedupKey(triggerID string) string {
 const (
 	leaseKind = "lease"
 	groupKind = "group"
-	waitKind  = "wait"
 	statsKind = "stats"
 	pauseKind = "pause"
 
@@ -488,8 +521,6 @@ const (
 	AllLeases = leaseKind + ".>"
 	// AllGroups matches every concurrency-group lock: group.<repo>.<hash>.
 	AllGroups = groupKind + ".>"
-	// AllWaits matches every waiting run: wait.<repo>.<seq>.
-	AllWaits = waitKind + ".>"
 	// AllStats matches every counter: stats.<name>.
 	AllStats = statsKind + ".>"
 	// AllPauses matches every paused queue: pause.<queue>.
@@ -508,28 +539,19 @@ func GroupKey(repo, group string) string {
 	return groupKind + "." + RepoToken(repo) + "." + hex.EncodeToString(sum[:12])
 }
 
-// WaitKey is the key that keeps a run waiting for admission in arrival
-// order: wait.<repo>.<seq>, seq zero-padded so keys sort like numbers.
-func WaitKey(repo string, seq uint64) string {
-	return fmt.Sprintf("%s.%s.%020d", waitKind, RepoToken(repo), seq)
-}
-
-// RepoLeases and RepoWaits are the filters of one repository's leases
-// and waiting runs; token is RepoToken(repo).
+// RepoLeases is the filter of one repository's leases; token is
+// RepoToken(repo).
 func RepoLeases(token string) string { return leaseKind + "." + token + ".*" }
 
-// RepoWaits: see RepoLeases.
-func RepoWaits(token string) string { return waitKind + "." + token + ".*" }
-
-// KeyRepoToken returns the repository token of a lease, group or wait key
-// of the WIP bucket, or "" for any other key.
+// KeyRepoToken returns the repository token of a lease or group key of
+// the WIP bucket, or "" for any other key.
 func KeyRepoToken(key string) string {
 	parts := strings.SplitN(key, ".", 3)
 	if len(parts) < 3 {
 		return ""
 	}
 	switch parts[0] {
-	case leaseKind, groupKind, waitKind:
+	case leaseKind, groupKind:
 		return parts[1]
 	}
 	return ""

@@ -107,7 +107,15 @@ func TestAnAdmittedRunWhoseJobWasNeverPublishedRuns(t *testing.T) {
 	if _, err := wip.Create(ctx, blocker, []byte(id)); err != nil {
 		t.Fatal(err)
 	}
-	if err := wip.Delete(ctx, subjects.WaitKey(repo, seq)); err != nil {
+	waiting, err := s.Bus.JS.Stream(ctx, subjects.WaitingStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := waiting.GetLastMsgForSubject(ctx, subjects.Waiting(repo, seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waiting.DeleteMsg(ctx, m.Sequence); err != nil {
 		t.Fatal(err)
 	}
 
