@@ -147,16 +147,19 @@ func (d *Dispatcher) queueDepths(ctx context.Context, queues []string) (map[stri
 }
 
 // count increments a counter in the WIP bucket (stats.<name>), best effort.
-func (d *Dispatcher) count(ctx context.Context, name string) {
+func (d *Dispatcher) count(ctx context.Context, name string) { d.add(ctx, name, 1) }
+
+// add adds n to a counter in the WIP bucket (stats.<name>), best effort.
+func (d *Dispatcher) add(ctx context.Context, name string, n uint64) {
 	key := subjects.StatsKey(name)
 	for range 10 {
-		var n uint64
+		var cur uint64
 		var rev uint64
 		if e, err := d.wip.Get(ctx, key); err == nil {
-			_ = json.Unmarshal(e.Value(), &n)
+			_ = json.Unmarshal(e.Value(), &cur)
 			rev = e.Revision()
 		}
-		data, _ := json.Marshal(n + 1)
+		data, _ := json.Marshal(cur + n)
 		var err error
 		if rev == 0 {
 			_, err = d.wip.Create(ctx, key, data)

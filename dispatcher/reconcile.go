@@ -13,6 +13,17 @@ import (
 	"github.com/weft-ci/weft/wire"
 )
 
+// Counters of the reconcile loop (stats.<name> in the WIP bucket, shown by
+// weft status).
+const (
+	// StatReconcileFinished counts the finished events the reconcile loop
+	// applied because no event handler had.
+	StatReconcileFinished = "reconcile_finished"
+	// StatReconcileLost counts the stages it queued again because their
+	// job was gone.
+	StatReconcileLost = "reconcile_lost"
+)
+
 // maxRepairs bounds the stages one reconcile pass queues again, so that
 // repairing many runs at once never floods the queues; the rest wait for
 // the next pass.
@@ -132,6 +143,12 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 		}
 		if after != nil {
 			d.log.Warn().Str("run_id", runID).Int("lost", len(lost)).Int("finished", len(found)).Msg("run repaired by the reconcile loop")
+			if len(found) > 0 {
+				d.add(ctx, StatReconcileFinished, uint64(len(found)))
+			}
+			if len(lost) > 0 {
+				d.add(ctx, StatReconcileLost, uint64(len(lost)))
+			}
 			if err := d.afterUpdate(ctx, after, w); err != nil {
 				return err
 			}

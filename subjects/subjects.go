@@ -417,7 +417,7 @@ func Streams(keep time.Duration) []Stream {
 			Description: "weft lifecycle events: weft.events.<run>[.<stage>]",
 			Subjects:    []string{AllEvents},
 			MaxAge:      keep,
-			Duplicates:  2 * time.Minute,
+			Duplicates:  min(2*time.Minute, keep),
 		},
 		{
 			Name:        LogsStream,

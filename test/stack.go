@@ -44,6 +44,9 @@ type StackConfig struct {
 	Dispatchers int
 	// NoDispatcher starts none (StartDispatcher starts them).
 	NoDispatcher bool
+	// Retention is how long runs, events and logs are kept; default
+	// subjects.DefaultRetention.
+	Retention time.Duration
 }
 
 // Stack is an embedded server, a dispatcher and an agent running in this
@@ -117,7 +120,7 @@ func StartStack(t testing.TB, cfg StackConfig) *Stack {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := embedded.Start(ctx, embedded.Config{Bus: bcfg, Dispatchers: dispatchers, Dispatcher: cfg.Dispatcher, Logger: Logger(t)})
+	st, err := embedded.Start(ctx, embedded.Config{Bus: bcfg, Dispatchers: dispatchers, Dispatcher: cfg.Dispatcher, Retention: cfg.Retention, Logger: Logger(t)})
 	if err != nil {
 		t.Fatalf("stack: %v", err)
 	}

@@ -20,11 +20,12 @@ func benchCommand(g *globals) *cobra.Command {
 	var (
 		o      bench.Options
 		co     bench.ChaosOptions
+		so     bench.ScaleOptions
 		asJSON bool
 	)
 	cmd := &cobra.Command{
-		Use:   "bench [hotfix|isolation|wip|chaos]...",
-		Short: "Measure priority, queue isolation and WIP limits on an embedded stack",
+		Use:   "bench [hotfix|isolation|wip|chaos|scale|SCALE-SCENARIO]...",
+		Short: "Measure priority, queue isolation, WIP limits, chaos and scale",
 		Long: `bench runs scenarios on an embedded stack (nats-server, dispatcher and
 host-process agents in this process, state in a temporary directory) and
 prints each figure next to its baseline, measured in the same run:
@@ -53,16 +54,45 @@ prints each figure next to its baseline, measured in the same run:
              p50/max, and the coverage that makes those figures mean
              something (kills, waits, cancels)
 
+  scale      every scale scenario below, each next to its baseline:
+  width        one pipeline of --width-small and one of --width-large
+               independent true stages on --width-slots slots: stages/s
+               of each and their ratio (1 is flat)
+  throughput   --throughput-runs runs of --throughput-stages true stages
+               through weft server, weft dispatcher and
+               --throughput-agents weft agent processes of
+               --throughput-slots slots: stages/s against the raw
+               fetch+fork+ack loop on as many workers; runs lost
+  concurrency  --concurrent stages of sleep --concurrent-time on
+               --concurrent-agents agent processes (AckWait
+               --concurrent-ack-wait): the most running at once,
+               redeliveries, finishes left to the reconcile loop, the
+               cores the server and the dispatcher use while all run
+               (from /proc, against them idle) and every process's RSS
+  flood        --flood-triggers triggers over --flood-repos repositories
+               with WIP --flood-wip, whose runs hold their slot: the time
+               per trigger with a tenth of them and with all of them
+               waiting, and the queue time of a critical run then
+  herd         one-stage runs one at a time (--herd-jobs) on one queue
+               with each of --herd-slots idle one-slot agents: pull
+               requests ($JS.API.CONSUMER.MSG.NEXT.>) per job and
+               dispatch p50/p99 at each size
+  storage      --storage-runs runs of a 10-stage pipeline with output:
+               bytes per run on disk, by stream, and the bound at the
+               retention for 100,000 runs a day
+  startup      weft run of a one-stage pipeline, --startup-runs times,
+               process start to exit, against weft version
+
 With no scenario it runs hotfix, isolation and wip. Progress goes to stderr.
 
 ` + exitCodesHelp + `
   (bench chaos exits 1 when an invariant broke or the chaos did not
   exercise one, so CI can run it)`,
-		Example: "  weft bench\n  weft bench hotfix --jobs 1000 --slots 2 --json\n  weft bench chaos --runs 500 --repos 3 --wip 3 --json",
+		Example: "  weft bench\n  weft bench hotfix --jobs 1000 --slots 2 --json\n  weft bench chaos --runs 500 --repos 3 --wip 3 --json\n  weft bench scale\n  weft bench width herd --herd-slots 1,20,200",
 		Args: usageArgs(func(_ *cobra.Command, args []string) error {
 			for _, a := range args {
-				if !slices.Contains([]string{"hotfix", "isolation", "wip", "chaos"}, a) {
-					return fmt.Errorf("unknown scenario %q: want hotfix, isolation, wip or chaos", a)
+				if !slices.Contains([]string{"hotfix", "isolation", "wip", "chaos", "scale"}, a) && !slices.Contains(bench.ScaleScenarios, a) {
+					return fmt.Errorf("unknown scenario %q: want hotfix, isolation, wip, chaos, scale or one of %s", a, strings.Join(bench.ScaleScenarios, ", "))
 				}
 			}
 			return nil
@@ -74,7 +104,27 @@ With no scenario it runs hotfix, isolation and wip. Progress goes to stderr.
 			o.Logger = g.logger()
 			o.Progress = func(format string, a ...any) { fmt.Fprintf(g.stderr, "weft bench: "+format+"\n", a...) }
 			results := map[string]any{}
+			var scale []string
 			for _, name := range args {
+				switch {
+				case name == "scale":
+					scale = append(scale, bench.ScaleScenarios...)
+				case slices.Contains(bench.ScaleScenarios, name):
+					scale = append(scale, name)
+				}
+			}
+			if len(scale) > 0 {
+				so.Logger, so.Progress = g.logger(), o.Progress
+				r, err := bench.Scale(cmd.Context(), so, slices.Compact(scale))
+				if err != nil {
+					return withCode(exitInfra, err)
+				}
+				results["scale"] = r
+			}
+			for _, name := range args {
+				if name == "scale" || slices.Contains(bench.ScaleScenarios, name) {
+					continue
+				}
 				var (
 					r   any
 					err error
@@ -139,6 +189,25 @@ With no scenario it runs hotfix, isolation and wip. Progress goes to stderr.
 	f.StringVar(&co.ContainerdAddress, "containerd-address", envOr("WEFT_CONTAINERD_ADDRESS", defaultContainerd), "chaos: containerd socket (env WEFT_CONTAINERD_ADDRESS)")
 	f.Uint64Var(&co.Seed, "seed", 0, "chaos: seed of the plan and the faults (default random, printed)")
 	f.StringVar(&co.Dir, "dir", "", "chaos: keep the state (server store, process logs, stage records) in this directory")
+	f.IntVar(&so.Width[0], "width-small", 100, "scale width: stages of the narrow pipeline")
+	f.IntVar(&so.Width[1], "width-large", 3000, "scale width: stages of the wide pipeline")
+	f.IntVar(&so.WidthSlots, "width-slots", 2, "scale width: agent slots")
+	f.IntVar(&so.Runs, "throughput-runs", 10_000, "scale throughput: runs")
+	f.IntVar(&so.RunStages, "throughput-stages", 10, "scale throughput: stages per run")
+	f.IntVar(&so.Agents, "throughput-agents", 2, "scale throughput: agent processes")
+	f.IntVar(&so.Slots, "throughput-slots", 2, "scale throughput: slots per agent")
+	f.IntVar(&so.Concurrent, "concurrent", 1000, "scale concurrency: stages running at once")
+	f.IntVar(&so.ConcurrentAgents, "concurrent-agents", 4, "scale concurrency: agent processes")
+	f.DurationVar(&so.StageTime, "concurrent-time", 70*time.Second, "scale concurrency: how long each stage sleeps")
+	f.DurationVar(&so.Window, "concurrent-window", time.Minute, "scale concurrency: how long CPU is measured while all run")
+	f.DurationVar(&so.ConcurrentAckWait, "concurrent-ack-wait", 30*time.Second, "scale concurrency: the agents' AckWait")
+	f.IntVar(&so.Triggers, "flood-triggers", 10_000, "scale flood: triggers")
+	f.IntVar(&so.Repos, "flood-repos", 100, "scale flood: repositories")
+	f.IntVar(&so.WIP, "flood-wip", 3, "scale flood: WIP limit per repository")
+	f.IntSliceVar(&so.HerdSlots, "herd-slots", []int{1, 20, 200}, "scale herd: idle one-slot agents at each size")
+	f.IntVar(&so.HerdJobs, "herd-jobs", 100, "scale herd: jobs sent one at a time at each size")
+	f.IntVar(&so.StorageRuns, "storage-runs", 1000, "scale storage: runs of a 10-stage pipeline")
+	f.IntVar(&so.StartupRuns, "startup-runs", 20, "scale startup: timed runs of weft run")
 	f.BoolVar(&asJSON, "json", false, "print the results as one JSON document (durations in ns)")
 	return cmd
 }
@@ -164,6 +233,9 @@ func printBench(g *globals, results map[string]any) {
 	}
 	if r, ok := results["chaos"].(*bench.ChaosResult); ok {
 		printChaos(w, r)
+	}
+	if r, ok := results["scale"].(*bench.ScaleResult); ok {
+		printScale(w, r)
 	}
 	w.Flush()
 	if r, ok := results["chaos"].(*bench.ChaosResult); ok {
@@ -204,4 +276,60 @@ func printChaos(w io.Writer, r *bench.ChaosResult) {
 	row("kill to restart p50 / max", fmt.Sprintf("%s / %s (%s)", r.RecoveryP50.Round(time.Millisecond), r.RecoveryMax.Round(time.Millisecond), r.RecoveryWorst), "max "+r.RecoveryLimit.String())
 	row("slowest run, admitted to end", fmt.Sprintf("%s %s", r.SlowestRunFor.Round(time.Millisecond), r.SlowestRun), "-")
 	row("wall time", r.Wall.Round(time.Millisecond).String(), "")
+}
+
+// printScale writes the scale figures as rows of the bench table.
+func printScale(w io.Writer, r *bench.ScaleResult) {
+	if x := r.Width; x != nil {
+		fmt.Fprintf(w, "width\tstages/s of %d independent stages on %d slots; of %d\t%.1f\t%.1f\t%.2f\n", x.Large, x.Slots, x.Small, x.LargeRate, x.SmallRate, x.Ratio)
+	}
+	if x := r.Throughput; x != nil {
+		fmt.Fprintf(w, "throughput\tstages/s, %d runs x %d stages, %d agents x %d slots (processes); raw loop\t%.1f\t%.1f (raw)\t%.2f\n", x.Runs, x.StagesPerRun, x.Agents, x.Slots, x.Rate, x.RawRate, x.Ratio)
+		fmt.Fprintf(w, "\truns lost; finishes left to the reconcile loop; wall\t%d; %d; %s\t0; 0\t\n", x.Lost, x.ReconcileFinished, x.Wall.Round(time.Millisecond))
+	}
+	if x := r.Concurrency; x != nil {
+		fmt.Fprintf(w, "concurrency\tmost of %d stages running at once (%d agents, AckWait %s)\t%d\t%d\t\n", x.Stages, x.Agents, x.AckWait, x.MostRunning, x.Stages)
+		fmt.Fprintf(w, "\tcores while all run: server + dispatcher (over %s)\t%.3f + %.3f\t%.3f + %.3f (idle)\t\n", x.Window.Round(time.Second), x.ServerCores, x.DispatcherCores, x.IdleServerCores, x.IdleDispatcherCores)
+		fmt.Fprintf(w, "\tredeliveries; finishes left to the reconcile loop; lost jobs requeued; stages succeeded\t%d; %d; %d; %d\t0; 0; 0; %d\t\n", x.Redeliveries, x.ReconcileFinished, x.ReconcileLost, x.Succeeded, x.Stages)
+		names := make([]string, 0, len(x.RSS))
+		for n := range x.RSS {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		var parts []string
+		for _, n := range names {
+			parts = append(parts, fmt.Sprintf("%s %.0f MiB", n, float64(x.RSS[n])/(1<<20)))
+		}
+		fmt.Fprintf(w, "\tRSS\t%s\t\t\n", strings.Join(parts, ", "))
+	}
+	if x := r.Flood; x != nil {
+		fmt.Fprintf(w, "flood\ttime per trigger, %d waiting; %d waiting (%d repos, WIP %d)\t%s\t%s\t%.2f\n", x.High, x.Low, x.Repos, x.WIP, ms(x.PerTriggerHigh), ms(x.PerTriggerLow), x.Ratio)
+		fmt.Fprintf(w, "\tqueue time of a critical run with %d waiting; its trigger\t%s; %s\t100 ms\t\n", x.High, ms(x.Critical), ms(x.CriticalSubmit))
+	}
+	if x := r.Herd; x != nil {
+		for _, s := range x.Sizes {
+			fmt.Fprintf(w, "herd\tpull requests per job, dispatch p50/p99, %d idle slots\t%.1f, %s / %s\t\t\n", s.Slots, s.PullsPerJob, ms(s.DispatchP50), ms(s.DispatchP99))
+		}
+		if len(x.Sizes) > 1 {
+			first, last := x.Sizes[0], x.Sizes[len(x.Sizes)-1]
+			fmt.Fprintf(w, "\tpull requests per job at %d slots; at %d\t%.1f\t%.1f\t%.2f\n", last.Slots, first.Slots, last.PullsPerJob, first.PullsPerJob, x.Ratio)
+		}
+	}
+	if x := r.Storage; x != nil {
+		fmt.Fprintf(w, "storage\tbytes per finished run of %d stages with output\t%.0f\t\t\n", x.Stages, x.BytesPerRun)
+		names := make([]string, 0, len(x.ByStream))
+		for n := range x.ByStream {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		var parts []string
+		for _, n := range names {
+			parts = append(parts, fmt.Sprintf("%s %.0f", n, x.ByStream[n]))
+		}
+		fmt.Fprintf(w, "\tby stream\t%s\t\t\n", strings.Join(parts, ", "))
+		fmt.Fprintf(w, "\tkept %s: store size at 100,000 runs a day\t%.1f GiB\t\t\n", x.Retention, x.Bound/(1<<30))
+	}
+	if x := r.Startup; x != nil {
+		fmt.Fprintf(w, "startup\tweft run of one stage, min / p50 / max of %d; weft version p50\t%s / %s / %s\t%s\t\n", x.Runs, ms(x.Min), ms(x.P50), ms(x.Max), ms(x.Baseline))
+	}
 }
