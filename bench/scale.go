@@ -233,9 +233,9 @@ type FloodResult struct {
 	Triggers int `json:"triggers"`
 	Repos    int `json:"repos"`
 	WIP      int `json:"wip"`
-	// PerTriggerLow and PerTriggerHigh are the mean submit-to-recorded
-	// times of the triggers around the Low-th and the High-th waiting
-	// runs (each over Sample triggers).
+	// PerTriggerLow and PerTriggerHigh are the median submit-to-recorded
+	// times of the Sample triggers that found about Low and High runs
+	// waiting.
 	Low            int           `json:"low_waiting"`
 	High           int           `json:"high_waiting"`
 	Sample         int           `json:"sample"`
@@ -285,22 +285,17 @@ func Flood(ctx context.Context, o ScaleOptions) (*FloodResult, error) {
 		}
 		times[i] = time.Since(t0)
 		if (i+1)%1000 == 0 {
-			o.Progress("flood: %d triggers, %d waiting", i+1, max(0, i+1-inFlight))
+			o.Progress("flood: %d triggers, %d waiting; the last thousand took %s each (median)", i+1, max(0, i+1-inFlight), Percentile(times[i-999:i+1], 0.5))
 		}
 	}
 	res.Total = time.Since(start)
-	mean := func(waiting int) time.Duration {
+	median := func(waiting int) time.Duration {
 		// The trigger that finds waiting runs waiting is number
 		// waiting+inFlight; the sample ends there.
 		end := min(o.Triggers, waiting+inFlight)
-		begin := max(0, end-res.Sample)
-		var sum time.Duration
-		for _, d := range times[begin:end] {
-			sum += d
-		}
-		return sum / time.Duration(max(1, end-begin))
+		return Percentile(times[max(0, end-res.Sample):end], 0.5)
 	}
-	res.PerTriggerLow, res.PerTriggerHigh = mean(res.Low), mean(res.High)
+	res.PerTriggerLow, res.PerTriggerHigh = median(res.Low), median(res.High)
 	res.Ratio = float64(res.PerTriggerHigh) / float64(res.PerTriggerLow)
 	o.Progress("flood: a critical run with %d waiting", res.High)
 	t0 := time.Now()

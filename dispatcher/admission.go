@@ -39,6 +39,31 @@ func (d *Dispatcher) keys(ctx context.Context, filter string) ([]string, error) 
 	return bus.Keys(ctx, d.wip, filter)
 }
 
+// entries returns the keys of the WIP bucket matching filter with their
+// values, read with one watch (not a lookup per key).
+func (d *Dispatcher) entries(ctx context.Context, filter string) (map[string]string, error) {
+	w, err := d.wip.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", filter, err)
+	}
+	defer func() { _ = w.Stop() }()
+	out := map[string]string{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, fmt.Errorf("read %s: watch closed", filter)
+			}
+			if e == nil {
+				return out, nil
+			}
+			out[e.Key()] = string(e.Value())
+		}
+	}
+}
+
 // refusal returns the refusal of a trigger under the refuse policies, or
 // nil when the trigger may go on (or must wait, under the queue policies).
 func (d *Dispatcher) refusal(ctx context.Context, t wire.Trigger, p *pipeline.Pipeline) (*wire.Outcome, error) {
@@ -190,8 +215,7 @@ const maxPlans = 8
 // held, their queue is over its bound), it reads twice as many and plans
 // again.
 func (d *Dispatcher) admit(ctx context.Context, token string) error {
-	d.admitMu.Lock()
-	defer d.admitMu.Unlock()
+	defer d.admitting.lock(token)()
 	want := 0
 	for range maxPlans {
 		snap, more, err := d.snapshot(ctx, token, want)
@@ -232,24 +256,23 @@ func freeSlots(s snapshot) int {
 // admission cut short). more says that runs beyond them wait.
 func (d *Dispatcher) snapshot(ctx context.Context, token string, want int) (s snapshot, more bool, err error) {
 	s = snapshot{Limit: d.wipLimit(token), Slots: map[int]string{}, Groups: map[string]string{}, MaxPending: d.cfg.MaxPending}
-	leases, err := d.keys(ctx, subjects.RepoLeases(token))
-	if err != nil {
-		return s, false, err
-	}
-	for _, k := range leases {
-		slot, ok := subjects.LeaseSlot(k)
-		if !ok {
-			continue
-		}
-		if e, err := d.wip.Get(ctx, k); err == nil {
-			s.Slots[slot] = string(e.Value())
-		}
-	}
-	want = max(want, freeSlots(s)+1)
 	c, err := d.waits(ctx, token)
 	if err != nil {
 		return s, false, err
 	}
+	if _, any, err := c.peek(ctx); err != nil || !any {
+		return s, false, err // nobody waits: nothing to read
+	}
+	leases, err := d.entries(ctx, subjects.RepoLeases(token))
+	if err != nil {
+		return s, false, err
+	}
+	for k, id := range leases {
+		if slot, ok := subjects.LeaseSlot(k); ok {
+			s.Slots[slot] = id
+		}
+	}
+	want = max(want, freeSlots(s)+1)
 	seen := map[string]bool{}
 	var queues []string
 	add := func(w waiting) error {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,10 +58,13 @@ type Config struct {
 
 // A dispatcher that dies holds up to prefetch messages of each consumer
 // un-acked; they go to the other dispatchers (or its successor) after
-// handlerAckWait. Handling one message takes milliseconds.
+// handlerAckWait. Handling one message takes milliseconds; workers
+// handle the messages of different runs (events) or repositories
+// (triggers) at once, each partition's in order.
 const (
-	prefetch       = 16
+	prefetch       = 64
 	handlerAckWait = 10 * time.Second
+	workers        = 8
 )
 
 // Defaults of Config.
@@ -91,7 +96,7 @@ type Dispatcher struct {
 	// limits are the WIP limits by repository token.
 	limits map[string]int
 
-	admitMu sync.Mutex // serializes admit in this process
+	admitting keyLocks // per repository token: serializes admit in this process
 }
 
 // New returns a dispatcher on b. The streams and buckets must have been
@@ -222,10 +227,29 @@ type handling struct {
 	// message is acked when giveUp returns nil, and handed back (for the
 	// deliveries it has left) when it fails.
 	giveUp func(ctx context.Context, msg jetstream.Msg, delivered uint64, err error) error
+	// partition, with workers > 1, names a message's partition: the
+	// messages of one partition are handled one at a time in the order
+	// they came, those of different ones by up to workers at once.
+	partition func(jetstream.Msg) string
+	workers   int
 }
 
-// consumeWith feeds messages to h.handle one at a time, acks each one it
-// accepted, and retries or gives up the others as h says.
+// subjectToken returns a partition function naming a message by the
+// i-th token of its subject (from 0): weft.events.<run>..., or
+// weft.triggers.<repo>.
+func subjectToken(i int) func(jetstream.Msg) string {
+	return func(msg jetstream.Msg) string {
+		parts := strings.SplitN(msg.Subject(), ".", i+2)
+		if len(parts) <= i {
+			return ""
+		}
+		return parts[i]
+	}
+}
+
+// consumeWith feeds messages to h.handle (one at a time, or in
+// partitions, see handling), acks each one it accepted, and retries or
+// gives up the others as h says.
 func (d *Dispatcher) consumeWith(ctx context.Context, c jetstream.Consumer, h handling) error {
 	it, err := c.Messages(jetstream.PullMaxMessages(prefetch))
 	if err != nil {
@@ -233,6 +257,27 @@ func (d *Dispatcher) consumeWith(ctx context.Context, c jetstream.Consumer, h ha
 	}
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
+	var (
+		queues []chan jetstream.Msg
+		wg     sync.WaitGroup
+	)
+	if h.workers > 1 && h.partition != nil {
+		for range h.workers {
+			q := make(chan jetstream.Msg, prefetch)
+			queues = append(queues, q)
+			wg.Go(func() {
+				for msg := range q {
+					d.settle(ctx, msg, h)
+				}
+			})
+		}
+		defer func() {
+			for _, q := range queues {
+				close(q)
+			}
+			wg.Wait()
+		}()
+	}
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -241,42 +286,58 @@ func (d *Dispatcher) consumeWith(ctx context.Context, c jetstream.Consumer, h ha
 			}
 			return fmt.Errorf("dispatcher: next message: %w", err)
 		}
-		err = h.handle(ctx, msg)
-		if err == nil {
+		if queues == nil {
+			d.settle(ctx, msg, h)
+			continue
+		}
+		f := fnv.New32a()
+		f.Write([]byte(h.partition(msg)))
+		select {
+		case queues[f.Sum32()%uint32(len(queues))] <- msg:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// settle handles one message and acks it, or retries or gives it up as
+// h says.
+func (d *Dispatcher) settle(ctx context.Context, msg jetstream.Msg, h handling) {
+	err := h.handle(ctx, msg)
+	if err == nil {
+		if err := msg.Ack(); err != nil {
+			d.log.Warn().Err(err).Str("subject", msg.Subject()).Msg("ack")
+		}
+		return
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	delivered := uint64(1)
+	if meta, merr := msg.Metadata(); merr == nil {
+		delivered = meta.NumDelivered
+	}
+	delay := time.Second
+	if h.retryDelay != nil {
+		delay = h.retryDelay(delivered)
+	}
+	last := h.maxDeliver > 0 && delivered >= uint64(h.maxDeliver)
+	if h.giveUp != nil && (last || h.permanent != nil && h.permanent(err)) {
+		gerr := h.giveUp(ctx, msg, delivered, err)
+		if gerr == nil {
 			if err := msg.Ack(); err != nil {
 				d.log.Warn().Err(err).Str("subject", msg.Subject()).Msg("ack")
 			}
-			continue
+			return
 		}
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
-		delivered := uint64(1)
-		if meta, merr := msg.Metadata(); merr == nil {
-			delivered = meta.NumDelivered
-		}
-		delay := time.Second
-		if h.retryDelay != nil {
-			delay = h.retryDelay(delivered)
-		}
-		last := h.maxDeliver > 0 && delivered >= uint64(h.maxDeliver)
-		if h.giveUp != nil && (last || h.permanent != nil && h.permanent(err)) {
-			gerr := h.giveUp(ctx, msg, delivered, err)
-			if gerr == nil {
-				if err := msg.Ack(); err != nil {
-					d.log.Warn().Err(err).Str("subject", msg.Subject()).Msg("ack")
-				}
-				continue
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			d.log.Error().Err(gerr).AnErr("cause", err).Str("subject", msg.Subject()).Uint64("deliveries", delivered).
-				Msg("giving up on a message failed; it is retried while it has deliveries left, then stays in its stream")
-		} else {
-			d.log.Error().Err(err).Str("subject", msg.Subject()).Uint64("deliveries", delivered).Dur("retry_in", delay).
-				Msg("handling message, will retry")
-		}
-		_ = msg.NakWithDelay(delay)
+		d.log.Error().Err(gerr).AnErr("cause", err).Str("subject", msg.Subject()).Uint64("deliveries", delivered).
+			Msg("giving up on a message failed; it is retried while it has deliveries left, then stays in its stream")
+	} else {
+		d.log.Error().Err(err).Str("subject", msg.Subject()).Uint64("deliveries", delivered).Dur("retry_in", delay).
+			Msg("handling message, will retry")
 	}
+	_ = msg.NakWithDelay(delay)
 }

@@ -10,20 +10,40 @@
 // layer: the consumer loop (dispatcher.go), triggers (trigger.go), events
 // and job publishing (events.go), admission (admission.go), the reconcile
 // loop (reconcile.go), dead letters (deadletter.go) and the run-document
-// store with its cache (store.go). Every change to a run document is a
-// compare-and-set on the key's revision, so two dispatchers, or a
+// store with its cache (store.go). Every change to a run's documents is
+// a compare-and-set on the key's revision, so two dispatchers, or a
 // restarted one, can work on the same runs: the dispatcher keeps no state
 // that is not in JetStream.
+//
+// A run is stored as package runstore describes: its own document, one
+// document per stage, its pipeline spec once per content hash. An event
+// rewrites the stage it is about (and the run's document when the run
+// changes state), its dependents when they become ready or blocked, and
+// nothing else; the store changes its cached view of the run in place,
+// recording what the change handed out (wire.Run.Edit), so an event costs
+// the same in a 10,000-stage pipeline as in a 10-stage one. What keeps
+// several writers of several documents correct is in store.go: a write
+// over a stale revision is redone on fresh documents; a change is
+// idempotent and derives what follows from the stages' states; after a
+// stage ends, the stages its dependents and the run's end rest on are read
+// fresh, so that of two dispatchers ending a run's last two stages at
+// once, one sees both ended; cancel and replay rewrite every stage not
+// ended (replay marks them with its Epoch), so no writer holding an older
+// copy of one writes over them. Heartbeats go to WEFT_HEARTBEATS, which no
+// dispatcher consumes; the reconcile loop reads a stage's last one only
+// when the stage's job is gone. Events of different runs, and triggers of
+// different repositories, are handled by several workers at once; those
+// of one run or one repository in order.
 //
 // Decisions taken where the design was silent:
 //
 //   - The dispatcher re-parses the pipeline text the trigger carries
-//     (pipeline.Parse applies the size limit, pipeline.MaxSize, as weft
-//     validate does) and encodes the run document it would create, which
-//     must fit in one message with pipeline.StageStateSize per stage to
-//     spare. A trigger that fails either check creates no run and writes
-//     nothing but its outcome in the dedup bucket: refused, reason
-//     invalid, with the errors.
+//     (pipeline.Parse applies the limits, as weft validate does) and
+//     encodes the run document it would create and each stage's job,
+//     which must fit in one message with the headers of a KV write. A
+//     trigger that fails either check creates no run and writes nothing
+//     but its outcome in the dedup bucket: refused, reason invalid, with
+//     the errors.
 //   - Every refusal (invalid, wip, backpressure) is remembered for
 //     subjects.TriggerDuplicates, the triggers stream's Nats-Msg-Id window,
 //     not for the dedup window: it answers the publishes of one trigger
@@ -80,19 +100,32 @@
 //     acted on only if the stage still names that job and message, so two
 //     passes never requeue a stage twice.
 //   - A replay of a stage of a run that ended sends the run back to
-//     admission (a wait key in its original arrival order): it runs
+//     admission (a waiting message, at the back of the line): it runs
 //     holding a WIP slot and its group's lock, like any run.
 //
-// Admission (admission.go, plan.go) lives in the KV bucket weft_wip:
+// Admission (admission.go, plan.go) lives in the KV bucket weft_wip and
+// the stream WEFT_WAITING:
 //
-//   - A new run is created waiting, with a key wait.<repo>.<seq> where seq
-//     is the trigger's stream sequence: arrival order. admit reads a
-//     snapshot of a repository (waiting runs in that order, held slots
-//     lease.<repo>.<slot>, group locks group.<repo>.<hash>, queue depths),
-//     plan decides (admit into a slot, wait with a reason, drop the wait
-//     key of a run that no longer waits), and the steps are applied with
-//     create-only writes (lock, then slot) and a compare-and-set of the run
-//     document. A key that already names the run is its own (an admission
+//   - A new run is created waiting, with a message weft.waiting.<repo>.<seq>
+//     in WEFT_WAITING, where seq is the trigger's stream sequence, written
+//     create-only (expected last subject sequence 0). admit reads a
+//     snapshot of a repository (waiting runs in the order their messages
+//     were written, held slots lease.<repo>.<slot>, group locks
+//     group.<repo>.<hash>, queue depths), plan decides (admit into a slot,
+//     wait with a reason, drop the message of a run that no longer waits),
+//     and the steps are applied with create-only writes (lock, then slot)
+//     and a compare-and-set of the run document. The snapshot holds the
+//     first waiting runs only: as many as the free slots could take and
+//     one more, read one stream lookup each (next message by subject),
+//     and twice as many when runs in it could not take a slot (their
+//     group is held, their queue over its bound). A run's message is
+//     deleted once it is admitted or ends, so no lookup passes over runs
+//     admitted before: a trigger costs the same with 10,000 runs waiting as
+//     with 10. A run further back than the snapshot says it waits for the
+//     WIP limit. Arrival order is the order the messages were written,
+//     which is trigger order for the triggers of one repository (handled in
+//     order by one dispatcher; with several, within the triggers' prefetch);
+//     a replayed run goes to the back of the line. A key that already names the run is its own (an admission
 //     cut short); a key naming another run is a lost race, and admit plans
 //     again on a new snapshot. Nothing is ever released because a race was
 //     lost, except a slot the run provably does not use (its document

@@ -21,7 +21,7 @@ type snapshot struct {
 	Slots map[int]string
 	// Groups maps every locked concurrency group to the run holding it.
 	Groups map[string]string
-	// Waiting are runs with a wait key, in arrival order: the first ones,
+	// Waiting are waiting runs, in arrival order: the first ones,
 	// as many as admission may need (see Dispatcher.snapshot), not every
 	// one.
 	Waiting []waiting
@@ -31,7 +31,7 @@ type snapshot struct {
 	Depth map[string]uint64
 }
 
-// waiting is one run with a wait key.
+// waiting is one run waiting for admission.
 type waiting struct {
 	// ID is the run id; Wait the subject of its message in WEFT_WAITING
 	// (subjects.Waiting), WaitSeq that message's sequence.
@@ -83,13 +83,15 @@ type action struct {
 // lowered limit still count against it.
 func plan(s snapshot) []action {
 	holder := map[string]int{} // run id -> the slot it holds
-	free := []int{}
 	for slot, id := range s.Slots {
 		if cur, ok := holder[id]; !ok || slot < cur {
 			holder[id] = slot
 		}
 	}
-	for slot := range s.Limit {
+	// The free slots, lowest first, as many as the waiting runs could
+	// take: a limit of 100,000 costs what a limit of 3 does.
+	var free []int
+	for slot := 0; slot < s.Limit && len(free) < len(s.Waiting); slot++ {
 		if _, held := s.Slots[slot]; !held {
 			free = append(free, slot)
 		}

@@ -42,37 +42,9 @@ type store struct {
 	log zerolog.Logger
 
 	mu     sync.Mutex
-	cache  map[string]*view    // views of live runs, by id
-	staged int                 // stages held by cache
-	locks  map[string]*runLock // per-run locks of the updates under way
-}
-
-// runLock serializes the updates of one run in this process: an update
-// changes the cached view in place.
-type runLock struct {
-	mu    sync.Mutex
-	users int
-}
-
-// lock takes the update lock of run id; the function returned releases it.
-func (s *store) lock(id string) func() {
-	s.mu.Lock()
-	l := s.locks[id]
-	if l == nil {
-		l = &runLock{}
-		s.locks[id] = l
-	}
-	l.users++
-	s.mu.Unlock()
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		s.mu.Lock()
-		if l.users--; l.users == 0 {
-			delete(s.locks, id)
-		}
-		s.mu.Unlock()
-	}
+	cache  map[string]*view // views of live runs, by id
+	staged int              // stages held by cache
+	locks  keyLocks         // per run: an update changes the cached view in place
 }
 
 // view is a run as last read or written, with the revision of its
@@ -92,7 +64,7 @@ type view struct {
 const maxCachedStages = 200_000
 
 func newStore(rs *runstore.Store, log zerolog.Logger) *store {
-	return &store{rs: rs, log: log, cache: map[string]*view{}, locks: map[string]*runLock{}}
+	return &store{rs: rs, log: log, cache: map[string]*view{}}
 }
 
 // wrote is what one update wrote.
@@ -137,7 +109,7 @@ func (s *store) get(ctx context.Context, id string) (*wire.Run, error) {
 // load returns a copy of the view of a run, from the cache (cached is
 // true) or read whole.
 func (s *store) load(ctx context.Context, id string) (v *view, cached bool, err error) {
-	unlock := s.lock(id)
+	unlock := s.locks.lock(id)
 	defer unlock()
 	v, cached, err = s.view(ctx, id)
 	if err != nil {
@@ -208,7 +180,7 @@ const maxRounds = 32
 // document with, as its Stages, only the stages the update queued.
 func (s *store) update(ctx context.Context, id string, scope []string, change func(*wire.Run) bool) (*wire.Run, wrote, error) {
 	var w wrote
-	unlock := s.lock(id)
+	unlock := s.locks.lock(id)
 	defer unlock()
 	v, cached, err := s.view(ctx, id)
 	if errors.Is(err, runstore.ErrNoRun) {
@@ -485,7 +457,7 @@ func clone(r *wire.Run) *wire.Run {
 // Stages), from the cache when it is there (cached is true) or read
 // fresh: what admission decides on.
 func (s *store) brief(ctx context.Context, id string) (r *wire.Run, cached bool, err error) {
-	unlock := s.lock(id)
+	unlock := s.locks.lock(id)
 	s.mu.Lock()
 	c, ok := s.cache[id]
 	s.mu.Unlock()

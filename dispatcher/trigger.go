@@ -55,6 +55,10 @@ func (d *Dispatcher) triggerHandling() handling {
 		retryDelay: subjects.TriggerRetryDelay,
 		permanent:  permanentTriggerError,
 		giveUp:     d.giveUpTrigger,
+		// Triggers of one repository are taken in order (their arrival
+		// order is their admission order); repositories at once.
+		partition: subjectToken(2),
+		workers:   workers,
 	}
 }
 
