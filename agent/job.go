@@ -38,6 +38,10 @@ type job struct {
 	log       zerolog.Logger
 	cancel    context.CancelCauseFunc
 	started   atomic.Bool // set once the stage's process or container runs
+	// startedAck is the pending store of the started event, published
+	// without waiting (the stage runs meanwhile); report waits for it
+	// before the finish. Set by the executor's start callback.
+	startedAck atomic.Pointer[jetstream.PubAckFuture]
 	// lost is set when the server confirmed nothing for most of the
 	// AckWait: the job may be another delivery's now.
 	lost atomic.Bool
@@ -232,7 +236,11 @@ func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) 
 	}
 	started := func(at time.Time) {
 		j.started.Store(true)
-		a.publishEvent(bg, a.event(j, wire.Started, at), 10*time.Second, j.log)
+		// Not waited for: the stage runs while the server stores it; the
+		// finish (on the same connection, so stored after it) waits.
+		if f := a.publishEventAsync(a.event(j, wire.Started, at), j.log); f != nil {
+			j.startedAck.Store(&f)
+		}
 	}
 	res := ex.run(runCtx, execSpec{job: &j.Job, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
 	c := conclude(res, context.Cause(runCtx), ctx.Err() != nil, j.delivered, j.limits.maxDeliver, j.Stage.Timeout)
@@ -330,6 +338,14 @@ func (a *Agent) report(ctx context.Context, j *job, res result, logSeq uint64) {
 	if !a.holds(ctx, j) {
 		return
 	}
+	if f := j.startedAck.Load(); f != nil {
+		select {
+		case <-(*f).Ok():
+		case err := <-(*f).Err():
+			j.log.Warn().Err(err).Msg("started event not stored")
+		case <-time.After(time.Until(j.safeUntil())):
+		}
+	}
 	ev := a.event(j, wire.Finished, time.Now())
 	ev.ExitCode, ev.Category, ev.Message, ev.LogSeq = res.exitCode, res.category, res.message, logSeq
 	// The finish must be stored while the job is surely this delivery's:
@@ -339,9 +355,11 @@ func (a *Agent) report(ctx context.Context, j *job, res result, logSeq uint64) {
 		// Leave the job un-acked: it is redelivered after AckWait.
 		return
 	}
-	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := j.msg.DoubleAck(actx); err != nil {
+	// A plain ack: should it be lost, the job is redelivered, and the
+	// redelivery finds the finish stored (settledEarlier) and acks it
+	// unrun. Waiting for the server to confirm it would cost every stage
+	// a round trip.
+	if err := j.msg.Ack(); err != nil {
 		j.log.Warn().Err(err).Msg("ack")
 	}
 	j.log.Info().Int("exit_code", res.exitCode).Str("category", string(res.category)).Msg("stage finished")
@@ -371,6 +389,23 @@ func (a *Agent) publishEvent(ctx context.Context, ev wire.Event, timeout time.Du
 		return false
 	}
 	return true
+}
+
+// publishEventAsync publishes a stage event without waiting for the
+// stream to store it; it returns the pending acknowledgement, or nil when
+// the event could not even be sent.
+func (a *Agent) publishEventAsync(ev wire.Event, log zerolog.Logger) jetstream.PubAckFuture {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		log.Error().Err(err).Msg("encode event")
+		return nil
+	}
+	f, err := a.js.PublishAsync(subjects.StageEvent(ev.RunID, ev.Stage), data)
+	if err != nil {
+		log.Error().Err(err).Str("event", string(ev.Type)).Msg("publish event")
+		return nil
+	}
+	return f
 }
 
 // envList turns an environment map into KEY=VALUE entries, sorted.

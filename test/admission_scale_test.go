@@ -36,16 +36,21 @@ func TestAdmissionKeepsOrderAndLimitsWithAThousandWaiting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
+	// Submit returns once the run's document exists; its place in line
+	// is written right after.
+	var msgs uint64
+	if !Eventually(10*time.Second, func() bool {
+		info, err := st.Info(ctx)
+		msgs = info.State.Msgs
+		return err == nil && msgs == waiting
+	}) {
+		t.Fatalf("%s holds %d runs, want the %d waiting", subjects.WaitingStream, msgs, waiting)
 	}
-	if info.State.Msgs != waiting {
-		t.Fatalf("%s holds %d runs, want the %d waiting", subjects.WaitingStream, info.State.Msgs, waiting)
-	}
-	last := runDoc(t, s, ids[len(ids)-1])
-	if last.Pending == nil || last.Pending.Reason != wire.PendingWIP {
-		t.Errorf("the last run waits with %+v, want reason wip", last.Pending)
+	last := waitFor(t, s, ids[len(ids)-1], "waiting for the WIP limit", func(r *wire.Run) bool {
+		return r.Pending != nil && r.Pending.Reason == wire.PendingWIP
+	})
+	if last.Lease != "" {
+		t.Errorf("the last run holds %s, want it waiting", last.Lease)
 	}
 	// Another repository is admitted and runs while a thousand wait.
 	other, _ := s.Run(t, "name: other\nstages:\n  - key: s\n    commands: [true]\n", onRepo("acme/web"))
