@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -148,6 +149,10 @@ func (d *Dispatcher) notifyCancel(runID string) error {
 	return nil
 }
 
+// publishTimeout bounds the wait for the acknowledgements of a batch of
+// jobs.
+const publishTimeout = 10 * time.Second
+
 // publishJobs publishes the job of each stage key with its attempt's
 // message id, so publishing twice stores it once, and records where each
 // job is stored in its stage's document.
@@ -157,18 +162,34 @@ func (d *Dispatcher) publishJobs(ctx context.Context, r *wire.Run, keys []string
 	}
 	seqs := map[string]uint64{}
 	jobs := queuedJobs(r, keys)
-	for _, job := range jobs {
+	// Published at once, then every acknowledgement awaited: a run's root
+	// stages cost one round trip, not one each.
+	futures := make([]jetstream.PubAckFuture, len(jobs))
+	for i, job := range jobs {
 		data, err := json.Marshal(job)
 		if err != nil {
 			return fmt.Errorf("encode job %s: %w", job.Stage.Key, err)
 		}
 		subj := subjects.Job(job.Stage.Queue, tierOf(r))
 		id := subjects.JobMsgID(r.ID, job.Stage.Key, job.Attempt)
-		ack, err := d.js.Publish(ctx, subj, data, jetstream.WithMsgID(id))
-		if err != nil {
+		if futures[i], err = d.js.PublishAsync(subj, data, jetstream.WithMsgID(id)); err != nil {
 			return fmt.Errorf("publish stage %s: %w", id, err)
 		}
-		seqs[job.Stage.Key] = ack.Sequence
+	}
+	timeout := time.NewTimer(publishTimeout)
+	defer timeout.Stop()
+	for i, f := range futures {
+		job := jobs[i]
+		select {
+		case ack := <-f.Ok():
+			seqs[job.Stage.Key] = ack.Sequence
+		case err := <-f.Err():
+			return fmt.Errorf("publish stage %s: %w", subjects.JobMsgID(r.ID, job.Stage.Key, job.Attempt), err)
+		case <-timeout.C:
+			return fmt.Errorf("publish stage %s: no acknowledgement within %s", subjects.JobMsgID(r.ID, job.Stage.Key, job.Attempt), publishTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		d.log.Debug().Str("run_id", r.ID).Str("stage", job.Stage.Key).Int("attempt", job.Attempt).
 			Str("queue", job.Stage.Queue).Str("tier", string(r.Tier)).Msg("stage queued")
 	}

@@ -346,8 +346,12 @@ type StageWrite struct {
 	Rev   uint64
 }
 
-// asyncWindow bounds the stage writes in flight at once.
-const asyncWindow = 512
+// asyncWindow bounds the stage writes in flight at once; writeTimeout the
+// wait for their acknowledgements.
+const (
+	asyncWindow  = 512
+	writeTimeout = 10 * time.Second
+)
 
 // WriteStages writes stage documents of run runID, each by
 // compare-and-set on its revision, published asynchronously. It returns
@@ -390,6 +394,7 @@ func (s *Store) WriteStages(ctx context.Context, runID string, writes []StageWri
 			}
 			futures[i-start] = f
 		}
+		timeout := time.NewTimer(writeTimeout)
 		for j, f := range futures {
 			if f == nil {
 				continue
@@ -401,10 +406,14 @@ func (s *Store) WriteStages(ctx context.Context, runID string, writes []StageWri
 				if first == nil {
 					first = fmt.Errorf("write stage %s/%s: %w", runID, writes[start+j].Stage.Key, err)
 				}
+			case <-timeout.C:
+				return revs, fmt.Errorf("write stages of %s: no acknowledgement within %s", runID, writeTimeout)
 			case <-ctx.Done():
+				timeout.Stop()
 				return revs, fmt.Errorf("write stages of %s: %w", runID, ctx.Err())
 			}
 		}
+		timeout.Stop()
 		if first != nil {
 			return revs, first
 		}
