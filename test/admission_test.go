@@ -23,7 +23,7 @@ import (
 // runDoc reads a run document.
 func runDoc(t testing.TB, s *Stack, id string) *wire.Run {
 	t.Helper()
-	r, err := client.Get(context.Background(), s.Bus.JS, id)
+	r, err := s.Runs(t).Get(context.Background(), id)
 	if err != nil {
 		t.Fatalf("get run %s: %v", id, err)
 	}
@@ -36,7 +36,7 @@ func waitFor(t testing.TB, s *Stack, id, what string, cond func(*wire.Run) bool)
 	var r *wire.Run
 	if !Eventually(30*time.Second, func() bool {
 		var err error
-		r, err = client.Get(context.Background(), s.Bus.JS, id)
+		r, err = s.Runs(t).Get(context.Background(), id)
 		return err == nil && cond(r)
 	}) {
 		t.Fatalf("run %s never %s: %+v", id, what, r)

@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/embedded"
+	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -61,6 +63,25 @@ type Stack struct {
 
 	st *embedded.Stack // nil for a Stack on a fleet's bus
 	t  testing.TB
+
+	runsMu sync.Mutex      // guards runs
+	runs   *runstore.Store // opened by Runs
+}
+
+// Runs returns a run store on the stack's bus, opened once: the tests
+// read runs through it as often as they like.
+func (s *Stack) Runs(t testing.TB) *runstore.Store {
+	t.Helper()
+	s.runsMu.Lock()
+	defer s.runsMu.Unlock()
+	if s.runs == nil {
+		rs, err := runstore.Open(context.Background(), s.Bus.JS)
+		if err != nil {
+			t.Fatalf("open the run store: %v", err)
+		}
+		s.runs = rs
+	}
+	return s.runs
 }
 
 // AddAgent starts one more agent on the stack; WorkDir, Env and the
