@@ -42,8 +42,12 @@ type Config struct {
 	// KillGrace is how long a stage has between SIGTERM and SIGKILL;
 	// default 10s.
 	KillGrace time.Duration
-	// RescanInterval is how often an idle agent looks for jobs without a
-	// wake-up; default 1s.
+	// RescanInterval bounds how long a queue goes without a look at every
+	// tier while this agent has a free slot, which finds the jobs no
+	// wake-up announces (redeliveries, hand-backs); default 1s. The idle
+	// agents of a queue share that rescan: each one's turn comes at a
+	// random point in the second half of the interval after the last
+	// rescan it heard of, so a fleet rescans about as often as one agent.
 	RescanInterval time.Duration
 	// LogFlush is how long output may wait before it is published;
 	// default 50ms.
@@ -129,6 +133,9 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 	if cfg.RescanInterval == 0 {
 		cfg.RescanInterval = time.Second
 	}
+	if cfg.RescanInterval < 0 {
+		return nil, fmt.Errorf("%w: rescan interval must be positive, got %s", ErrInvalidConfig, cfg.RescanInterval)
+	}
 	switch cfg.Executor {
 	case "":
 		cfg.Executor = ExecutorAuto
@@ -186,7 +193,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.containers != nil {
 		defer a.containers.Close()
 	}
-	sc := &scanner{bySubj: map[string]*source{}, wake: make(chan struct{}, 1), every: a.cfg.RescanInterval, log: a.log}
+	sc := newScanner(a.nc, a.cfg.Slots, a.cfg.RescanInterval, a.log)
 	for _, q := range a.cfg.Queues {
 		if err := bus.EnsureJobConsumers(ctx, a.js, q, a.cfg.AckWait, a.cfg.MaxDeliver); err != nil {
 			return fmt.Errorf("agent: %w", err)
@@ -203,9 +210,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if limits.ackWait <= 0 {
 				limits.ackWait = subjects.DefaultAckWait // the server's default too
 			}
-			src := &source{queue: q, tier: tier, consumer: c, limits: limits}
-			sc.sources = append(sc.sources, src)
-			sc.bySubj[subjects.WakeFor(q, tier)] = src
+			sc.add(q, tier, c, limits)
 		}
 	}
 
@@ -215,12 +220,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			_ = s.Unsubscribe()
 		}
 	}()
-	for _, q := range a.cfg.Queues {
-		s, err := a.nc.Subscribe(subjects.Wake(q), sc.woke)
-		if err != nil {
-			return fmt.Errorf("agent: subscribe wake-ups: %w", err)
-		}
-		subs = append(subs, s)
+	// The scanner stops (leaves the wake-up group, passing on what it
+	// holds) before Run waits for its jobs (below), and on any early
+	// return; stopping twice does nothing more.
+	defer sc.stop()
+	if err := sc.start(); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	s, err := a.nc.Subscribe(subjects.AllCancel, func(m *nats.Msg) {
 		a.cancelRun(subjects.CancelRun(m.Subject))
@@ -253,6 +258,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Wait()
 		a.removeWorkspaces()
 	}()
+	defer sc.stop()
 	slots := make(chan struct{}, a.cfg.Slots)
 	for {
 		select {
@@ -266,8 +272,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.setBusy(1)
 		wg.Go(func() {
-			defer func() { <-slots; a.setBusy(-1) }()
+			defer func() { sc.released(); <-slots; a.setBusy(-1) }()
 			a.runJob(ctx, msg, src.limits)
+			if ctx.Err() != nil {
+				// Stopping: the job was most likely handed back.
+				sc.handedBack(src)
+			}
 		})
 	}
 }

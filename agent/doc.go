@@ -95,9 +95,45 @@
 //     timeout, a cancel or a takeover is classified by that cause, even
 //     when the executor saw an infrastructure error (a pull cut short).
 //   - Agents learn of new jobs from the headers-only republish of stored
-//     jobs (weft.wake.<queue>.<tier>): a wake-up marks its queue and tier
-//     pending, and a scan fetches only from pending tiers, highest first,
-//     so a busy agent spends one round trip per job, not one per tier.
-//     Every RescanInterval a scan fetches from all tiers, which picks up
-//     what no wake-up announces (redeliveries, a lost wake-up).
+//     jobs (weft.wake.<queue>.<tier>), through a core NATS queue-group
+//     subscription (group weft_agents) that an agent holds only while it
+//     has a free slot: the server hands each wake-up to one idle agent,
+//     which fetches once, from that tier (Fetch(1) waiting up to 20 ms,
+//     as the consumer counts a job a moment after its republish). When
+//     every idle agent fetched on every wake-up and rescanned every
+//     second, one-stage runs one at a time cost 2 pull requests each with
+//     one idle agent, about 40 with twenty and 415 with two hundred; now
+//     they cost 5 at each of those sizes (one fetch for the job, and the
+//     sweep of four tiers when its slot frees; TestIdleAgentsDoNotHerd),
+//     and dispatch latency is the same or lower.
+//   - An agent that fills its last slot drains that subscription: the
+//     server sends it nothing once it has the unsubscribe, and a wake-up
+//     that was already on its way, or that the agent held unused, is
+//     published again to the group, where another idle agent gets it.
+//     Having left the group, the agent misses the wake-ups of the jobs
+//     stored while it is full, so when a slot frees it joins again and
+//     sweeps its queues: one no-wait fetch per tier, critical first,
+//     stopping at the first job (a free slot takes the highest non-empty
+//     tier). So a saturated agent spends a round trip per tier above the
+//     one it takes work from, per job, where one that heard every wake-up
+//     spent one (BenchmarkLifecycle measured the same throughput); the
+//     alternative, a plain subscription while full, would send every
+//     wake-up to every busy agent. A wake-up for a paused queue is
+//     dropped. A resume, and an agent's start, make its sweep of the
+//     queue due at a random point in the first quarter of
+//     RescanInterval, so agents that start (or see the resume) together
+//     share one sweep, as below.
+//   - Redeliveries and hand-backs are not republished, so the idle agents
+//     of a queue share a rescan: an agent starting a sweep publishes a
+//     notice (weft.scanned.<queue>), and every agent of the queue
+//     postpones its own rescan to a random point in the second half of
+//     RescanInterval after the last sweep it started or heard of. A job
+//     nothing announces waits at most RescanInterval while an agent has a
+//     free slot, and the fleet rescans about as often as one agent (not
+//     once per agent per interval). An agent that finds a job by a sweep
+//     and is full with it passes a wake-up on for that tier, since more
+//     may wait there (a burst of redeliveries), and a stopping agent
+//     passes on one for each job it hands back. The queue-group and
+//     notice names belong in package subjects; they sit in scan.go until
+//     it takes them.
 package agent

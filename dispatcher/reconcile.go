@@ -43,7 +43,9 @@ const unpublishedAfter = 2 * handlerAckWait
 //     publishing its jobs) gets its job published;
 //   - a queued or running stage whose job message is gone (deleted, or
 //     acked with its finished event lost) is finished from the stored
-//     event when there is one; else, unless its attempt heartbeated within
+//     event when there is one (stored more than unpublishedAfter ago:
+//     a younger one is the event handlers'); else, unless its attempt
+//     heartbeated within
 //     its consumer's AckWait (a takeover whose job a superseded attempt
 //     acked), it is queued again (or cancelled, in a run being cancelled);
 //   - a run being cancelled gets its cancel notice again, for agents that
@@ -115,10 +117,20 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 				}
 				continue
 			}
+			last := s.Queued
+			if s.Started.After(last) {
+				last = s.Started
+			}
+			if now.Sub(last) < unpublishedAfter {
+				continue // too recent to be lost: its events are on their way
+			}
 			if _, err := jobs.GetMsg(ctx, s.JobSeq); err == nil || !errors.Is(err, jetstream.ErrMsgNotFound) {
 				continue // still there (or unknown: leave it)
 			}
-			if ev, ok := lastFinished(ctx, events, runID, s); ok {
+			if ev, at, ok := lastFinished(ctx, events, runID, s); ok {
+				if now.Sub(at) < unpublishedAfter {
+					continue // stored just now: the event handlers take it
+				}
 				found = append(found, ev)
 				continue
 			}
@@ -159,17 +171,17 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 
 // lastFinished returns the stored finished event of the stage's current
 // job and attempt (or of a takeover attempt of that job), if the stage's
-// last event is one.
-func lastFinished(ctx context.Context, events jetstream.Stream, runID string, s wire.StageRun) (wire.Event, bool) {
+// last event is one, and when the server stored it.
+func lastFinished(ctx context.Context, events jetstream.Stream, runID string, s wire.StageRun) (wire.Event, time.Time, bool) {
 	m, err := events.GetLastMsgForSubject(ctx, subjects.StageEvent(runID, s.Key))
 	if err != nil {
-		return wire.Event{}, false
+		return wire.Event{}, time.Time{}, false
 	}
 	var ev wire.Event
 	if json.Unmarshal(m.Data, &ev) != nil || ev.Type != wire.Finished || ev.Attempt < s.Attempt || (ev.Job != 0 && ev.Job != s.Job) {
-		return wire.Event{}, false
+		return wire.Event{}, time.Time{}, false
 	}
-	return ev, true
+	return ev, m.Time, true
 }
 
 // lastBeat returns when the stage's attempt last said it was alive: its

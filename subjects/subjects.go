@@ -89,6 +89,7 @@ const (
 	cancelPrefix   = "weft.cancel"
 	beatsPrefix    = "weft.heartbeats"
 	waitingPrefix  = "weft.waiting"
+	scannedPrefix  = "weft.scanned"
 
 	// AllJobs matches every job subject.
 	AllJobs = jobsPrefix + ".>"
@@ -127,6 +128,18 @@ func Job(queue string, tier Tier) string {
 // Wake returns the subject a stored job on queue is republished to, with
 // any tier: weft.wake.<queue>.*.
 func Wake(queue string) string { return wakePrefix + "." + queue + ".*" }
+
+// WakeGroup is the queue group of the agents' wake-up subscriptions: the
+// server hands each wake-up to one member, and an agent is a member only
+// while it has a free slot.
+const WakeGroup = "weft_agents"
+
+// Scanned returns the subject of the notices an agent publishes as it
+// starts a sweep of queue (a fetch from every tier): weft.scanned.<queue>.
+// Every agent of the queue hears them and postpones its own rescan, so a
+// fleet rescans a queue about once per rescan interval, not once per
+// agent.
+func Scanned(queue string) string { return scannedPrefix + "." + queue }
 
 // WakeFor returns the subject a stored job of queue and tier is
 // republished to: weft.wake.<queue>.<tier>.
