@@ -39,6 +39,15 @@ type Config struct {
 	Listen string
 	// SyncAlways makes the embedded server fsync every write.
 	SyncAlways bool
+	// Ephemeral says the embedded server's state is thrown away after
+	// Close (StoreDir is a temporary directory its owner removes), so
+	// Bus.Provision keeps weft's control-plane streams and buckets in
+	// memory: nothing survives that the removal would have kept, and
+	// creating them and shutting the server down cost next to nothing
+	// (a file-backed durable consumer's shutdown waits for its state
+	// file). Build output and artifacts, which can outgrow memory, stay
+	// on disk. It needs an empty URL.
+	Ephemeral bool
 	// Unbuffered makes a publish fail while the connection is down instead
 	// of being buffered and sent on reconnect. Agents set it: a stage's
 	// finish sent long after its agent gave the job up would be a second
@@ -58,8 +67,9 @@ type Bus struct {
 	// JS is the JetStream API on Conn.
 	JS jetstream.JetStream
 
-	server *server.Server
-	log    zerolog.Logger
+	server    *server.Server
+	ephemeral bool // Config.Ephemeral: provision in memory
+	log       zerolog.Logger
 }
 
 // Open connects to cfg.URL, or starts an embedded server in cfg.StoreDir
@@ -72,7 +82,10 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	if cfg.Name == "" {
 		cfg.Name = "weft"
 	}
-	b := &Bus{log: cfg.Logger}
+	if cfg.Ephemeral && cfg.URL != "" {
+		return nil, fmt.Errorf("%w: an ephemeral bus needs the embedded server, not %s", ErrInvalidConfig, cfg.URL)
+	}
+	b := &Bus{ephemeral: cfg.Ephemeral, log: cfg.Logger}
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		nats.Timeout(cfg.ConnectTimeout),
@@ -112,6 +125,9 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	b.JS = js
+	if b.server != nil {
+		return b, nil // startEmbedded saw JetStream on
+	}
 	// Fail here, not on the first publish, when JetStream is off.
 	actx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
@@ -169,6 +185,11 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("%w: embedded server not ready after 10s", ErrUnavailable)
 	}
+	// Start has enabled JetStream by now, or logged why it could not.
+	if !ns.JetStreamEnabled() {
+		ns.Shutdown()
+		return nil, fmt.Errorf("%w: embedded server: jetstream did not start in %s", ErrUnavailable, cfg.StoreDir)
+	}
 	return ns, nil
 }
 
@@ -194,10 +215,20 @@ func (b *Bus) Close() {
 }
 
 func (b *Bus) shutdownServer() {
-	if b.server != nil {
-		b.server.Shutdown()
-		b.server.WaitForShutdown()
+	if b.server == nil {
+		return
 	}
+	// A server that listens on no port has had one client, b.Conn, which
+	// is closed: the notice Shutdown sends to pending pull requests, and
+	// waits 50ms to get out, has nobody left to reach. Stopping
+	// JetStream first skips it; it stops the streams as Shutdown does.
+	if b.server.Addr() == nil {
+		if err := b.server.ShutdownJetStream(); err != nil {
+			b.log.Warn().Err(err).Msg("stop jetstream")
+		}
+	}
+	b.server.Shutdown()
+	b.server.WaitForShutdown()
 }
 
 // serverLogger adapts zerolog to the nats-server logger interface.

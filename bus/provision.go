@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-ci/weft/subjects"
 )
@@ -15,33 +16,123 @@ import (
 // package subjects, keeping what runs leave behind for keep (see
 // Retention). Running it again with the same configuration changes
 // nothing. Job consumers are created by the agents that serve their queues
-// (EnsureJobConsumers), with the agents' AckWait.
+// (EnsureJobConsumers), with the agents' AckWait. Everything is kept on
+// file storage. The streams and buckets are independent, so they are
+// created concurrently.
 func Provision(ctx context.Context, js jetstream.JetStream, keep time.Duration) error {
+	return provision(ctx, js, keep, layoutOf(false))
+}
+
+// Provision is the package function Provision on b's connection, except
+// on an ephemeral bus (Config.Ephemeral), whose store starts empty: there
+// keep 0 is subjects.DefaultRetention, each stream and bucket is created
+// outright (updated only if it exists after all), and all but the logs
+// stream and the artifacts bucket are kept in memory.
+func (b *Bus) Provision(ctx context.Context, keep time.Duration) error {
+	return provision(ctx, b.JS, keep, layoutOf(b.ephemeral))
+}
+
+// layout says how provision creates streams and buckets.
+type layout struct {
+	// storage returns the storage of the stream or bucket name (a name of
+	// package subjects).
+	storage func(name string) jetstream.StorageType
+	// fresh says the store starts empty: no earlier retention to keep
+	// (see Retention), and creating is tried first, which saves the
+	// update attempt CreateOrUpdate starts with.
+	fresh bool
+}
+
+// layoutOf returns the layout of a bus that is ephemeral or not. A
+// durable one keeps everything on disk, where it may exist already. An
+// ephemeral one, whose state is thrown away at exit, starts empty and
+// keeps all in memory but build output and artifacts: their size is the
+// pipeline's to choose and can exceed memory, where on disk it only takes
+// space.
+func layoutOf(ephemeral bool) layout {
+	if ephemeral {
+		return layout{storage: ephemeralStorage, fresh: true}
+	}
+	return layout{storage: func(string) jetstream.StorageType { return jetstream.FileStorage }}
+}
+
+func ephemeralStorage(name string) jetstream.StorageType {
+	switch name {
+	case subjects.LogsStream, subjects.ArtifactsBucket:
+		return jetstream.FileStorage
+	}
+	return jetstream.MemoryStorage
+}
+
+// provision is Provision with layout l. Every stream and bucket is
+// created in its own goroutine, all waited for; the first error cancels
+// the others and is returned.
+func provision(ctx context.Context, js jetstream.JetStream, keep time.Duration, l layout) error {
+	if keep <= 0 && l.fresh {
+		keep = subjects.DefaultRetention
+	}
 	keep, err := Retention(ctx, js, keep)
 	if err != nil {
 		return err
 	}
+	g, ctx := errgroup.WithContext(ctx)
 	for _, s := range subjects.Streams(keep) {
-		if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(s)); err != nil {
-			return fmt.Errorf("provision stream %s: %w", s.Name, err)
-		}
+		cfg := StreamConfig(s)
+		cfg.Storage = l.storage(s.Name)
+		g.Go(func() error {
+			if err := ensure(l.fresh,
+				func() error { _, err := js.CreateStream(ctx, cfg); return err },
+				func() error { _, err := js.CreateOrUpdateStream(ctx, cfg); return err },
+			); err != nil {
+				return fmt.Errorf("provision stream %s: %w", s.Name, err)
+			}
+			return nil
+		})
 	}
 	for _, b := range subjects.Buckets(keep) {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, KeyValueConfig(b)); err != nil {
-			return fmt.Errorf("provision kv %s: %w", b.Name, err)
-		}
+		cfg := KeyValueConfig(b)
+		cfg.Storage = l.storage(b.Name)
+		g.Go(func() error {
+			if err := ensure(l.fresh,
+				func() error { _, err := js.CreateKeyValue(ctx, cfg); return err },
+				func() error { _, err := js.CreateOrUpdateKeyValue(ctx, cfg); return err },
+			); err != nil {
+				return fmt.Errorf("provision kv %s: %w", b.Name, err)
+			}
+			return nil
+		})
 	}
 	for _, o := range subjects.ObjectBuckets(keep) {
-		if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		cfg := jetstream.ObjectStoreConfig{
 			Bucket:      o.Name,
 			Description: o.Description,
 			TTL:         o.MaxAge,
-			Storage:     jetstream.FileStorage,
-		}); err != nil {
-			return fmt.Errorf("provision object store %s: %w", o.Name, err)
+			Storage:     l.storage(o.Name),
+		}
+		g.Go(func() error {
+			if err := ensure(l.fresh,
+				func() error { _, err := js.CreateObjectStore(ctx, cfg); return err },
+				func() error { _, err := js.CreateOrUpdateObjectStore(ctx, cfg); return err },
+			); err != nil {
+				return fmt.Errorf("provision object store %s: %w", o.Name, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// ensure runs create when first is true, and createOrUpdate when first
+// is false or create found the stream there with another configuration.
+// KV and object store creates report that with ErrStreamNameAlreadyInUse
+// too.
+func ensure(first bool, create, createOrUpdate func() error) error {
+	if first {
+		if err := create(); !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return err
 		}
 	}
-	return nil
+	return createOrUpdate()
 }
 
 // Retention returns the retention Provision applies for keep: keep itself

@@ -67,8 +67,9 @@ type Stack struct {
 	closeOnce sync.Once
 }
 
-// Start opens the bus, provisions weft's streams and buckets, and starts
-// the configured dispatchers and agents. Errors opening the bus wrap
+// Start opens the bus, provisions weft's streams and buckets (in memory
+// for an ephemeral bus, see bus.Config.Ephemeral), and starts the
+// configured dispatchers and agents. Errors opening the bus wrap
 // bus.ErrUnavailable; configuration errors wrap the components'
 // ErrInvalidConfig.
 func Start(ctx context.Context, cfg Config) (*Stack, error) {
@@ -77,7 +78,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := bus.Provision(ctx, b.JS, cfg.Retention); err != nil {
+	if err := b.Provision(ctx, cfg.Retention); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("%w: %w", bus.ErrUnavailable, err)
 	}

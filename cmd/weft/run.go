@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -105,13 +103,9 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 	if o.server != "" && (o.state != "" || o.listen != "") {
 		return withCode(exitUsage, errors.New("--state and --listen configure the embedded server; they cannot be used with --server"))
 	}
-	branch, commit := o.branch, o.commit
-	if branch == "" {
-		branch = gitOutput(filepath.Dir(file), "rev-parse", "--abbrev-ref", "HEAD")
-	}
-	if commit == "" {
-		commit = gitOutput(filepath.Dir(file), "rev-parse", "HEAD")
-	}
+	// git finds the branch and commit while the stack starts.
+	ref := startGitRef(ctx, filepath.Dir(file), o.branch == "", o.commit == "")
+	defer ref.wait()
 
 	cfg := bus.Config{URL: o.server, CredsFile: o.creds, Name: "weft run", Logger: log}
 	local := o.server == ""
@@ -123,6 +117,7 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 			}
 			defer os.RemoveAll(tmp)
 			cfg.StoreDir = filepath.Join(tmp, "jetstream")
+			cfg.Ephemeral = true
 		} else {
 			cfg.StoreDir = filepath.Join(o.state, "jetstream")
 			cfg.Listen = o.listen
@@ -186,6 +181,13 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 		return nil
 	}
 
+	branch, commit := ref.wait()
+	if o.branch != "" {
+		branch = o.branch
+	}
+	if o.commit != "" {
+		commit = o.commit
+	}
 	sess := &session{g: g, js: b.JS, out: newPrinter(g.stdout, o.json, p), grace: o.killGrace, stackErr: stackErr}
 	trigger := wire.Trigger{
 		ID: ulid.Make().String(), File: filepath.Base(file), Pipeline: string(text),
@@ -210,17 +212,6 @@ func localQueues(def string, stages []pipeline.Stage) []string {
 		}
 	}
 	return queues
-}
-
-// gitOutput runs git in dir and returns its trimmed output, or "" when it
-// fails (not a repository, no git).
-func gitOutput(dir string, args ...string) string {
-	cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
-	out, err := cmd.Output()
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(out))
 }
 
 // notifyAfter calls f once after d unless the returned stop is called
