@@ -140,7 +140,13 @@ func (s *scanner) start() error {
 			return fmt.Errorf("subscribe wake-ups of %s: %w", q.name, err)
 		}
 		q.sub = sub
-		s.soonLocked(q, now)
+		// A starting agent checks its queues at once: a job published
+		// before its subscription reached the server announced itself to
+		// nobody (and weft run's one agent must not wait for it).
+		q.due = now
+	}
+	if err := s.nc.Flush(); err != nil {
+		return fmt.Errorf("subscribe wake-ups: %w", err)
 	}
 	return nil
 }
