@@ -117,13 +117,6 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 				}
 				continue
 			}
-			last := s.Queued
-			if s.Started.After(last) {
-				last = s.Started
-			}
-			if now.Sub(last) < unpublishedAfter {
-				continue // too recent to be lost: its events are on their way
-			}
 			if _, err := jobs.GetMsg(ctx, s.JobSeq); err == nil || !errors.Is(err, jetstream.ErrMsgNotFound) {
 				continue // still there (or unknown: leave it)
 			}
