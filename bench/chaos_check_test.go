@@ -2,6 +2,8 @@ package bench
 
 import (
 	"math/rand/v2"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -229,5 +231,22 @@ func TestParseContainerID(t *testing.T) {
 		if run != tt.run || stage != tt.stage || attempt != tt.attempt || ok != tt.ok {
 			t.Errorf("parseContainerID(%q) = %q, %q, %d, %t; want %q, %q, %d, %t", tt.id, run, stage, attempt, ok, tt.run, tt.stage, tt.attempt, tt.ok)
 		}
+	}
+}
+
+// A process that is gone has no PID namespace: the sampler must not count
+// it as a second container of its attempt (it once reported a stage "run
+// twice by attempts 1 and 1" that way).
+func TestPIDNamespaceOfAGoneProcessIsNotRead(t *testing.T) {
+	own, ok := pidNamespace(os.Getpid())
+	if !ok || own == 0 {
+		t.Fatalf("pidNamespace(self) = %d, %t; want a namespace", own, ok)
+	}
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := pidNamespace(cmd.Process.Pid); ok {
+		t.Errorf("pidNamespace of exited pid %d = %d, true; want false", cmd.Process.Pid, n)
 	}
 }

@@ -168,12 +168,31 @@ func containerProcesses(records string) map[containerProc]bool {
 			}
 		}
 		if ours && !host && k.run != "" && k.stage != "" {
-			ns, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "ns", "pid"))
-			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(ns, "pid:["), "]"))
-			out[containerProc{k, n}] = true
+			// A process that exits between reading its environment and
+			// its namespace is not counted: without its namespace it would
+			// look like a second container of the attempt.
+			if n, ok := pidNamespace(pid); ok {
+				out[containerProc{k, n}] = true
+			}
 		}
 	})
 	return out
+}
+
+// pidNamespace returns the inode number of process pid's PID namespace,
+// and false when it cannot be read (the process is gone).
+func pidNamespace(pid int) (int, bool) {
+	ns, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "ns", "pid"))
+	if err != nil {
+		return 0, false
+	}
+	inner, found := strings.CutPrefix(ns, "pid:[")
+	inner, closed := strings.CutSuffix(inner, "]")
+	n, err := strconv.Atoi(inner)
+	if !found || !closed || err != nil || n == 0 {
+		return 0, false
+	}
+	return n, true
 }
 
 // bootTime returns the wall time /proc/uptime counts from.
