@@ -184,15 +184,31 @@ func (r *Runtime) Run(ctx context.Context, spec Spec, started func(time.Time), o
 	}
 	// Objects are created on bg: a cancel in the middle of a create could
 	// leave one behind without the caller knowing it exists.
-	ctr, err := r.c.NewContainer(bg, spec.ID,
-		client.WithContainerLabels(labels),
-		client.WithSnapshotter(r.cfg.Snapshotter),
-		client.WithNewSnapshot(spec.ID, img, snapshots.WithLabels(labels)),
-		client.WithNewSpec(specOpts...),
-	)
+	create := func() (client.Container, error) {
+		return r.c.NewContainer(bg, spec.ID,
+			client.WithContainerLabels(labels),
+			client.WithSnapshotter(r.cfg.Snapshotter),
+			client.WithNewSnapshot(spec.ID, img, snapshots.WithLabels(labels)),
+			client.WithNewSpec(specOpts...),
+		)
+	}
+	ctr, err := create()
+	if errdefs.IsAlreadyExists(err) {
+		// Left by a weft process that died while it ran this id (an
+		// agent killed while its attempt started, whose takeover got the
+		// same attempt number); one of a live process stays.
+		var removed bool
+		if removed, err = r.removeDead(bg, spec.ID); err == nil && removed {
+			ctr, err = create()
+		} else if err == nil {
+			err = fmt.Errorf("container %s exists and its weft process is alive", spec.ID)
+		}
+	}
 	if err != nil {
-		// The snapshot may exist without the container.
-		_ = r.c.SnapshotService(r.cfg.Snapshotter).Remove(bg, spec.ID)
+		if _, lerr := r.c.LoadContainer(bg, spec.ID); errdefs.IsNotFound(lerr) {
+			// The snapshot may exist without the container.
+			_ = r.c.SnapshotService(r.cfg.Snapshotter).Remove(bg, spec.ID)
+		}
 		return Result{Err: fmt.Errorf("create container for image %s: %w", spec.Image, err)}
 	}
 	defer r.removeContainer(bg, ctr)

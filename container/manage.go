@@ -86,11 +86,8 @@ func (r *Runtime) Cleanup(ctx context.Context) (int, error) {
 			live[c.ID()] = true
 			continue
 		}
-		if task, err := c.Task(ctx, nil); err == nil {
-			r.removeTask(ctx, task)
-		}
-		if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
-			return removed, fmt.Errorf("remove container %s: %w", c.ID(), err)
+		if err := r.remove(ctx, c); err != nil {
+			return removed, err
 		}
 		removed++
 	}
@@ -112,6 +109,47 @@ func (r *Runtime) Cleanup(ctx context.Context) (int, error) {
 		removed++
 	}
 	return removed, nil
+}
+
+// removeDead removes the container id, its task and its snapshot, and
+// the snapshot id when there is no such container, if the weft process
+// that created them is gone. It reports whether anything was removed.
+func (r *Runtime) removeDead(ctx context.Context, id string) (bool, error) {
+	ctx = r.ns(ctx)
+	c, err := r.c.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		sn := r.c.SnapshotService(r.cfg.Snapshotter)
+		info, err := sn.Stat(ctx, id)
+		if err != nil || r.ownerAlive(info.Labels) {
+			return false, nil
+		}
+		if err := sn.Remove(ctx, id); err != nil && !errdefs.IsNotFound(err) {
+			return false, fmt.Errorf("remove snapshot %s: %w", id, err)
+		}
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("load container %s: %w", id, err)
+	}
+	labels, err := c.Labels(ctx)
+	if err != nil {
+		return false, fmt.Errorf("labels of container %s: %w", id, err)
+	}
+	if r.ownerAlive(labels) {
+		return false, nil
+	}
+	return true, r.remove(ctx, c)
+}
+
+// remove kills and deletes c's task, then deletes c and its snapshot.
+func (r *Runtime) remove(ctx context.Context, c client.Container) error {
+	if task, err := c.Task(ctx, nil); err == nil {
+		r.removeTask(ctx, task)
+	}
+	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("remove container %s: %w", c.ID(), err)
+	}
+	return nil
 }
 
 // ownerAlive reports whether the process that created an object with these

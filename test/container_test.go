@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -183,6 +184,60 @@ func TestAgentStartRemovesLeftoversOfACrashedAgent(t *testing.T) {
 	}) {
 		ctrs, snaps, _ := rt.Leftovers(context.Background())
 		t.Fatalf("after an agent started, leftovers remain: containers %v, snapshots %v", ctrs, snaps)
+	}
+}
+
+// leaveContainer starts a weft-labelled container id running sleep, as
+// the process pid left it.
+func leaveContainer(t *testing.T, id string, pid int) {
+	t.Helper()
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	out, err := exec.Command("ctr", "-n", "weft", "run", "-d",
+		"--label", container.LabelManaged+"=true",
+		"--label", container.LabelOwnerPID+"="+strconv.Itoa(pid),
+		"--label", container.LabelOwnerBoot+"="+strings.TrimSpace(string(boot)),
+		busybox.Ref, id, "sleep", "600").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctr run: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		_ = exec.Command("ctr", "-n", "weft", "task", "rm", "-f", id).Run()
+		_ = exec.Command("ctr", "-n", "weft", "container", "rm", id).Run()
+	})
+}
+
+// Found by the chaos benchmark: an agent killed while its takeover of a
+// stage started left that attempt's container; the next takeover, which
+// got the same attempt number (the killed one's start was never
+// recorded), failed to create its container ("already exists"), and the
+// infrastructure retry's backoff held the stage back for a minute. A
+// container left by a process that is gone is removed and the stage runs;
+// one of a live process is not touched.
+func TestContainerRunReplacesAContainerLeftByADeadAgent(t *testing.T) {
+	rt := Containerd(t)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	const id = "weft-collision-test-3"
+	leaveContainer(t, id, dead.ProcessState.Pid())
+	var out strings.Builder
+	res := rt.Run(context.Background(), container.Spec{ID: id, Image: busybox.Ref, Script: "echo ran", Workspace: t.TempDir()}, func(time.Time) {}, &out)
+	if res.Err != nil || res.ExitCode != 0 || !strings.Contains(out.String(), "ran") {
+		t.Fatalf("run over a dead agent's container: exit %d, err %v, output %q", res.ExitCode, res.Err, out.String())
+	}
+	if ctrs, _, _ := rt.Leftovers(context.Background()); slices.Contains(ctrs, id) {
+		t.Errorf("container %s left after the run", id)
+	}
+
+	const live = "weft-collision-test-4"
+	leaveContainer(t, live, os.Getpid())
+	res = rt.Run(context.Background(), container.Spec{ID: live, Image: busybox.Ref, Script: "echo ran", Workspace: t.TempDir()}, func(time.Time) {}, &out)
+	if res.Err == nil || !strings.Contains(res.Err.Error(), "alive") {
+		t.Fatalf("run over a live process's container: err %v, want one saying its process is alive", res.Err)
+	}
+	if ctrs, _, _ := rt.Leftovers(context.Background()); !slices.Contains(ctrs, live) {
+		t.Errorf("the live process's container %s was removed", live)
 	}
 }
 
