@@ -193,7 +193,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.log.Info().Msg("dispatcher started")
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.consumeWith(gctx, triggers, d.triggerHandling()) })
-	g.Go(func() error { return d.consume(gctx, events, d.handleEvent) })
+	g.Go(func() error { return d.consumeWith(gctx, events, d.eventHandling()) })
 	g.Go(func() error { return d.consume(gctx, deadLetters, d.handleDeadLetter) })
 	g.Go(func() error { return d.watchReleases(gctx) })
 	g.Go(func() error { return d.maintain(gctx) })
@@ -232,7 +232,15 @@ type handling struct {
 	// they came, those of different ones by up to workers at once.
 	partition func(jetstream.Msg) string
 	workers   int
+	// batch, when set with partition, takes what handle takes, several
+	// messages at once: a worker hands it every message waiting in its
+	// queue (up to maxBatch, in order) and settles each one by the error
+	// at its index.
+	batch func(context.Context, []jetstream.Msg) []error
 }
+
+// maxBatch bounds the messages a worker hands to handling.batch at once.
+const maxBatch = prefetch
 
 // subjectToken returns a partition function naming a message by the
 // i-th token of its subject (from 0): weft.events.<run>..., or
@@ -266,8 +274,16 @@ func (d *Dispatcher) consumeWith(ctx context.Context, c jetstream.Consumer, h ha
 			q := make(chan jetstream.Msg, prefetch)
 			queues = append(queues, q)
 			wg.Go(func() {
+				buf := make([]jetstream.Msg, 0, maxBatch)
 				for msg := range q {
-					d.settle(ctx, msg, h)
+					if h.batch == nil {
+						d.settle(ctx, msg, h)
+						continue
+					}
+					buf = drain(q, append(buf[:0], msg))
+					for i, err := range h.batch(ctx, buf) {
+						d.conclude(ctx, buf[i], h, err)
+					}
 				}
 			})
 		}
@@ -300,10 +316,32 @@ func (d *Dispatcher) consumeWith(ctx context.Context, c jetstream.Consumer, h ha
 	}
 }
 
+// drain appends to buf the messages waiting in q, up to maxBatch in all,
+// without waiting for more.
+func drain(q <-chan jetstream.Msg, buf []jetstream.Msg) []jetstream.Msg {
+	for len(buf) < maxBatch {
+		select {
+		case msg, ok := <-q:
+			if !ok {
+				return buf
+			}
+			buf = append(buf, msg)
+		default:
+			return buf
+		}
+	}
+	return buf
+}
+
 // settle handles one message and acks it, or retries or gives it up as
 // h says.
 func (d *Dispatcher) settle(ctx context.Context, msg jetstream.Msg, h handling) {
-	err := h.handle(ctx, msg)
+	d.conclude(ctx, msg, h, h.handle(ctx, msg))
+}
+
+// conclude acks a message its handler accepted (err is nil), or retries
+// or gives it up as h says.
+func (d *Dispatcher) conclude(ctx context.Context, msg jetstream.Msg, h handling, err error) {
 	if err == nil {
 		if err := msg.Ack(); err != nil {
 			d.log.Warn().Err(err).Str("subject", msg.Subject()).Msg("ack")

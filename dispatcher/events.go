@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -13,19 +14,109 @@ import (
 	"github.com/weft-ci/weft/wire"
 )
 
-// handleEvent applies a lifecycle event to its run.
-func (d *Dispatcher) handleEvent(ctx context.Context, msg jetstream.Msg) error {
+// eventHandling is how consumeWith treats lifecycle events: the events
+// of different runs are handled by several workers at once, each run's in
+// order, and the stage events of one run that wait together are applied
+// in one update (handleEvents).
+func (d *Dispatcher) eventHandling() handling {
+	return handling{
+		handle:    d.handleEvent,
+		batch:     d.handleEvents,
+		partition: subjectToken(2), // weft.events.<run>[.<stage>]
+		workers:   workers,
+	}
+}
+
+// handleEvents handles msgs, the events one worker has waiting, in order
+// for each run, and returns each one's error. The first deliveries of a
+// run's stage events that wait together are applied in one update, so a
+// stage whose start and finish wait together is written once; any other
+// event (a cancel, a replay, a redelivery, which is followed by a repair)
+// is handled alone, after the stage events of its run before it.
+func (d *Dispatcher) handleEvents(ctx context.Context, msgs []jetstream.Msg) []error {
+	errs := make([]error, len(msgs))
+	type group struct {
+		evs []wire.Event
+		at  []int
+	}
+	groups := map[string]*group{}
+	var order []string
+	flush := func(run string) {
+		g := groups[run]
+		if g == nil {
+			return
+		}
+		delete(groups, run)
+		err := d.stageEvents(ctx, g.evs)
+		for _, i := range g.at {
+			errs[i] = err
+		}
+	}
+	for i, msg := range msgs {
+		ev, ok := d.decodeEvent(msg)
+		if !ok {
+			continue
+		}
+		if isStageEvent(ev.Type) && delivered(msg) == 1 {
+			g := groups[ev.RunID]
+			if g == nil {
+				g = &group{}
+				groups[ev.RunID] = g
+				order = append(order, ev.RunID)
+			}
+			g.evs, g.at = append(g.evs, ev), append(g.at, i)
+			continue
+		}
+		flush(ev.RunID)
+		errs[i] = d.applyEvent(ctx, msg, ev)
+	}
+	for _, run := range order {
+		flush(run)
+	}
+	return errs
+}
+
+// isStageEvent reports whether events of type t are applied by stageEvents.
+func isStageEvent(t wire.EventType) bool {
+	return t == wire.Started || t == wire.Heartbeat || t == wire.Finished
+}
+
+// delivered returns the delivery number of msg (1 when unknown).
+func delivered(msg jetstream.Msg) uint64 {
+	if meta, err := msg.Metadata(); err == nil {
+		return meta.NumDelivered
+	}
+	return 1
+}
+
+// decodeEvent decodes a lifecycle event; a malformed one is logged and
+// reported not ok, to be acked and dropped.
+func (d *Dispatcher) decodeEvent(msg jetstream.Msg) (wire.Event, bool) {
 	var ev wire.Event
 	if err := json.Unmarshal(msg.Data(), &ev); err != nil || ev.RunID == "" {
 		d.log.Error().Err(err).Str("subject", msg.Subject()).Msg("dropping malformed event")
+		return ev, false
+	}
+	return ev, true
+}
+
+// handleEvent applies a lifecycle event to its run.
+func (d *Dispatcher) handleEvent(ctx context.Context, msg jetstream.Msg) error {
+	ev, ok := d.decodeEvent(msg)
+	if !ok {
 		return nil
 	}
+	return d.applyEvent(ctx, msg, ev)
+}
+
+// applyEvent applies ev, the event in msg, to its run.
+func (d *Dispatcher) applyEvent(ctx context.Context, msg jetstream.Msg, ev wire.Event) error {
 	var err error
 	switch ev.Type {
 	case wire.CancelRequested:
 		err = d.cancel(ctx, ev)
 	case wire.Started, wire.Heartbeat, wire.Finished:
-		err = d.stageEvent(ctx, ev)
+		err = d.stageEvents(ctx, []wire.Event{ev})
 	case wire.ReplayRequested:
 		err = d.replay(ctx, ev)
 	default:
@@ -36,7 +127,7 @@ func (d *Dispatcher) handleEvent(ctx context.Context, msg jetstream.Msg) error {
 	}
 	// A redelivered event may have been applied by a dispatcher that died
 	// before it published what the change called for: finish that work.
-	if meta, merr := msg.Metadata(); merr == nil && meta.NumDelivered > 1 {
+	if delivered(msg) > 1 {
 		return d.repair(ctx, ev.RunID)
 	}
 	return nil
@@ -81,26 +172,47 @@ func (d *Dispatcher) repair(ctx context.Context, runID string) error {
 	return d.publishJobs(ctx, r.run, unpublishedKeys(r.run))
 }
 
-func (d *Dispatcher) stageEvent(ctx context.Context, ev wire.Event) error {
-	var v verdict
-	after, w, err := d.runs.update(ctx, ev.RunID, []string{ev.Stage}, func(r *wire.Run) bool {
-		v = apply(r, ev, d.cfg.Now())
-		if ev.Type != wire.Started || v != applied {
+// stageEvents applies evs, stage events of one run in the order they
+// were published, to the run in one update.
+func (d *Dispatcher) stageEvents(ctx context.Context, evs []wire.Event) error {
+	runID := evs[0].RunID
+	scope := make([]string, 0, len(evs))
+	for _, ev := range evs {
+		if !slices.Contains(scope, ev.Stage) {
+			scope = append(scope, ev.Stage)
+		}
+	}
+	resend := false // a cancel notice
+	after, w, err := d.runs.update(ctx, runID, scope, func(r *wire.Run) bool {
+		resend = false
+		changed, more := false, false
+		now := d.cfg.Now()
+		for _, ev := range evs {
+			v := apply(r, ev, now)
+			changed = changed || v == applied
+			resend = resend || v == recancel
 			// A start makes nothing ready; anything else (or a start
 			// redone on fresh documents) may.
-			advance(r, d.cfg.Now())
+			more = more || ev.Type != wire.Started || v != applied
 		}
-		return v == applied
+		if more {
+			advance(r, now)
+		}
+		return changed
 	})
 	if err != nil {
 		return err
 	}
-	if v == recancel {
-		return d.notifyCancel(ev.RunID)
+	if resend {
+		if err := d.notifyCancel(runID); err != nil {
+			return err
+		}
 	}
 	if after == nil {
-		if ev.Type == wire.Finished {
-			d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Int("attempt", ev.Attempt).Msg("stale finish ignored")
+		for _, ev := range evs {
+			if ev.Type == wire.Finished {
+				d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Int("attempt", ev.Attempt).Msg("stale finish ignored")
+			}
 		}
 		return nil
 	}
