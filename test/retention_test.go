@@ -47,7 +47,9 @@ func TestRetentionExpiresRunsEventsAndLogs(t *testing.T) {
 		}
 		return n
 	}
-	events := func() uint64 { return count(subjects.EventsStream, subjects.RunEvent(r.ID)+".>") + count(subjects.EventsStream, subjects.RunEvent(r.ID)) }
+	events := func() uint64 {
+		return count(subjects.EventsStream, subjects.RunEvent(r.ID)+".>") + count(subjects.EventsStream, subjects.RunEvent(r.ID))
+	}
 	logs := func() uint64 { return count(subjects.LogsStream, subjects.RunLogs(r.ID)) }
 	stage := func() bool { st, _, err := rs.Stage(ctx, r.ID, "a"); return err == nil && st != nil }
 	header := func() bool { _, _, err := rs.Header(ctx, r.ID); return err == nil }
