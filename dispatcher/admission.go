@@ -216,9 +216,9 @@ const maxPlans = 8
 // again.
 func (d *Dispatcher) admit(ctx context.Context, token string) error {
 	defer d.admitting.lock(token)()
-	want := 0
+	want, fresh := 0, false
 	for range maxPlans {
-		snap, more, err := d.snapshot(ctx, token, want)
+		snap, more, err := d.snapshot(ctx, token, want, fresh)
 		if err != nil || len(snap.Waiting) == 0 {
 			return err
 		}
@@ -228,6 +228,8 @@ func (d *Dispatcher) admit(ctx context.Context, token string) error {
 			return err
 		}
 		if again {
+			// The lost race may be to a lease the view has not seen yet.
+			fresh = true
 			continue
 		}
 		admitted := 0
@@ -254,7 +256,7 @@ func freeSlots(s snapshot) int {
 // (at least want, and at least one more than the free slots; want 0 is
 // that minimum) with every waiting run that holds a slot already (an
 // admission cut short). more says that runs beyond them wait.
-func (d *Dispatcher) snapshot(ctx context.Context, token string, want int) (s snapshot, more bool, err error) {
+func (d *Dispatcher) snapshot(ctx context.Context, token string, want int, fresh bool) (s snapshot, more bool, err error) {
 	s = snapshot{Limit: d.wipLimit(token), Slots: map[int]string{}, Groups: map[string]string{}, MaxPending: d.cfg.MaxPending}
 	c, err := d.waits(ctx, token)
 	if err != nil {
@@ -263,7 +265,7 @@ func (d *Dispatcher) snapshot(ctx context.Context, token string, want int) (s sn
 	if _, any, err := c.peek(ctx); err != nil || !any {
 		return s, false, err // nobody waits: nothing to read
 	}
-	leases, err := d.entries(ctx, subjects.RepoLeases(token))
+	leases, err := d.repoLeases(ctx, token, fresh)
 	if err != nil {
 		return s, false, err
 	}
@@ -516,8 +518,9 @@ func (d *Dispatcher) admitOne(ctx context.Context, st action) (lost bool, err er
 // take creates key naming runID, create-only. It reports whether the key
 // is runID's: created now, or already naming it.
 func (d *Dispatcher) take(ctx context.Context, key, runID string) (bool, error) {
-	_, err := d.wip.Create(ctx, key, []byte(runID))
+	rev, err := d.wip.Create(ctx, key, []byte(runID))
 	if err == nil {
+		d.leases.took(rev)
 		return true, nil
 	}
 	if !errors.Is(err, jetstream.ErrKeyExists) {
@@ -694,36 +697,6 @@ func (d *Dispatcher) sweep(ctx context.Context) {
 				continue
 			}
 			d.releaseKey(ctx, k, runID)
-		}
-	}
-}
-
-// watchReleases admits the next waiting runs of a repository whenever one
-// of its leases or locks goes away.
-func (d *Dispatcher) watchReleases(ctx context.Context) error {
-	w, err := d.wip.WatchFiltered(ctx, []string{subjects.AllLeases, subjects.AllGroups}, jetstream.UpdatesOnly())
-	if err != nil {
-		return fmt.Errorf("dispatcher: watch leases: %w", err)
-	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil
-			}
-			if e == nil || e.Operation() == jetstream.KeyValuePut {
-				continue
-			}
-			token := subjects.KeyRepoToken(e.Key())
-			if token == "" {
-				continue
-			}
-			if err := d.admit(ctx, token); err != nil && ctx.Err() == nil {
-				d.log.Warn().Err(err).Str("repo", token).Msg("admit after release")
-			}
 		}
 	}
 }

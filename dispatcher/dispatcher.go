@@ -97,6 +97,8 @@ type Dispatcher struct {
 	limits map[string]int
 
 	admitting keyLocks // per repository token: serializes admit in this process
+	// leases is the copy of the slot leases admission reads.
+	leases *leaseView
 }
 
 // New returns a dispatcher on b. The streams and buckets must have been
@@ -161,6 +163,7 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 	log := cfg.Logger.With().Str("component", "dispatcher").Logger()
 	return &Dispatcher{
 		cfg: cfg, nc: b.Conn, js: b.JS, runs: newStore(runs, log), dedup: dedup, wip: wip, waiting: waiting, limits: limits, log: log,
+		leases: newLeaseView(),
 	}, nil
 }
 

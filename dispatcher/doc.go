@@ -124,7 +124,11 @@
 //     group is held, their queue over its bound). A run's message is
 //     deleted once it is admitted or ends, so no lookup passes over runs
 //     admitted before: a trigger costs the same with 10,000 runs waiting as
-//     with 10. A run further back than the snapshot says it waits for the
+//     with 10. The held slots come from a copy of the leases the
+//     dispatcher keeps with one watch (leases.go), which holds its own
+//     leases before any later snapshot is read; a lease of another
+//     dispatcher it has not seen yet is a lost race, planned again on
+//     leases read from the bucket. A run further back than the snapshot says it waits for the
 //     WIP limit. Arrival order is the order the messages were written,
 //     which is trigger order for the triggers of one repository (handled in
 //     order by one dispatcher; with several, within the triggers' prefetch);
