@@ -330,12 +330,16 @@ func (d *Dispatcher) snapshot(ctx context.Context, token string, want int, fresh
 		}
 	}
 	// A run that holds a slot and still waits keeps its slot, wherever it
-	// is in the line.
-	for _, id := range s.Slots {
-		if seen[id] {
+	// is in the line. A run read admitted under its lease is not read
+	// again.
+	for k, id := range leases {
+		if seen[id] || d.leases.isConfirmed(k, id) {
 			continue
 		}
 		r, _, err := d.runs.brief(ctx, id)
+		if err == nil && r.Lease == k {
+			d.leases.confirm(k, id)
+		}
 		if err != nil || r.Lease != "" || r.State.Terminal() {
 			continue
 		}
@@ -510,6 +514,7 @@ func (d *Dispatcher) admitOne(ctx context.Context, st action) (lost bool, err er
 		}
 		return true, nil
 	}
+	d.leases.confirm(lease, id)
 	d.unwait(ctx, st.Run)
 	d.log.Info().Str("run_id", id).Str("lease", lease).Dur("waited", d.cfg.Now().Sub(after.Created)).Msg("run admitted")
 	return false, d.afterUpdate(ctx, after, w)

@@ -36,10 +36,13 @@ type leaseView struct {
 	changed chan struct{}
 	// byRepo holds the leases by repository token: lease key → run id.
 	byRepo map[string]map[string]string
+	// confirmed holds the leases whose run was read admitted under them
+	// (lease key → run id): admission need not read those runs again.
+	confirmed map[string]string
 }
 
 func newLeaseView() *leaseView {
-	return &leaseView{changed: make(chan struct{}), byRepo: map[string]map[string]string{}}
+	return &leaseView{changed: make(chan struct{}), byRepo: map[string]map[string]string{}, confirmed: map[string]string{}}
 }
 
 // apply records an entry of the watch (nil: the initial leases are all
@@ -53,6 +56,9 @@ func (v *leaseView) apply(e jetstream.KeyValueEntry) {
 		v.seen = max(v.seen, e.Revision())
 		if _, ok := subjects.LeaseSlot(e.Key()); ok {
 			token := subjects.KeyRepoToken(e.Key())
+			if v.confirmed[e.Key()] != string(e.Value()) {
+				delete(v.confirmed, e.Key())
+			}
 			if e.Operation() == jetstream.KeyValuePut {
 				if v.byRepo[token] == nil {
 					v.byRepo[token] = map[string]string{}
@@ -82,6 +88,21 @@ func (v *leaseView) took(rev uint64) {
 	v.mu.Lock()
 	v.wrote = max(v.wrote, rev)
 	v.mu.Unlock()
+}
+
+// confirm records that run id was read admitted under lease key.
+func (v *leaseView) confirm(key, id string) {
+	v.mu.Lock()
+	v.confirmed[key] = id
+	v.mu.Unlock()
+}
+
+// isConfirmed reports whether run id was read admitted under lease key
+// since the lease was last written.
+func (v *leaseView) isConfirmed(key, id string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.confirmed[key] == id
 }
 
 // viewWait bounds how long a snapshot waits for the watch to bring this
