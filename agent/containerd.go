@@ -40,7 +40,10 @@ func (c containerExecutor) run(ctx context.Context, spec execSpec, started func(
 	reader.Go(func() { readLines(pr, streamOutput, out) })
 	j := spec.job
 	res := c.rt.Run(ctx, container.Spec{
-		ID:        fmt.Sprintf("weft-%s-%s-%d", j.RunID, j.Stage.Key, j.Attempt),
+		// One container per delivery: an attempt number can repeat (see
+		// execSpec.delivery), and containerd keeps a dead task's state
+		// under its container id for a while after it is removed.
+		ID:        fmt.Sprintf("weft-%s-%s-%d-%d", j.RunID, j.Stage.Key, j.Attempt, spec.delivery),
 		Image:     spec.image,
 		Script:    "exec 2>&1\n" + script(spec.commands),
 		Env:       spec.env,

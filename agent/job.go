@@ -242,7 +242,7 @@ func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) 
 			j.startedAck.Store(&f)
 		}
 	}
-	res := ex.run(runCtx, execSpec{job: &j.Job, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
+	res := ex.run(runCtx, execSpec{job: &j.Job, delivery: j.delivered, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
 	c := conclude(res, context.Cause(runCtx), ctx.Err() != nil, j.delivered, j.limits.maxDeliver, j.Stage.Timeout)
 	if c.ending == retry {
 		logs.write(streamSystem, fmt.Sprintf("weft: %s; retrying in %s (delivery %d of %d)", res.message, c.delay, j.delivered, j.limits.maxDeliver))

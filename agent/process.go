@@ -33,6 +33,10 @@ type executor interface {
 type execSpec struct {
 	// job is the stage attempt.
 	job *wire.Job
+	// delivery is which delivery of the job's message this is: an
+	// attempt whose start was never recorded (its agent died first) is
+	// run again under the same attempt number by the next delivery.
+	delivery int
 	// commands are the stage's commands.
 	commands []string
 	// env is the job's environment (KEY=VALUE), without the agent's own.

@@ -1061,20 +1061,24 @@ func (d *chaosDriver) sample(ctx context.Context, records string) {
 }
 
 // parseContainerID splits the agent's container id
-// weft-<run>-<stage>-<attempt>.
+// weft-<run>-<stage>-<attempt>-<delivery>.
 func parseContainerID(id string) (run, stage string, attempt int, ok bool) {
 	rest, found := strings.CutPrefix(id, "weft-")
 	if !found || len(rest) < 28 || rest[26] != '-' {
 		return "", "", 0, false
 	}
 	run, rest = rest[:26], rest[27:]
-	i := strings.LastIndexByte(rest, '-')
-	if i < 1 {
-		return "", "", 0, false
+	var nums [2]int
+	for k := 1; k >= 0; k-- {
+		i := strings.LastIndexByte(rest, '-')
+		if i < 1 {
+			return "", "", 0, false
+		}
+		n, err := strconv.Atoi(rest[i+1:])
+		if err != nil {
+			return "", "", 0, false
+		}
+		nums[k], rest = n, rest[:i]
 	}
-	n, err := strconv.Atoi(rest[i+1:])
-	if err != nil {
-		return "", "", 0, false
-	}
-	return run, rest[:i], n, true
+	return run, rest, nums[0], true
 }

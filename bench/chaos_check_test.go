@@ -220,11 +220,12 @@ func TestParseContainerID(t *testing.T) {
 		attempt        int
 		ok             bool
 	}{
-		{"weft-01M8SNTTTZ7P7ZSM6G0X4YXJQZ-test-2", "01M8SNTTTZ7P7ZSM6G0X4YXJQZ", "test", 2, true},
-		{"weft-01M8SNTTTZ7P7ZSM6G0X4YXJQZ-unit-tests-11", "01M8SNTTTZ7P7ZSM6G0X4YXJQZ", "unit-tests", 11, true},
-		{"weft-short-test-1", "", "", 0, false},
-		{"other-01M8SNTTTZ7P7ZSM6G0X4YXJQZ-test-1", "", "", 0, false},
-		{"weft-01M8SNTTTZ7P7ZSM6G0X4YXJQZ-test-x", "", "", 0, false},
+		{"weft-01M8SNTTTZ7P7ZSM6G0X4YXJQZ-test-2-3", "01M8SNTTTZ7P7ZSM6G0X4YXJQZ", "test", 2, true},
+		{"weft-01M8SNTTTZ7P7ZSM6G0X4YXJQZ-unit-tests-11-12", "01M8SNTTTZ7P7ZSM6G0X4YXJQZ", "unit-tests", 11, true},
+		{"weft-short-test-1-1", "", "", 0, false},
+		{"other-01M8SNTTTZ7P7ZSM6G0X4YXJQZ-test-1-1", "", "", 0, false},
+		{"weft-01M8SNTTTZ7P7ZSM6G0X4YXJQZ-test-x-1", "", "", 0, false},
+		{"weft-01M8SNTTTZ7P7ZSM6G0X4YXJQZ-test-1", "", "", 0, false},
 	}
 	for _, tt := range tests {
 		run, stage, attempt, ok := parseContainerID(tt.id)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/internal/busybox"
@@ -238,6 +239,37 @@ func TestContainerRunReplacesAContainerLeftByADeadAgent(t *testing.T) {
 	}
 	if ctrs, _, _ := rt.Leftovers(context.Background()); !slices.Contains(ctrs, live) {
 		t.Errorf("the live process's container %s was removed", live)
+	}
+}
+
+// Found by the chaos benchmark: deliveries of one job can run under the
+// same attempt number (an agent killed before its start was recorded,
+// then the next), and containerd keeps a dead task's state under its
+// container id for a while after the container is removed, so the next
+// delivery could not start its container and backed off for a minute.
+// Each delivery gets its own container: with the first delivery's id
+// taken (here by a live process, which weft must leave alone), the second
+// runs the stage.
+func TestEachDeliveryOfAContainerStageGetsItsOwnContainer(t *testing.T) {
+	Containerd(t)
+	s := StartStack(t, StackConfig{NoAgent: true})
+	id := s.Submit(t, `name: redeliver
+stages:
+  - key: c
+    image: `+busybox.Ref+`
+    commands: [echo ran]
+`)
+	// The first delivery's container, in the scheme of before (one per
+	// attempt) and of now (one per delivery).
+	leaveContainer(t, "weft-"+id+"-c-1", os.Getpid())
+	leaveContainer(t, "weft-"+id+"-c-1-1", os.Getpid())
+	s.AddAgent(agent.Config{WorkDir: s.WorkDir, MaxDeliver: 3})
+	r, updates := s.Wait(t, id)
+	if r.State != wire.RunSucceeded {
+		t.Fatalf("run %s: %+v", r.State, r.Stages)
+	}
+	if got := strings.Join(stageLines(updates)["c"], "\n"); !strings.Contains(got, "ran") {
+		t.Errorf("stage c printed %q, want ran", got)
 	}
 }
 
