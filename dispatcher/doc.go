@@ -91,7 +91,10 @@
 //     died half-way. A job whose message is recorded (StageRun.JobSeq) is
 //     never published again: past the stream's 2-minute Nats-Msg-Id
 //     window a second publish would be a second copy.
-//   - The reconcile loop walks every lease (every admitted live run):
+//   - The reconcile loop walks every lease (every admitted live run),
+//     looking at the dispatcher's cached copy of a run that was read or
+//     written within staleAfter and reading it fresh only when the copy
+//     shows something to repair, or when nothing touched it for longer:
 //     it publishes a queued stage's job that was never recorded as
 //     published (a dispatcher died between writing the run and
 //     publishing, in admission, a handler, the dead-letter path or the

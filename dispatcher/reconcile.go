@@ -35,6 +35,10 @@ const maxRepairs = 100
 // calls for, and than a handler's redelivery.
 const unpublishedAfter = 2 * handlerAckWait
 
+// staleAfter is how long the reconcile loop trusts a cached run that
+// nothing read or wrote: past it, the run is read fresh.
+const staleAfter = 2 * time.Minute
+
 // reconcile scans the admitted runs (every live lease) and repairs what
 // events missed:
 //
@@ -91,50 +95,46 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 			continue
 		}
 		runID := string(e.Value())
-		if h, err := d.runs.header(ctx, runID); err != nil || h.State.Terminal() || h.Lease != k {
+		h, err := d.runs.header(ctx, runID)
+		if err != nil || h.State.Terminal() || h.Lease != k {
 			continue // the sweep frees what ended runs hold
 		}
-		r, err := d.runs.get(ctx, runID)
-		if err != nil || r.State.Terminal() || r.Lease != k {
-			continue // the sweep frees what ended runs hold
-		}
-		if r.CancelReason != "" {
+		if h.CancelReason != "" {
 			if err := d.notifyCancel(runID); err != nil {
 				return err
 			}
 		}
-		now := d.cfg.Now()
-		var found []wire.Event
-		var lost []lostJob
-		var unpublished []string
-		for _, s := range r.Stages {
-			if s.State != wire.StageQueued && s.State != wire.StageRunning {
-				continue
-			}
-			if s.JobSeq == 0 {
-				if s.State == wire.StageQueued && now.Sub(s.Queued) >= unpublishedAfter {
-					unpublished = append(unpublished, s.Key)
-				}
-				continue
-			}
-			if _, err := jobs.GetMsg(ctx, s.JobSeq); err == nil || !errors.Is(err, jetstream.ErrMsgNotFound) {
-				continue // still there (or unknown: leave it)
-			}
-			if ev, at, ok := lastFinished(ctx, events, runID, s); ok {
-				if now.Sub(at) < unpublishedAfter {
-					continue // stored just now: the event handlers take it
-				}
-				found = append(found, ev)
-				continue
-			}
-			if s.State == wire.StageRunning && now.Sub(lastBeat(ctx, beats, runID, s)) < ackWait(r, s) {
-				continue // its attempt is alive
-			}
-			if budget > 0 {
-				lost = append(lost, lostJob{Key: s.Key, Job: s.Job, Seq: s.JobSeq})
-				budget--
+		// The run is looked at on this dispatcher's copy of it when the
+		// copy was read or written within staleAfter (a full read of
+		// every admitted run each pass costs the server in proportion to
+		// the runs in flight), and read fresh when the copy shows
+		// something to repair, which is then decided on the fresh
+		// documents. A run nothing has written to for staleAfter, a stuck
+		// one among them, is read fresh.
+		v, cached, err := d.runs.load(ctx, runID)
+		if err != nil {
+			continue
+		}
+		r := v.run
+		found, lost, unpublished := d.inspect(ctx, r, jobs, events, beats, ackWait)
+		if cached && time.Since(v.synced) < staleAfter {
+			if len(found)+len(lost)+len(unpublished) == 0 && !repairRun(r, nil, nil, d.cfg.Now()) {
+				continue // nothing to repair
 			}
 		}
+		if cached {
+			if r, err = d.runs.get(ctx, runID); err != nil {
+				continue
+			}
+			found, lost, unpublished = d.inspect(ctx, r, jobs, events, beats, ackWait)
+		}
+		if r.State.Terminal() || r.Lease != k {
+			continue // the sweep frees what ended runs hold
+		}
+		if len(lost) > budget {
+			lost = lost[:budget]
+		}
+		budget -= len(lost)
 		if len(unpublished) > 0 {
 			d.log.Warn().Str("run_id", runID).Strs("stages", unpublished).Msg("publishing jobs a dispatcher wrote but never published")
 			if err := d.publishJobs(ctx, r, unpublished); err != nil {
@@ -189,4 +189,38 @@ func lastBeat(ctx context.Context, beats jetstream.Stream, runID string, s wire.
 		return s.Started
 	}
 	return ev.Time
+}
+
+// inspect returns what the reconcile loop repairs in run r: the stored
+// finishes of stages whose job is gone (found), the stages whose job is
+// gone with no finish and no live attempt (lost), and the queued stages
+// whose job was never recorded as published (unpublished).
+func (d *Dispatcher) inspect(ctx context.Context, r *wire.Run, jobs, events, beats jetstream.Stream, ackWait func(*wire.Run, wire.StageRun) time.Duration) (found []wire.Event, lost []lostJob, unpublished []string) {
+	now := d.cfg.Now()
+	for _, s := range r.Stages {
+		if s.State != wire.StageQueued && s.State != wire.StageRunning {
+			continue
+		}
+		if s.JobSeq == 0 {
+			if s.State == wire.StageQueued && now.Sub(s.Queued) >= unpublishedAfter {
+				unpublished = append(unpublished, s.Key)
+			}
+			continue
+		}
+		if _, err := jobs.GetMsg(ctx, s.JobSeq); err == nil || !errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // still there (or unknown: leave it)
+		}
+		if ev, at, ok := lastFinished(ctx, events, r.ID, s); ok {
+			if now.Sub(at) < unpublishedAfter {
+				continue // stored just now: the event handlers take it
+			}
+			found = append(found, ev)
+			continue
+		}
+		if s.State == wire.StageRunning && now.Sub(lastBeat(ctx, beats, r.ID, s)) < ackWait(r, s) {
+			continue // its attempt is alive
+		}
+		lost = append(lost, lostJob{Key: s.Key, Job: s.Job, Seq: s.JobSeq})
+	}
+	return found, lost, unpublished
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -57,6 +58,11 @@ type view struct {
 	// open is where settle looks for a stage not ended: the stages
 	// before it were seen ended.
 	open int
+	// synced is when the view was last read whole or written to: a view
+	// that events keep writing stays in step with the stored run, one
+	// that nothing has touched for long may have fallen behind another
+	// dispatcher's writes.
+	synced time.Time
 }
 
 // maxCachedStages bounds the stages the cache holds; past it the cache
@@ -125,7 +131,7 @@ func (s *store) fresh(ctx context.Context, id string) (*view, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &view{run: l.Run, rev: l.Rev, revs: l.Revs, header: encodeHeader(l.Run)}, nil
+	return &view{run: l.Run, rev: l.Rev, revs: l.Revs, header: encodeHeader(l.Run), synced: time.Now()}, nil
 }
 
 // refreshHeader reads the run document of v again.
@@ -288,6 +294,9 @@ func (s *store) update(ctx context.Context, id string, scope []string, change fu
 		if !stale {
 			break
 		}
+	}
+	if wroteAny {
+		v.synced = time.Now()
 	}
 	s.remember(v)
 	if !wroteAny {
