@@ -266,8 +266,11 @@ func (d *Dispatcher) consumeWith(ctx context.Context, c jetstream.Consumer, h ha
 	if err != nil {
 		return fmt.Errorf("dispatcher: consume: %w", err)
 	}
+	// Stopped when ctx ends, and on every return: an error return
+	// (the iterator failed) must not leave its pulls running.
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
+	defer it.Stop()
 	var (
 		queues []chan jetstream.Msg
 		wg     sync.WaitGroup
