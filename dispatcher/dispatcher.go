@@ -235,15 +235,7 @@ type handling struct {
 	// they came, those of different ones by up to workers at once.
 	partition func(jetstream.Msg) string
 	workers   int
-	// batch, when set with partition, takes what handle takes, several
-	// messages at once: a worker hands it every message waiting in its
-	// queue (up to maxBatch, in order) and settles each one by the error
-	// at its index.
-	batch func(context.Context, []jetstream.Msg) []error
 }
-
-// maxBatch bounds the messages a worker hands to handling.batch at once.
-const maxBatch = prefetch
 
 // subjectToken returns a partition function naming a message by the
 // i-th token of its subject (from 0): weft.events.<run>..., or
@@ -280,16 +272,8 @@ func (d *Dispatcher) consumeWith(ctx context.Context, c jetstream.Consumer, h ha
 			q := make(chan jetstream.Msg, prefetch)
 			queues = append(queues, q)
 			wg.Go(func() {
-				buf := make([]jetstream.Msg, 0, maxBatch)
 				for msg := range q {
-					if h.batch == nil {
-						d.settle(ctx, msg, h)
-						continue
-					}
-					buf = drain(q, append(buf[:0], msg))
-					for i, err := range h.batch(ctx, buf) {
-						d.conclude(ctx, buf[i], h, err)
-					}
+					d.settle(ctx, msg, h)
 				}
 			})
 		}
@@ -320,23 +304,6 @@ func (d *Dispatcher) consumeWith(ctx context.Context, c jetstream.Consumer, h ha
 			return nil
 		}
 	}
-}
-
-// drain appends to buf the messages waiting in q, up to maxBatch in all,
-// without waiting for more.
-func drain(q <-chan jetstream.Msg, buf []jetstream.Msg) []jetstream.Msg {
-	for len(buf) < maxBatch {
-		select {
-		case msg, ok := <-q:
-			if !ok {
-				return buf
-			}
-			buf = append(buf, msg)
-		default:
-			return buf
-		}
-	}
-	return buf
 }
 
 // settle handles one message and acks it, or retries or gives it up as

@@ -33,10 +33,7 @@
 // dispatcher consumes; the reconcile loop reads a stage's last one only
 // when the stage's job is gone. Events of different runs, and triggers of
 // different repositories, are handled by several workers at once; those
-// of one run or one repository in order. The stage events of one run
-// that wait in a worker's queue together are applied in one update, so
-// under load a stage whose start and finish arrive together is written
-// once, and the run document once for all of them.
+// of one run or one repository in order.
 //
 // Decisions taken where the design was silent:
 //

@@ -16,69 +16,13 @@ import (
 
 // eventHandling is how consumeWith treats lifecycle events: the events
 // of different runs are handled by several workers at once, each run's in
-// order, and the stage events of one run that wait together are applied
-// in one update (handleEvents).
+// order.
 func (d *Dispatcher) eventHandling() handling {
 	return handling{
 		handle:    d.handleEvent,
-		batch:     d.handleEvents,
 		partition: subjectToken(2), // weft.events.<run>[.<stage>]
 		workers:   workers,
 	}
-}
-
-// handleEvents handles msgs, the events one worker has waiting, in order
-// for each run, and returns each one's error. The first deliveries of a
-// run's stage events that wait together are applied in one update, so a
-// stage whose start and finish wait together is written once; any other
-// event (a cancel, a replay, a redelivery, which is followed by a repair)
-// is handled alone, after the stage events of its run before it.
-func (d *Dispatcher) handleEvents(ctx context.Context, msgs []jetstream.Msg) []error {
-	errs := make([]error, len(msgs))
-	type group struct {
-		evs []wire.Event
-		at  []int
-	}
-	groups := map[string]*group{}
-	var order []string
-	flush := func(run string) {
-		g := groups[run]
-		if g == nil {
-			return
-		}
-		delete(groups, run)
-		err := d.stageEvents(ctx, g.evs)
-		for _, i := range g.at {
-			errs[i] = err
-		}
-	}
-	for i, msg := range msgs {
-		ev, ok := d.decodeEvent(msg)
-		if !ok {
-			continue
-		}
-		if isStageEvent(ev.Type) && delivered(msg) == 1 {
-			g := groups[ev.RunID]
-			if g == nil {
-				g = &group{}
-				groups[ev.RunID] = g
-				order = append(order, ev.RunID)
-			}
-			g.evs, g.at = append(g.evs, ev), append(g.at, i)
-			continue
-		}
-		flush(ev.RunID)
-		errs[i] = d.applyEvent(ctx, msg, ev)
-	}
-	for _, run := range order {
-		flush(run)
-	}
-	return errs
-}
-
-// isStageEvent reports whether events of type t are applied by stageEvents.
-func isStageEvent(t wire.EventType) bool {
-	return t == wire.Started || t == wire.Heartbeat || t == wire.Finished
 }
 
 // delivered returns the delivery number of msg (1 when unknown).
