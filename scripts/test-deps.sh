@@ -14,7 +14,7 @@ fi
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
 missing=()
-for pkg in containerd runc busybox-static; do
+for pkg in containerd runc busybox-static git; do
 	installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
