@@ -26,8 +26,15 @@ func (a *Agent) setBusy(delta int32) {
 	}
 }
 
+// advertiseGap is the least time between two registry writes for busy
+// count changes: a busy agent changes its count twice per job, and the
+// registry is read by people and by weft status, for whom a second late
+// is current. Without it each job cost the server two KV writes.
+const advertiseGap = time.Second
+
 // advertise keeps the agent's entry in the registry: at start, when its
-// busy count changes, and every third of the registry TTL; it deletes the
+// busy count changes (at most once per advertiseGap, the last change
+// always written), and every third of the registry TTL; it deletes the
 // entry when ctx ends.
 func (a *Agent) advertise(ctx context.Context) {
 	kv, err := a.js.KeyValue(ctx, subjects.AgentsBucket)
@@ -37,8 +44,10 @@ func (a *Agent) advertise(ctx context.Context) {
 	}
 	host, _ := os.Hostname()
 	info := wire.Agent{ID: a.cfg.ID, Hostname: host, Queues: a.cfg.Queues, Slots: a.cfg.Slots, Executor: a.cfg.Executor, Started: time.Now()}
+	var last time.Time
 	put := func() {
-		info.Busy, info.Seen = int(a.busy.Load()), time.Now()
+		last = time.Now()
+		info.Busy, info.Seen = int(a.busy.Load()), last
 		data, _ := json.Marshal(info)
 		if _, err := kv.Put(ctx, a.cfg.ID, data); err != nil && ctx.Err() == nil {
 			a.log.Warn().Err(err).Msg("agent registry")
@@ -46,6 +55,11 @@ func (a *Agent) advertise(ctx context.Context) {
 	}
 	tick := time.NewTicker(subjects.AgentTTL / 3)
 	defer tick.Stop()
+	// late fires when a change came within advertiseGap of the last write.
+	late := time.NewTimer(advertiseGap)
+	late.Stop()
+	defer late.Stop()
+	pending := false
 	put()
 	for {
 		select {
@@ -55,6 +69,17 @@ func (a *Agent) advertise(ctx context.Context) {
 			cancel()
 			return
 		case <-a.changed:
+			if pending {
+				continue
+			}
+			if wait := advertiseGap - time.Since(last); wait > 0 {
+				pending = true
+				late.Reset(wait)
+				continue
+			}
+			put()
+		case <-late.C:
+			pending = false
 			put()
 		case <-tick.C:
 			put()

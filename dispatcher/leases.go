@@ -139,6 +139,25 @@ func (v *leaseView) leases(ctx context.Context, token string) (map[string]string
 	return out, true
 }
 
+// all returns every lease in the view (lease key → run id), and false
+// when the view cannot be used. It does not wait for this dispatcher's own
+// leases: the reconcile loop, its reader, takes up what it misses at its
+// next pass.
+func (v *leaseView) all() (map[string]string, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !v.ready {
+		return nil, false
+	}
+	out := map[string]string{}
+	for _, m := range v.byRepo {
+		for k, id := range m {
+			out[k] = id
+		}
+	}
+	return out, true
+}
+
 // repoLeases returns the leases of repository token: from the view,
 // unless fresh is set or the view cannot be used, then read from the
 // bucket.

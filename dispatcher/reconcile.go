@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -56,9 +58,14 @@ const staleAfter = 2 * time.Minute
 //     missed it;
 //   - a run whose stages all ended is finished.
 func (d *Dispatcher) reconcile(ctx context.Context) error {
-	leases, err := d.keys(ctx, subjects.AllLeases)
-	if err != nil {
-		return err
+	// The admitted runs, from the lease view when it can be used: a lease
+	// it has not seen yet is looked at next pass.
+	leases, ok := d.leases.all()
+	if !ok {
+		var err error
+		if leases, err = d.entries(ctx, subjects.AllLeases); err != nil {
+			return err
+		}
 	}
 	jobs, err := d.js.Stream(ctx, subjects.JobsStream)
 	if err != nil {
@@ -72,61 +79,60 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("heartbeats stream: %w", err)
 	}
-	ackWaits := map[string]time.Duration{}
-	ackWait := func(r *wire.Run, s wire.StageRun) time.Duration {
-		name := subjects.JobConsumer(s.Queue, tierOf(r))
-		if w, ok := ackWaits[name]; ok {
-			return w
-		}
-		w := subjects.DefaultAckWait
-		if c, err := d.js.Consumer(ctx, subjects.JobsStream, name); err == nil {
-			w = c.CachedInfo().Config.AckWait
-		}
-		ackWaits[name] = w
-		return w
-	}
+	idx := newJobIndex(d.js, jobs)
 	budget := maxRepairs
-	for _, k := range leases {
+	for _, k := range slices.Sorted(maps.Keys(leases)) {
 		if budget <= 0 {
 			break
 		}
-		e, err := d.wip.Get(ctx, k)
-		if err != nil {
-			continue
-		}
-		runID := string(e.Value())
-		h, err := d.runs.header(ctx, runID)
-		if err != nil || h.State.Terminal() || h.Lease != k {
-			continue // the sweep frees what ended runs hold
-		}
-		if h.CancelReason != "" {
-			if err := d.notifyCancel(runID); err != nil {
-				return err
-			}
-		}
-		// The run is looked at on this dispatcher's copy of it when the
-		// copy was read or written within staleAfter (a full read of
-		// every admitted run each pass costs the server in proportion to
-		// the runs in flight), and read fresh when the copy shows
-		// something to repair, which is then decided on the fresh
-		// documents. A run nothing has written to for staleAfter, a stuck
-		// one among them, is read fresh.
+		runID := leases[k]
+		// The run is looked at on this dispatcher's copy of it, and read
+		// fresh only when the copy shows something to repair, which is
+		// then decided on the fresh documents: a full read of every
+		// admitted run each pass would cost the server in proportion to
+		// the runs in flight. A copy is a sound detector: a run moves on
+		// only by a stage ending, which takes its job out of the stream,
+		// so a copy whose queued and running stages all still have their
+		// jobs has missed nothing to repair. A copy nothing has read or
+		// written for staleAfter has its run document checked (a cancel
+		// or an end applied by another dispatcher), one read; a copy from
+		// before the run's admission is read again.
 		v, cached, err := d.runs.load(ctx, runID)
 		if err != nil {
 			continue
 		}
 		r := v.run
-		found, lost, unpublished := d.inspect(ctx, r, jobs, events, beats, ackWait)
-		if cached && time.Since(v.synced) < staleAfter {
-			if len(found)+len(lost)+len(unpublished) == 0 && !repairRun(r, nil, nil, d.cfg.Now()) {
-				continue // nothing to repair
+		stale := r.Lease != k // a copy from before the run's admission
+		if cached && !stale && time.Since(v.synced) >= staleAfter {
+			_, rev, err := d.runs.rs.Header(ctx, runID)
+			if err != nil {
+				continue
 			}
+			stale = rev != v.rev
 		}
-		if cached {
+		if cached && stale {
 			if r, err = d.runs.get(ctx, runID); err != nil {
 				continue
 			}
-			found, lost, unpublished = d.inspect(ctx, r, jobs, events, beats, ackWait)
+			cached = false
+		}
+		if r.State.Terminal() || r.Lease != k {
+			continue // the sweep frees what ended runs hold
+		}
+		if r.CancelReason != "" {
+			if err := d.notifyCancel(runID); err != nil {
+				return err
+			}
+		}
+		found, lost, unpublished := d.inspect(ctx, r, idx, events, beats)
+		if cached {
+			if len(found)+len(lost)+len(unpublished) == 0 && !repairRun(r, nil, nil, d.cfg.Now()) {
+				continue // nothing to repair
+			}
+			if r, err = d.runs.get(ctx, runID); err != nil {
+				continue
+			}
+			found, lost, unpublished = d.inspect(ctx, r, idx, events, beats)
 		}
 		if r.State.Terminal() || r.Lease != k {
 			continue // the sweep frees what ended runs hold
@@ -195,7 +201,7 @@ func lastBeat(ctx context.Context, beats jetstream.Stream, runID string, s wire.
 // finishes of stages whose job is gone (found), the stages whose job is
 // gone with no finish and no live attempt (lost), and the queued stages
 // whose job was never recorded as published (unpublished).
-func (d *Dispatcher) inspect(ctx context.Context, r *wire.Run, jobs, events, beats jetstream.Stream, ackWait func(*wire.Run, wire.StageRun) time.Duration) (found []wire.Event, lost []lostJob, unpublished []string) {
+func (d *Dispatcher) inspect(ctx context.Context, r *wire.Run, idx *jobIndex, events, beats jetstream.Stream) (found []wire.Event, lost []lostJob, unpublished []string) {
 	now := d.cfg.Now()
 	for _, s := range r.Stages {
 		if s.State != wire.StageQueued && s.State != wire.StageRunning {
@@ -207,7 +213,7 @@ func (d *Dispatcher) inspect(ctx context.Context, r *wire.Run, jobs, events, bea
 			}
 			continue
 		}
-		if _, err := jobs.GetMsg(ctx, s.JobSeq); err == nil || !errors.Is(err, jetstream.ErrMsgNotFound) {
+		if !idx.gone(ctx, r, s) {
 			continue // still there (or unknown: leave it)
 		}
 		if ev, at, ok := lastFinished(ctx, events, r.ID, s); ok {
@@ -217,10 +223,85 @@ func (d *Dispatcher) inspect(ctx context.Context, r *wire.Run, jobs, events, bea
 			found = append(found, ev)
 			continue
 		}
-		if s.State == wire.StageRunning && now.Sub(lastBeat(ctx, beats, r.ID, s)) < ackWait(r, s) {
+		if s.State == wire.StageRunning && now.Sub(lastBeat(ctx, beats, r.ID, s)) < idx.ackWait(ctx, r, s) {
 			continue // its attempt is alive
 		}
 		lost = append(lost, lostJob{Key: s.Key, Job: s.Job, Seq: s.JobSeq})
 	}
 	return found, lost, unpublished
+}
+
+// jobIndex answers, for one reconcile pass, whether a stage's job message
+// is gone from the jobs stream, at a cost that does not grow with the
+// jobs waiting. A consumer delivers its jobs in stream order, so a job
+// past its tier consumer's last delivered sequence was not delivered yet:
+// it is still stored while the consumer has jobs pending, and gone when
+// the consumer has none (stored before the pass began, it would be
+// pending). A purge or an expiry moves the stream's first sequence past
+// a job. Only the jobs delivered already (running, or being redelivered:
+// about as many as the fleet has slots) are looked up one by one. A job
+// deleted by hand before its delivery is therefore seen once its
+// consumer delivers past it or drains.
+type jobIndex struct {
+	js   jetstream.JetStream
+	jobs jetstream.Stream
+	// first and last are the stream's first and last sequences when the
+	// pass began: every job below first is gone.
+	first, last uint64
+	// consumers holds what the pass read of each job consumer, by name.
+	consumers map[string]consumerState
+}
+
+// consumerState is what a reconcile pass read of a job consumer.
+type consumerState struct {
+	// known is false when the consumer could not be read, or does not
+	// exist (no agent serves its queue yet).
+	known bool
+	// delivered is the stream sequence of the last job it delivered;
+	// pending counts its jobs not delivered yet.
+	delivered, pending uint64
+	ackWait            time.Duration
+}
+
+func newJobIndex(js jetstream.JetStream, jobs jetstream.Stream) *jobIndex {
+	st := jobs.CachedInfo().State
+	return &jobIndex{js: js, jobs: jobs, first: st.FirstSeq, last: st.LastSeq, consumers: map[string]consumerState{}}
+}
+
+// consumer returns the state of the consumer that delivers the job of
+// stage s of run r, read once per pass.
+func (x *jobIndex) consumer(ctx context.Context, r *wire.Run, s wire.StageRun) consumerState {
+	name := subjects.JobConsumer(s.Queue, tierOf(r))
+	if c, ok := x.consumers[name]; ok {
+		return c
+	}
+	c := consumerState{ackWait: subjects.DefaultAckWait}
+	if jc, err := x.js.Consumer(ctx, subjects.JobsStream, name); err == nil {
+		info := jc.CachedInfo()
+		c = consumerState{known: true, delivered: info.Delivered.Stream, pending: info.NumPending, ackWait: info.Config.AckWait}
+	}
+	x.consumers[name] = c
+	return c
+}
+
+// ackWait returns the AckWait of the consumer of stage s's job.
+func (x *jobIndex) ackWait(ctx context.Context, r *wire.Run, s wire.StageRun) time.Duration {
+	return x.consumer(ctx, r, s).ackWait
+}
+
+// gone reports whether the job message of stage s (at s.JobSeq) is known
+// to be gone; unknown is not gone.
+func (x *jobIndex) gone(ctx context.Context, r *wire.Run, s wire.StageRun) bool {
+	if s.JobSeq < x.first {
+		return true
+	}
+	c := x.consumer(ctx, r, s)
+	switch {
+	case !c.known:
+		return false
+	case s.JobSeq > c.delivered:
+		return c.pending == 0 && s.JobSeq <= x.last
+	}
+	_, err := x.jobs.GetMsg(ctx, s.JobSeq)
+	return errors.Is(err, jetstream.ErrMsgNotFound)
 }

@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/weft-ci/weft/agent"
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -141,5 +145,61 @@ func TestReconcileAppliesAStoredFinishNoDispatcherTook(t *testing.T) {
 	final, _ := s.Wait(t, id)
 	if st := final.Stage("wait"); final.State != wire.RunSucceeded || st.Job != 1 || st.Attempt != 1 {
 		t.Errorf("run %s, stage job %d attempt %d; want succeeded from the stored finish, job 1 attempt 1", final.State, st.Job, st.Attempt)
+	}
+}
+
+// A reconcile pass looks up one by one only the jobs already delivered:
+// waiting jobs cost it nothing each, so its cost does not grow with the
+// queue (it used to look up every queued stage's job every pass).
+func TestReconcileDoesNotLookUpWaitingJobs(t *testing.T) {
+	t.Parallel()
+	const stages = 40
+	s := StartStack(t, StackConfig{NoAgent: true, Dispatcher: dispatcher.Config{ReconcileInterval: 100 * time.Millisecond}})
+	ctx := context.Background()
+	// The queue's consumers exist (an agent served it) but nothing takes
+	// the jobs.
+	if err := bus.EnsureJobConsumers(ctx, s.Bus.JS, "default", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	lookups, passes := 0, 0
+	count := func(n *int) nats.MsgHandler {
+		return func(*nats.Msg) { mu.Lock(); *n++; mu.Unlock() }
+	}
+	for subject, n := range map[string]*int{
+		"$JS.API.STREAM.MSG.GET." + subjects.JobsStream:    &lookups,
+		"$JS.API.DIRECT.GET." + subjects.JobsStream + ".>": &lookups,
+		"$JS.API.DIRECT.GET." + subjects.JobsStream:        &lookups,
+		"$JS.API.STREAM.INFO." + subjects.HeartbeatsStream: &passes, // once per pass, before the runs are inspected
+	} {
+		sub, err := s.Bus.Conn.Subscribe(subject, count(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sub.Unsubscribe() })
+	}
+	text := "name: waiting\nstages:\n"
+	for i := range stages {
+		text += fmt.Sprintf("  - key: s%d\n    commands: [true]\n", i)
+	}
+	id := s.Submit(t, text)
+	waitFor(t, s, id, "every job recorded", func(r *wire.Run) bool {
+		for _, st := range r.Stages {
+			if st.JobSeq == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	mu.Lock()
+	from := passes
+	mu.Unlock()
+	if !Eventually(30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return passes >= from+3 }) {
+		t.Fatal("the reconcile loop made no three passes")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if lookups != 0 {
+		t.Errorf("%d job lookups over %d reconcile passes of %d waiting jobs, want 0", lookups, passes-from, stages)
 	}
 }
