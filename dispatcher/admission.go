@@ -248,7 +248,7 @@ func (d *Dispatcher) admit(ctx context.Context, token string) error {
 
 // freeSlots is how many runs a snapshot's repository may still admit.
 func freeSlots(s snapshot) int {
-	return max(0, s.Limit-len(s.Slots))
+	return max(0, s.Limit-s.Held)
 }
 
 // snapshot reads what admission decides on for one repository: its slots
@@ -257,7 +257,7 @@ func freeSlots(s snapshot) int {
 // that minimum) with every waiting run that holds a slot already (an
 // admission cut short). more says that runs beyond them wait.
 func (d *Dispatcher) snapshot(ctx context.Context, token string, want int, fresh bool) (s snapshot, more bool, err error) {
-	s = snapshot{Limit: d.wipLimit(token), Slots: map[int]string{}, Groups: map[string]string{}, MaxPending: d.cfg.MaxPending}
+	s = snapshot{Limit: d.wipLimit(token), Groups: map[string]string{}, MaxPending: d.cfg.MaxPending}
 	c, err := d.waits(ctx, token)
 	if err != nil {
 		return s, false, err
@@ -265,14 +265,13 @@ func (d *Dispatcher) snapshot(ctx context.Context, token string, want int, fresh
 	if _, any, err := c.peek(ctx); err != nil || !any {
 		return s, false, err // nobody waits: nothing to read
 	}
-	leases, err := d.repoLeases(ctx, token, fresh)
-	if err != nil {
+	slots := d.repoSlots(token, fresh)
+	var unconfirmed map[string]string
+	if err := slots(ctx, func(t *slotTable) {
+		s.heldSlots = t.slotsFor(nil, s.Limit)
+		unconfirmed = t.unconfirmedLeases()
+	}); err != nil {
 		return s, false, err
-	}
-	for k, id := range leases {
-		if slot, ok := subjects.LeaseSlot(k); ok {
-			s.Slots[slot] = id
-		}
 	}
 	want = max(want, freeSlots(s)+1)
 	seen := map[string]bool{}
@@ -332,8 +331,8 @@ func (d *Dispatcher) snapshot(ctx context.Context, token string, want int, fresh
 	// A run that holds a slot and still waits keeps its slot, wherever it
 	// is in the line. A run read admitted under its lease is not read
 	// again.
-	for k, id := range leases {
-		if seen[id] || d.leases.isConfirmed(k, id) {
+	for k, id := range unconfirmed {
+		if seen[id] {
 			continue
 		}
 		r, _, err := d.runs.brief(ctx, id)
@@ -353,6 +352,9 @@ func (d *Dispatcher) snapshot(ctx context.Context, token string, want int, fresh
 		}
 	}
 	slices.SortFunc(s.Waiting, func(a, b waiting) int { return strings.Compare(a.Wait, b.Wait) })
+	if err := slots(ctx, func(t *slotTable) { s.heldSlots = t.slotsFor(s.Waiting, s.Limit) }); err != nil {
+		return s, false, err
+	}
 	s.Depth, err = d.queueDepths(ctx, queues)
 	return s, more, err
 }

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -34,15 +35,15 @@ type leaseView struct {
 	seen, wrote uint64
 	// changed is closed and replaced whenever seen moves.
 	changed chan struct{}
-	// byRepo holds the leases by repository token: lease key → run id.
-	byRepo map[string]map[string]string
+	// byRepo holds the leases by repository token.
+	byRepo map[string]*slotTable
 	// confirmed holds the leases whose run was read admitted under them
 	// (lease key → run id): admission need not read those runs again.
 	confirmed map[string]string
 }
 
 func newLeaseView() *leaseView {
-	return &leaseView{changed: make(chan struct{}), byRepo: map[string]map[string]string{}, confirmed: map[string]string{}}
+	return &leaseView{changed: make(chan struct{}), byRepo: map[string]*slotTable{}, confirmed: map[string]string{}}
 }
 
 // apply records an entry of the watch (nil: the initial leases are all
@@ -59,14 +60,16 @@ func (v *leaseView) apply(e jetstream.KeyValueEntry) {
 			if v.confirmed[e.Key()] != string(e.Value()) {
 				delete(v.confirmed, e.Key())
 			}
+			t := v.byRepo[token]
 			if e.Operation() == jetstream.KeyValuePut {
-				if v.byRepo[token] == nil {
-					v.byRepo[token] = map[string]string{}
+				if t == nil {
+					t = newSlotTable()
+					v.byRepo[token] = t
 				}
-				v.byRepo[token][e.Key()] = string(e.Value())
-			} else if m := v.byRepo[token]; m != nil {
-				delete(m, e.Key())
-				if len(m) == 0 {
+				t.put(e.Key(), string(e.Value()), v.confirmed[e.Key()] == string(e.Value()))
+			} else if t != nil {
+				t.remove(e.Key())
+				if t.empty() {
 					delete(v.byRepo, token)
 				}
 			}
@@ -94,6 +97,9 @@ func (v *leaseView) took(rev uint64) {
 func (v *leaseView) confirm(key, id string) {
 	v.mu.Lock()
 	v.confirmed[key] = id
+	if t := v.byRepo[subjects.KeyRepoToken(key)]; t != nil {
+		t.confirm(key, id)
+	}
 	v.mu.Unlock()
 }
 
@@ -109,10 +115,20 @@ func (v *leaseView) isConfirmed(key, id string) bool {
 // dispatcher's own leases before it reads them from the bucket.
 const viewWait = time.Second
 
-// leases returns a copy of the leases of repository token, once the view
-// holds every lease this dispatcher took, and false when the view cannot
-// be used (not ready, or behind for viewWait).
+// leases returns a copy of the leases of repository token (lease key →
+// run id), once the view holds every lease this dispatcher took, and false
+// when the view cannot be used (not ready, or behind for viewWait).
 func (v *leaseView) leases(ctx context.Context, token string) (map[string]string, bool) {
+	var out map[string]string
+	ok := v.read(ctx, token, func(t *slotTable) { out = t.leases() })
+	return out, ok
+}
+
+// read calls fn with the slot table of repository token, under the view's
+// lock, once the view holds every lease this dispatcher took; it returns
+// false, without calling fn, when the view cannot be used (not ready, or
+// behind for viewWait).
+func (v *leaseView) read(ctx context.Context, token string, fn func(*slotTable)) bool {
 	deadline := time.NewTimer(viewWait)
 	defer deadline.Stop()
 	v.mu.Lock()
@@ -122,21 +138,22 @@ func (v *leaseView) leases(ctx context.Context, token string) (map[string]string
 		select {
 		case <-ch:
 		case <-deadline.C:
-			return nil, false
+			return false
 		case <-ctx.Done():
-			return nil, false
+			return false
 		}
 		v.mu.Lock()
 	}
 	defer v.mu.Unlock()
 	if !v.ready {
-		return nil, false
+		return false
 	}
-	out := make(map[string]string, len(v.byRepo[token]))
-	for k, id := range v.byRepo[token] {
-		out[k] = id
+	t := v.byRepo[token]
+	if t == nil {
+		t = newSlotTable()
 	}
-	return out, true
+	fn(t)
+	return true
 }
 
 // all returns every lease in the view (lease key → run id), and false
@@ -150,24 +167,32 @@ func (v *leaseView) all() (map[string]string, bool) {
 		return nil, false
 	}
 	out := map[string]string{}
-	for _, m := range v.byRepo {
-		for k, id := range m {
-			out[k] = id
-		}
+	for _, t := range v.byRepo {
+		maps.Copy(out, t.byKey)
 	}
 	return out, true
 }
 
-// repoLeases returns the leases of repository token: from the view,
-// unless fresh is set or the view cannot be used, then read from the
-// bucket.
-func (d *Dispatcher) repoLeases(ctx context.Context, token string, fresh bool) (map[string]string, error) {
-	if !fresh {
-		if m, ok := d.leases.leases(ctx, token); ok {
-			return m, nil
+// repoSlots returns a function that calls fn with the slot table of
+// repository token: the view's (under its lock) unless fresh is set or the
+// view cannot be used, else one read from the bucket, kept for the next
+// calls.
+func (d *Dispatcher) repoSlots(token string, fresh bool) func(ctx context.Context, fn func(*slotTable)) error {
+	var read *slotTable
+	return func(ctx context.Context, fn func(*slotTable)) error {
+		if read == nil && !fresh && d.leases.read(ctx, token, fn) {
+			return nil
 		}
+		if read == nil {
+			leases, err := d.entries(ctx, subjects.RepoLeases(token))
+			if err != nil {
+				return err
+			}
+			read = slotTableOf(leases, d.leases.isConfirmed)
+		}
+		fn(read)
+		return nil
 	}
-	return d.entries(ctx, subjects.RepoLeases(token))
 }
 
 // watchReleases keeps the lease view and, on every deletion of a lease

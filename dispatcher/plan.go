@@ -17,8 +17,9 @@ type snapshot struct {
 	Repo string
 	// Limit is the repository's WIP limit.
 	Limit int
-	// Slots maps every held slot number to the run holding it.
-	Slots map[int]string
+	// heldSlots are the repository's slots as they concern the waiting
+	// runs (slotTable.slotsFor).
+	heldSlots
 	// Groups maps every locked concurrency group to the run holding it.
 	Groups map[string]string
 	// Waiting are waiting runs, in arrival order: the first ones,
@@ -82,21 +83,9 @@ type action struct {
 // it keeps them. Slots are numbered 0..Limit-1; slots held beyond a
 // lowered limit still count against it.
 func plan(s snapshot) []action {
-	holder := map[string]int{} // run id -> the slot it holds
-	for slot, id := range s.Slots {
-		if cur, ok := holder[id]; !ok || slot < cur {
-			holder[id] = slot
-		}
-	}
-	// The free slots, lowest first, as many as the waiting runs could
-	// take: a limit of 100,000 costs what a limit of 3 does.
-	var free []int
-	for slot := 0; slot < s.Limit && len(free) < len(s.Waiting); slot++ {
-		if _, held := s.Slots[slot]; !held {
-			free = append(free, slot)
-		}
-	}
-	inFlight := len(s.Slots)
+	holder := s.Holds // run id -> the slot it holds
+	free := slices.Clone(s.Free)
+	inFlight := s.Held
 	groups := make(map[string]string, len(s.Groups))
 	for g, id := range s.Groups {
 		groups[g] = id

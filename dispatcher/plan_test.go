@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -33,15 +34,27 @@ func outcomes(acts []action) map[string]string {
 	return out
 }
 
+// withSlots fills in the snapshot's slots from held (slot → run id), as
+// the snapshot's slot table does.
+func withSlots(s snapshot, held map[int]string) snapshot {
+	t := newSlotTable()
+	for slot, id := range held {
+		t.put(subjects.LeaseKey("acme/app", slot), id, true)
+	}
+	s.heldSlots = t.slotsFor(s.Waiting, s.Limit)
+	return s
+}
+
 func TestPlan(t *testing.T) {
 	done := w("done")
 	done.Done = true
 	heavy := w("heavy")
 	heavy.Roots = map[string]int{"default": 3}
 	tests := []struct {
-		name string
-		snap snapshot
-		want map[string]string
+		name  string
+		snap  snapshot
+		slots map[int]string // held: slot → run id
+		want  map[string]string
 	}{
 		{
 			name: "free slots admit in arrival order, the rest wait on wip",
@@ -50,12 +63,14 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "held slots are skipped and counted",
-			snap: snapshot{Limit: 3, Slots: map[int]string{0: "x", 2: "y"}, Waiting: []waiting{w("a"), w("b")}},
+			snap: snapshot{Limit: 3, Waiting: []waiting{w("a"), w("b")}},
+			slots: map[int]string{0: "x", 2: "y"},
 			want: map[string]string{"a": "admit:1", "b": "wait:" + wire.PendingWIP},
 		},
 		{
 			name: "slots held beyond a lowered limit count against it",
-			snap: snapshot{Limit: 1, Slots: map[int]string{3: "x"}, Waiting: []waiting{w("a")}},
+			snap: snapshot{Limit: 1, Waiting: []waiting{w("a")}},
+			slots: map[int]string{3: "x"},
 			want: map[string]string{"a": "wait:" + wire.PendingWIP},
 		},
 		{
@@ -70,19 +85,22 @@ func TestPlan(t *testing.T) {
 		},
 		{
 			name: "a group held by a run in flight keeps the group waiting",
-			snap: snapshot{Limit: 5, Slots: map[int]string{0: "x"}, Groups: map[string]string{"g": "x"}, Waiting: []waiting{w("a", "g")}},
+			snap: snapshot{Limit: 5, Groups: map[string]string{"g": "x"}, Waiting: []waiting{w("a", "g")}},
+			slots: map[int]string{0: "x"},
 			want: map[string]string{"a": "wait:" + wire.PendingGroup},
 		},
 		{
 			// A dispatcher stopped after taking the lock and a slot for a,
 			// before admitting it: a keeps both.
 			name: "a run keeps the slot and lock of an admission cut short",
-			snap: snapshot{Limit: 2, Slots: map[int]string{1: "a"}, Groups: map[string]string{"g": "a"}, Waiting: []waiting{w("a", "g"), w("b"), w("c")}},
+			snap: snapshot{Limit: 2, Groups: map[string]string{"g": "a"}, Waiting: []waiting{w("a", "g"), w("b"), w("c")}},
+			slots: map[int]string{1: "a"},
 			want: map[string]string{"a": "admit:1", "b": "admit:0", "c": "wait:" + wire.PendingWIP},
 		},
 		{
 			name: "a run that holds a slot is admitted even when the rest are full",
-			snap: snapshot{Limit: 1, Slots: map[int]string{0: "b"}, Waiting: []waiting{w("a"), w("b")}},
+			snap: snapshot{Limit: 1, Waiting: []waiting{w("a"), w("b")}},
+			slots: map[int]string{0: "b"},
 			want: map[string]string{"a": "wait:" + wire.PendingWIP, "b": "admit:0"},
 		},
 		{
@@ -98,7 +116,7 @@ func TestPlan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := outcomes(plan(tt.snap)); !reflect.DeepEqual(got, tt.want) {
+			if got := outcomes(plan(withSlots(tt.snap, tt.slots))); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("plan = %v, want %v", got, tt.want)
 			}
 		})
@@ -111,9 +129,10 @@ func TestPlanKeepsTheLimits(t *testing.T) {
 	groups := []string{"", "g", "h"}
 	for limit := 1; limit <= 3; limit++ {
 		for held := 0; held <= limit; held++ {
-			snap := snapshot{Limit: limit, Slots: map[int]string{}, Groups: map[string]string{}}
+			snap := snapshot{Limit: limit, Groups: map[string]string{}}
+			heldBy := map[int]string{}
 			for i := range held {
-				snap.Slots[i] = "held" + string(rune('0'+i))
+				heldBy[i] = "held" + string(rune('0'+i))
 			}
 			if held > 0 {
 				snap.Groups["g"] = "held0"
@@ -121,7 +140,7 @@ func TestPlanKeepsTheLimits(t *testing.T) {
 			for i := range 7 {
 				snap.Waiting = append(snap.Waiting, w("r"+string(rune('0'+i)), groups[i%3]))
 			}
-			acts := plan(snap)
+			acts := plan(withSlots(snap, heldBy))
 			inFlight, slots, groupsTaken := held, map[int]bool{}, map[string]string{}
 			for g, id := range snap.Groups {
 				groupsTaken[g] = id
