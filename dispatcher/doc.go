@@ -88,11 +88,15 @@
 //     died half-way. A job whose message is recorded (StageRun.JobSeq) is
 //     never published again: past the stream's 2-minute Nats-Msg-Id
 //     window a second publish would be a second copy.
-//   - The reconcile loop walks every lease (every admitted live run),
-//     looking at the dispatcher's cached copy of a run that was read or
-//     written within staleAfter and reading it fresh only when the copy
-//     shows something to repair, or when nothing touched it for longer:
-//     it publishes a queued stage's job that was never recorded as
+//   - The reconcile loop walks every lease (every admitted live run, from
+//     the lease view), looking at the dispatcher's copy of a run and
+//     reading it fresh only when the copy shows something to repair, or
+//     is from before the run's admission, or nothing touched it for
+//     staleAfter and its run document moved since (one read). A pass costs
+//     what the fleet runs, not what waits: a job is looked up only once
+//     its consumer delivered it (jobIndex); a job not delivered yet is
+//     still stored, or gone when its consumer has none pending. It
+//     publishes a queued stage's job that was never recorded as
 //     published (a dispatcher died between writing the run and
 //     publishing, in admission, a handler, the dead-letter path or the
 //     reconcile loop itself), finishes a stage from its stored finished
