@@ -2,9 +2,8 @@ package pipeline
 
 import (
 	"encoding/json"
-	"math"
-	"strconv"
-	"strings"
+
+	"github.com/weft-ci/weft/internal/bytesize"
 )
 
 // Limits of a pipeline. Parse refuses a pipeline over any of them, so weft
@@ -70,19 +69,5 @@ func envSize(pl *Pipeline, st *Stage) int {
 	return n
 }
 
-// formatSize renders a byte count in KiB or MiB with one decimal, rounded
-// up, so that a size over a limit never reads as the limit.
-func formatSize(n int) string {
-	var unit string
-	var div float64
-	switch {
-	case n >= 1<<20:
-		unit, div = "MiB", 1<<20
-	case n >= 1<<10:
-		unit, div = "KiB", 1<<10
-	default:
-		return strconv.Itoa(n) + " bytes"
-	}
-	s := strconv.FormatFloat(math.Ceil(float64(n)/div*10)/10, 'f', 1, 64)
-	return strings.TrimSuffix(s, ".0") + " " + unit
-}
+// formatSize renders a byte count as the limits' errors state it.
+func formatSize(n int) string { return bytesize.Format(int64(n)) }

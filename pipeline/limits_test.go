@@ -99,24 +99,3 @@ func TestParseSizeLimitIsReportedWithTheOtherProblems(t *testing.T) {
 		t.Fatalf("Parse = %v, want the unknown field and the size limit", err)
 	}
 }
-
-func TestFormatSize(t *testing.T) {
-	tests := []struct {
-		n    int
-		want string
-	}{
-		{0, "0 bytes"},
-		{1023, "1023 bytes"},
-		{1024, "1 KiB"},
-		{MaxFileSize, "512 KiB"},
-		{MaxFileSize + 1, "512.1 KiB"},
-		{1536, "1.5 KiB"},
-		{1 << 20, "1 MiB"},
-		{2_726_297, "2.6 MiB"},
-	}
-	for _, tt := range tests {
-		if got := formatSize(tt.n); got != tt.want {
-			t.Errorf("formatSize(%d) = %q, want %q", tt.n, got, tt.want)
-		}
-	}
-}

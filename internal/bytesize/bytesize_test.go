@@ -1,0 +1,27 @@
+package bytesize
+
+import "testing"
+
+func TestFormat(t *testing.T) {
+	tests := []struct {
+		n    int64
+		want string
+	}{
+		{0, "0 bytes"},
+		{1023, "1023 bytes"},
+		{1024, "1 KiB"},
+		{512 << 10, "512 KiB"},
+		{512<<10 + 1, "512.1 KiB"},
+		{1536, "1.5 KiB"},
+		{1 << 20, "1 MiB"},
+		{2_726_297, "2.6 MiB"},
+		{5 << 30, "5 GiB"},
+		{5<<30 + 1, "5.1 GiB"},
+		{3 << 40, "3 TiB"},
+	}
+	for _, tt := range tests {
+		if got := Format(tt.n); got != tt.want {
+			t.Errorf("Format(%d) = %q, want %q", tt.n, got, tt.want)
+		}
+	}
+}
