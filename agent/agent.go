@@ -16,6 +16,7 @@ import (
 
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
+	"github.com/weft-ci/weft/objectstore"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 )
@@ -71,6 +72,9 @@ type Config struct {
 	// Containerd configures the containerd executor; its KillGrace
 	// defaults to KillGrace.
 	Containerd container.Config
+	// ArtifactLimits bound the artifacts the agent stores; zero fields
+	// are objectstore's defaults.
+	ArtifactLimits objectstore.Limits
 	// Logger receives the agent's logs (not the stages' output).
 	Logger zerolog.Logger
 }
@@ -95,6 +99,9 @@ type Agent struct {
 	// events is the events stream, read for the stored finish of a
 	// redelivered job. Set by Run before any job starts.
 	events jetstream.Stream
+
+	storeMu sync.Mutex         // guards store
+	store   *objectstore.Store // the artifact store, opened at first use
 
 	busy    atomic.Int32  // jobs held now (see Busy)
 	changed chan struct{} // signalled when busy changes

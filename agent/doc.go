@@ -17,6 +17,16 @@
 //     sends SIGTERM to the group and SIGKILL after Config.KillGrace, and
 //     whatever the stage left running in the background is killed when the
 //     script exits.
+//   - Artifacts (artifacts.go): the artifacts of the stages a job depends
+//     on, directly or not, are restored into its workspace before its
+//     first command (the job names their finished events, Job.Restore),
+//     through an os.Root of the workspace so no path or symlink writes
+//     outside it. After the commands succeed the stage's patterns are
+//     matched (doublestar, following symlinks so that one leading out is
+//     seen and refused), every size is checked against the limits before
+//     anything is stored, and the list is sent in the finished event. A
+//     refusal (a path, a size) fails the stage with category artifact; a
+//     store that cannot be reached is an infrastructure failure, retried.
 //   - A stage's stdout and stderr share one pipe, as on a terminal, so its
 //     log keeps the order in which lines were written.
 //   - The host environment is Config.Env (the agent's own, from the CLI)

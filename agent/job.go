@@ -53,6 +53,9 @@ type job struct {
 	// follow the finish, which must stay the stage's last stored event.
 	ended bool
 	endMu sync.Mutex // guards ended; held while a heartbeat event is published
+	// artifacts are what the attempt stored after its commands succeeded;
+	// set before the attempt concludes, read by report.
+	artifacts []wire.Artifact
 }
 
 // safeUntil is until when the job is surely this delivery's: two thirds
@@ -242,7 +245,20 @@ func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) 
 			j.startedAck.Store(&f)
 		}
 	}
-	res := ex.run(runCtx, execSpec{job: &j.Job, delivery: j.delivered, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
+	note := func(line string) { logs.write(streamSystem, line) }
+	var res result
+	if err := a.restoreArtifacts(runCtx, j, dir, note); err != nil {
+		res = artifactFailure("restore artifacts", err)
+	} else {
+		res = ex.run(runCtx, execSpec{job: &j.Job, delivery: j.delivered, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
+	}
+	if res.exitCode == 0 && res.category == wire.CategoryNone {
+		arts, err := a.storeArtifacts(runCtx, j, dir, note)
+		if err != nil {
+			res = artifactFailure("store artifacts", err)
+		}
+		j.artifacts = arts
+	}
 	c := conclude(res, context.Cause(runCtx), ctx.Err() != nil, j.delivered, j.limits.maxDeliver, j.Stage.Timeout)
 	if c.ending == retry {
 		logs.write(streamSystem, fmt.Sprintf("weft: %s; retrying in %s (delivery %d of %d)", res.message, c.delay, j.delivered, j.limits.maxDeliver))
@@ -348,6 +364,9 @@ func (a *Agent) report(ctx context.Context, j *job, res result, logSeq uint64) {
 	}
 	ev := a.event(j, wire.Finished, time.Now())
 	ev.ExitCode, ev.Category, ev.Message, ev.LogSeq = res.exitCode, res.category, res.message, logSeq
+	if ev.Category == wire.CategoryNone && ev.ExitCode == 0 {
+		ev.Artifacts = j.artifacts
+	}
 	// The finish must be stored while the job is surely this delivery's:
 	// a finish stored after another delivery took the job over would be a
 	// second result. Past that the job is left to be redelivered.

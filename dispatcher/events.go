@@ -41,6 +41,9 @@ func (d *Dispatcher) decodeEvent(msg jetstream.Msg) (wire.Event, bool) {
 		d.log.Error().Err(err).Str("subject", msg.Subject()).Msg("dropping malformed event")
 		return ev, false
 	}
+	if meta, err := msg.Metadata(); err == nil {
+		ev.Seq = meta.Sequence.Stream
+	}
 	return ev, true
 }
 

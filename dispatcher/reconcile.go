@@ -180,6 +180,7 @@ func lastFinished(ctx context.Context, events jetstream.Stream, runID string, s 
 	if json.Unmarshal(m.Data, &ev) != nil || ev.Type != wire.Finished || ev.Attempt < s.Attempt || (ev.Job != 0 && ev.Job != s.Job) {
 		return wire.Event{}, time.Time{}, false
 	}
+	ev.Seq = m.Sequence
 	return ev, m.Time, true
 }
 

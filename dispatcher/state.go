@@ -165,6 +165,7 @@ func queueAttempt(s *wire.StageRun, now time.Time) {
 	s.Attempt++
 	s.Job = s.Attempt
 	s.Agent, s.ExitCode, s.Category, s.Message, s.LogSeq, s.JobSeq, s.Cancelling = "", -1, wire.CategoryNone, "", 0, 0, false
+	s.ArtifactsSeq, s.ArtifactBytes = 0, 0
 	s.Queued, s.Started, s.Finished, s.NotBefore = now, time.Time{}, time.Time{}, time.Time{}
 }
 
@@ -270,6 +271,12 @@ func apply(r *wire.Run, ev wire.Event, now time.Time) verdict {
 		switch {
 		case ev.Category == wire.CategoryNone && ev.ExitCode == 0:
 			s.State = wire.StageSucceeded
+			if len(ev.Artifacts) > 0 {
+				s.ArtifactsSeq, s.ArtifactBytes = ev.Seq, 0
+				for _, a := range ev.Artifacts {
+					s.ArtifactBytes += a.Size
+				}
+			}
 		case ev.Category == wire.CategoryCancelled:
 			s.State = wire.StageCancelled
 		case r.CancelReason == "" && retryable(r.Pipeline.Stage(s.Key), s, ev):
@@ -345,15 +352,25 @@ func queuedJobs(r *wire.Run, keys []string) []wire.Job {
 	for _, key := range keys {
 		s := r.Stage(key)
 		st := r.Pipeline.Stage(key)
+		var restore []wire.ArtifactSource
+		var stored int64 // what the restored artifacts take
+		for _, i := range r.Pipeline.Ancestors(r.Pipeline.Index(key)) {
+			if dep := r.Stage(r.Pipeline.Stages[i].Key); dep != nil && dep.ArtifactsSeq != 0 {
+				restore = append(restore, wire.ArtifactSource{Stage: dep.Key, Seq: dep.ArtifactsSeq})
+				stored += dep.ArtifactBytes
+			}
+		}
 		jobs = append(jobs, wire.Job{
-			RunID:     r.ID,
-			Pipeline:  r.Pipeline.Name,
-			Attempt:   s.Attempt,
-			Job:       s.Job,
-			Tier:      r.Tier,
-			Stage:     *st,
-			Env:       wire.JobEnv(r.Pipeline, st, r.ID, r.Branch, r.Commit, s.Attempt),
-			NotBefore: s.NotBefore,
+			Restore:       restore,
+			ArtifactBytes: stored,
+			RunID:         r.ID,
+			Pipeline:      r.Pipeline.Name,
+			Attempt:       s.Attempt,
+			Job:           s.Job,
+			Tier:          r.Tier,
+			Stage:         *st,
+			Env:           wire.JobEnv(r.Pipeline, st, r.ID, r.Branch, r.Commit, s.Attempt),
+			NotBefore:     s.NotBefore,
 		})
 	}
 	return jobs

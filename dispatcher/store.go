@@ -183,7 +183,8 @@ const maxRounds = 32
 // changes through Run.Stage or Run.Edit. It must be idempotent (see
 // store): it may run several times, on documents some of its earlier
 // effects were written to. The run returned is a copy of the run
-// document with, as its Stages, only the stages the update queued.
+// document with, as its Stages, only the stages the update queued and
+// the stages they restore artifacts from.
 func (s *store) update(ctx context.Context, id string, scope []string, change func(*wire.Run) bool) (*wire.Run, wrote, error) {
 	var w wrote
 	unlock := s.locks.lock(id)
@@ -306,8 +307,19 @@ func (s *store) update(ctx context.Context, id string, scope []string, change fu
 	w.queued = slices.Compact(w.queued)
 	after := *v.run
 	after.Stages = make([]wire.StageRun, 0, len(w.queued))
+	var holders []int // the stages the queued ones restore artifacts from
 	for _, key := range w.queued {
-		after.Stages = append(after.Stages, v.run.Stages[v.run.Pipeline.Index(key)])
+		i := v.run.Pipeline.Index(key)
+		after.Stages = append(after.Stages, v.run.Stages[i])
+		for _, a := range v.run.Pipeline.Ancestors(i) {
+			if v.run.Stages[a].ArtifactsSeq != 0 {
+				holders = append(holders, a)
+			}
+		}
+	}
+	slices.Sort(holders)
+	for _, a := range slices.Compact(holders) {
+		after.Stages = append(after.Stages, v.run.Stages[a])
 	}
 	return &after, w, nil
 }

@@ -12,8 +12,8 @@
 //   - A stage that runs again (a retry, a takeover) replaces its
 //     artifacts: the run's record names those of the attempt that
 //     succeeded.
-//   - Limits: DefaultMaxFile per file and DefaultMaxRun per run, both
-//     configurable (Limits). An artifact over a limit is refused naming
+//   - Limits: DefaultMaxFile per file and DefaultMaxRun per run (what
+//     a stage stores with what it restored), both configurable (Limits). An artifact over a limit is refused naming
 //     the file, its size and the limit; one whose size is not known in
 //     advance is refused as soon as it streams past the limit, and what it
 //     had stored is purged.
@@ -43,7 +43,8 @@ import (
 const (
 	// DefaultMaxFile bounds one artifact: 5 GiB.
 	DefaultMaxFile int64 = 5 << 30
-	// DefaultMaxRun bounds the artifacts of one run together: 20 GiB.
+	// DefaultMaxRun bounds what a stage stores with the artifacts it
+	// restored: 20 GiB.
 	DefaultMaxRun int64 = 20 << 30
 )
 
@@ -51,8 +52,9 @@ const (
 type Limits struct {
 	// File bounds one artifact, in bytes (DefaultMaxFile).
 	File int64
-	// Run bounds the artifacts of one run together, in bytes
-	// (DefaultMaxRun).
+	// Run bounds, in bytes, what one stage stores together with the
+	// artifacts it restored, those of the stages it depends on: what one
+	// workspace gathers of a run (DefaultMaxRun).
 	Run int64
 }
 

@@ -212,6 +212,29 @@ func (p *Pipeline) Deps(i int) []int {
 	return p.deps[i]
 }
 
+// Ancestors returns the positions in Stages of the stages the stage at
+// position i depends on, directly or not, in file order.
+func (p *Pipeline) Ancestors(i int) []int {
+	seen := make([]bool, len(p.Stages))
+	stack := slices.Clone(p.Deps(i))
+	for len(stack) > 0 {
+		j := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[j] {
+			continue
+		}
+		seen[j] = true
+		stack = append(stack, p.Deps(j)...)
+	}
+	var out []int
+	for j, ok := range seen {
+		if ok {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
 // Dependents returns the positions in Stages of the stages that depend
 // directly on the stage at position i.
 func (p *Pipeline) Dependents(i int) []int {

@@ -169,6 +169,11 @@ type StageRun struct {
 	// JobSeq is the jobs stream sequence of the stage's job message, so
 	// the reconcile loop can tell a job that is gone.
 	JobSeq uint64 `json:"job_seq,omitempty"`
+	// ArtifactsSeq is the events stream sequence of the finished event
+	// that lists the artifacts the stage stored; 0 for none.
+	ArtifactsSeq uint64 `json:"artifacts_seq,omitempty"`
+	// ArtifactBytes is their total size.
+	ArtifactBytes int64 `json:"artifact_bytes,omitempty"`
 	// NotBefore is when a retry may start (backoff); zero for no wait.
 	NotBefore time.Time `json:"not_before,omitzero"`
 	// Queued, Started and Finished time the current attempt. Heartbeats

@@ -87,6 +87,13 @@ type Job struct {
 	// NotBefore is when the job may start (a retry's backoff); an agent
 	// that gets it earlier hands it back with that delay.
 	NotBefore time.Time `json:"not_before,omitzero"`
+	// Restore are the artifacts of the stages this one depends on,
+	// directly or not, restored into its workspace before its first
+	// command.
+	Restore []ArtifactSource `json:"restore,omitempty"`
+	// ArtifactBytes is what the artifacts in Restore take: the per-run
+	// limit bounds them with what the stage stores.
+	ArtifactBytes int64 `json:"artifact_bytes,omitempty"`
 }
 
 // JobEnv returns the environment of a stage attempt: the pipeline's env,
@@ -147,6 +154,9 @@ const (
 	// CategoryDeadLetter: the stage's job exhausted its deliveries (its
 	// agents kept dying) and was moved to the dead-letter stream.
 	CategoryDeadLetter Category = "dead_letter"
+	// CategoryArtifact: the stage's commands succeeded but its artifacts
+	// were refused (a path leaving the workspace, a size over a limit).
+	CategoryArtifact Category = "artifact"
 )
 
 // Event is a lifecycle event of a stage or a run.
@@ -175,6 +185,30 @@ type Event struct {
 	// LogSeq is the stream sequence of the attempt's last log batch
 	// (Finished); 0 when it wrote nothing.
 	LogSeq uint64 `json:"log_seq,omitempty"`
+	// Artifacts are the files a succeeded attempt stored (Finished), in
+	// path order.
+	Artifacts []Artifact `json:"artifacts,omitempty"`
+	// Seq is the events stream sequence the event was stored at, set by
+	// its reader; never sent.
+	Seq uint64 `json:"-"`
+}
+
+// Artifact is a file a stage stored in the artifact bucket (package
+// objectstore), as its finished event lists it.
+type Artifact struct {
+	// Path is relative to the stage's workspace, slash-separated.
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+	// SHA256 is the hex SHA-256 digest of its content.
+	SHA256 string `json:"sha256"`
+}
+
+// ArtifactSource names the artifacts of an earlier stage of the run that
+// a job restores: those listed by the stage's finished event stored at
+// sequence Seq of the events stream.
+type ArtifactSource struct {
+	Stage string `json:"stage"`
+	Seq   uint64 `json:"seq"`
 }
 
 // LogBatch is a batch of output lines of one stage attempt, published on

@@ -3,6 +3,7 @@
 package bytesize
 
 import (
+	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -22,4 +23,30 @@ func Format(n int64) string {
 	}
 	s := strconv.FormatFloat(math.Ceil(float64(n)/div*10)/10, 'f', 1, 64)
 	return strings.TrimSuffix(s, ".0") + " " + units[i]
+}
+
+// Parse reads a size: a number of bytes, or a number with a binary unit
+// (KiB, MiB, GiB, TiB; K, M, G, T and KB, MB, GB, TB are read as the same
+// binary units), as in 5GiB or 512 KiB.
+func Parse(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.TrimSpace(t[i:])
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("size %q: want a number of bytes, or one with a unit (KiB, MiB, GiB, TiB)", s)
+	}
+	shift := map[string]uint{"": 0, "B": 0, "K": 10, "KB": 10, "KIB": 10, "M": 20, "MB": 20, "MIB": 20, "G": 30, "GB": 30, "GIB": 30, "T": 40, "TB": 40, "TIB": 40}
+	sh, ok := shift[strings.ToUpper(unit)]
+	if !ok {
+		return 0, fmt.Errorf("size %q: unknown unit %q (want KiB, MiB, GiB or TiB)", s, unit)
+	}
+	n := v * float64(int64(1)<<sh)
+	if n > math.MaxInt64/2 {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	return int64(math.Ceil(n)), nil
 }

@@ -25,3 +25,16 @@ func TestFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestParse(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "512": 512, "1KiB": 1 << 10, "5 GiB": 5 << 30, "1.5M": 3 << 19, "2gb": 2 << 30, "1TiB": 1 << 40} {
+		if got, err := Parse(in); err != nil || got != want {
+			t.Errorf("Parse(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "-1", "5 parsecs", "1e400"} {
+		if _, err := Parse(in); err == nil {
+			t.Errorf("Parse(%q) succeeded", in)
+		}
+	}
+}
