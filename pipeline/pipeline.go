@@ -215,8 +215,12 @@ func (p *Pipeline) Deps(i int) []int {
 // Ancestors returns the positions in Stages of the stages the stage at
 // position i depends on, directly or not, in file order.
 func (p *Pipeline) Ancestors(i int) []int {
+	deps := p.Deps(i)
+	if len(deps) == 0 {
+		return nil
+	}
 	seen := make([]bool, len(p.Stages))
-	stack := slices.Clone(p.Deps(i))
+	stack := slices.Clone(deps)
 	for len(stack) > 0 {
 		j := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
