@@ -61,6 +61,14 @@ const (
 	DedupBucket = "weft_dedup"
 	// AgentsBucket is the agent registry; entries expire unless renewed.
 	AgentsBucket = "weft_agents"
+	// KeysBucket holds the fleet's keys: the artifact URL signing keys
+	// (ArtifactURLKey, ArtifactURLPreviousKey).
+	KeysBucket = "weft_keys"
+	// ArtifactURLKey is the current signing key of artifact download
+	// URLs in KeysBucket; ArtifactURLPreviousKey the one it replaced,
+	// still accepted.
+	ArtifactURLKey         = "artifact-url.current"
+	ArtifactURLPreviousKey = "artifact-url.previous"
 	// ArtifactsBucket is the object store for stage artifacts.
 	ArtifactsBucket = "weft_artifacts"
 )
@@ -486,6 +494,7 @@ func Buckets(keep time.Duration) []Bucket {
 		{Name: WIPBucket, Description: "weft admission: lease.<repo>.<slot> WIP leases, group.<repo>.<group> concurrency locks, pause.<queue>, stats.<name>", History: 1, PerKeyTTL: time.Minute},
 		{Name: DedupBucket, Description: "weft trigger dedup keys and outcomes", History: 1, PerKeyTTL: time.Minute},
 		{Name: AgentsBucket, Description: "weft agent registry: one key per agent id, renewed while it runs", History: 1, TTL: AgentTTL},
+		{Name: KeysBucket, Description: "weft keys: artifact-url.current and .previous sign artifact download URLs", History: 1},
 	}
 }
 
