@@ -1,18 +1,22 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weft-ci/weft/agent"
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/objectstore"
 	"github.com/weft-ci/weft/subjects"
@@ -217,5 +221,88 @@ func TestArtifactsCommandsListAndDownload(t *testing.T) {
 	escape := RunWeft(t, weftBin, dir, nil, "artifacts", "get", "--server", url, r.ID, "build", "../etc/passwd")
 	if escape.Code != 2 || !strings.Contains(escape.Stderr, "leaves the workspace") {
 		t.Errorf("get of ../etc/passwd = %d %q, want exit 2", escape.Code, escape.Stderr)
+	}
+}
+
+// On a fleet of processes: a stage's artifact reaches a dependent stage
+// on a second agent process; weft artifacts get returns its bytes, and a
+// signed URL from weft artifacts url, served by weft server --http, the
+// same; the URL tampered with is refused.
+func TestArtifactsOnAFleetAndTheirSignedURL(t *testing.T) {
+	t.Parallel()
+	srv := startWeft(t, nil, "server", "--state", t.TempDir(), "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0")
+	line := srv.waitLine(t, &srv.stderr, 30*time.Second, "the server's URL", func(l string) bool { return strings.Contains(l, "listening on ") })
+	url := strings.Fields(strings.SplitN(line, "listening on ", 2)[1])[0]
+	line = srv.waitLine(t, &srv.stderr, 30*time.Second, "the download address", func(l string) bool { return strings.Contains(l, "artifact downloads on ") })
+	base := strings.TrimSuffix(strings.Fields(strings.SplitN(line, "artifact downloads on ", 2)[1])[0], "/artifacts/")
+	startWeft(t, nil, "dispatcher", "--server", url)
+	startWeft(t, nil, "agent", "--join", url, "--executor", "process", "--queue", "default")
+	startWeft(t, nil, "agent", "--join", url, "--executor", "process", "--queue", "second")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "p.yml")
+	if err := os.WriteFile(file, []byte(`name: fleet-artifacts
+stages:
+  - key: build
+    commands: [mkdir -p bin, head -c 150000 /dev/urandom > bin/app]
+    artifacts: [bin/app]
+  - key: package
+    queue: second
+    depends_on: [build]
+    commands: [sha256sum bin/app | cut -d' ' -f1 > app.sum]
+    artifacts: [app.sum]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	trig := RunWeft(t, weftBin, dir, nil, "trigger", "--server", url, "--repo", "acme/app", "--json", file)
+	var out struct {
+		RunID string `json:"run_id"`
+	}
+	if err := json.Unmarshal([]byte(trig.Stdout), &out); trig.Code != 0 || err != nil {
+		t.Fatalf("weft trigger --json = %d %q %q: %v", trig.Code, trig.Stdout, trig.Stderr, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := bus.Open(ctx, bus.Config{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	r, _ := (&Stack{Bus: b, t: t}).Wait(t, out.RunID)
+	if r.State != wire.RunSucceeded {
+		t.Fatalf("run %s: %+v", r.State, r.Stages)
+	}
+	if got := RunWeft(t, weftBin, dir, nil, "artifacts", "get", "--server", url, r.ID, "build", "bin/app", "-o", "app"); got.Code != 0 {
+		t.Fatalf("weft artifacts get = %d: %s", got.Code, got.Stderr)
+	}
+	got := RunWeft(t, weftBin, dir, nil, "artifacts", "get", "--server", url, r.ID, "package", "app.sum", "-o", "-")
+	app, err := os.ReadFile(filepath.Join(dir, "app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(app)
+	if strings.TrimSpace(got.Stdout) != hex.EncodeToString(sum[:]) {
+		t.Fatalf("the package stage on the second agent read a bin/app with sha256 %q; the artifact's is %x", got.Stdout, sum)
+	}
+	signed := RunWeft(t, weftBin, dir, nil, "artifacts", "url", "--server", url, "--base", base, "--expires", "1m", r.ID, "build", "bin/app")
+	if signed.Code != 0 {
+		t.Fatalf("weft artifacts url = %d: %s", signed.Code, signed.Stderr)
+	}
+	u := strings.TrimSpace(signed.Stdout)
+	res, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || !bytes.Equal(body, app) || res.Header.Get("X-Weft-SHA256") != hex.EncodeToString(sum[:]) {
+		t.Fatalf("GET the signed URL: %d, %d bytes (equal %t)", res.StatusCode, len(body), bytes.Equal(body, app))
+	}
+	res, err = http.Get(strings.Replace(u, "bin/app", "bin/ap", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 403 {
+		t.Errorf("GET a tampered URL: %d, want 403", res.StatusCode)
 	}
 }

@@ -1,18 +1,23 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path"
 	"path/filepath"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/internal/bytesize"
 	"github.com/weft-ci/weft/objectstore"
@@ -153,8 +158,139 @@ mismatch nothing is left and get exits 1.
 	}
 	getFleet.add(get)
 	get.Flags().StringVarP(&out, "output", "o", "", "file to write (default the artifact's base name; - is stdout)")
-	cmd.AddCommand(ls, get)
+
+	var (
+		urlFleet fleetFlags
+		base     string
+		expires  time.Duration
+	)
+	sign := &cobra.Command{
+		Use:   "url RUN STAGE PATH",
+		Short: "Print a signed, time-limited download URL of an artifact",
+		Long: `url prints a download URL of an artifact of a run's stage, served by
+weft server --http at --base and valid for --expires: anyone holding it can
+download the artifact until then, nobody can change what it names. It is
+signed with the fleet's key (KV weft_keys, made on first use); weft
+artifacts rotate-key replaces the key, and URLs of the key before the
+replaced one stop working.
+
+` + exitCodesHelp,
+		Example: "  weft artifacts url --server nats://ci:4222 --base http://ci:8080 01JABCDEF... build bin/app --expires 10m",
+		Args:    usageArgs(cobra.ExactArgs(3)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			run, stage, p := args[0], args[1], args[2]
+			if base == "" {
+				return withCode(exitUsage, errors.New("--base (or WEFT_HTTP) is required: the address weft server --http serves"))
+			}
+			if expires <= 0 {
+				return withCode(exitUsage, fmt.Errorf("--expires %s: want a positive duration", expires))
+			}
+			if _, err := objectstore.Name(run, stage, p); err != nil {
+				return withCode(exitUsage, err)
+			}
+			b, err := urlFleet.open(cmd.Context(), g, "weft artifacts url")
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			store, err := objectstore.Open(cmd.Context(), b.JS, objectstore.Limits{})
+			if err != nil {
+				return withCode(exitInfra, err)
+			}
+			a, err := store.Stat(cmd.Context(), run, stage, p)
+			if errors.Is(err, objectstore.ErrNotFound) {
+				return withCode(exitUsage, fmt.Errorf("run %s stage %s: no artifact %s (weft artifacts ls lists them)", run, stage, p))
+			}
+			if err != nil {
+				return withCode(exitInfra, err)
+			}
+			keys, err := objectstore.OpenKeys(cmd.Context(), b.JS)
+			if err != nil {
+				return withCode(exitInfra, err)
+			}
+			key, err := keys.Current(cmd.Context())
+			if err != nil {
+				return withCode(exitInfra, err)
+			}
+			u, err := objectstore.SignURL(key, base, a, time.Now().Add(expires))
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			fmt.Fprintln(g.stdout, u)
+			return nil
+		},
+	}
+	urlFleet.add(sign)
+	sign.Flags().StringVar(&base, "base", os.Getenv("WEFT_HTTP"), "address of weft server --http, e.g. http://ci:8080 (env WEFT_HTTP)")
+	sign.Flags().DurationVar(&expires, "expires", 10*time.Minute, "how long the URL is valid")
+
+	var rotFleet fleetFlags
+	rotate := &cobra.Command{
+		Use:   "rotate-key",
+		Short: "Replace the key that signs artifact URLs",
+		Long: `rotate-key makes a new signing key for artifact URLs. URLs signed with the
+key it replaces keep working until the next rotation; older ones get 403.
+
+` + exitCodesHelp,
+		Example: "  weft artifacts rotate-key --server nats://ci:4222",
+		Args:    usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b, err := rotFleet.open(cmd.Context(), g, "weft artifacts rotate-key")
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			keys, err := objectstore.OpenKeys(cmd.Context(), b.JS)
+			if err != nil {
+				return withCode(exitInfra, err)
+			}
+			key, err := keys.Rotate(cmd.Context())
+			if err != nil {
+				return withCode(exitInfra, err)
+			}
+			fmt.Fprintf(g.stdout, "weft: artifact URLs are signed with key %s\n", key.ID)
+			return nil
+		},
+	}
+	rotFleet.add(rotate)
+	cmd.AddCommand(ls, get, sign, rotate)
 	return cmd
+}
+
+// serveArtifacts serves signed artifact downloads on addr until ctx ends
+// or stop is called, which waits for the server to shut down.
+func serveArtifacts(ctx context.Context, g *globals, b *bus.Bus, addr string, keep time.Duration) (stop func(), err error) {
+	store, err := objectstore.Open(ctx, b.JS, objectstore.Limits{})
+	if err != nil {
+		return nil, withCode(exitInfra, err)
+	}
+	keys, err := objectstore.OpenKeys(ctx, b.JS)
+	if err != nil {
+		return nil, withCode(exitInfra, err)
+	}
+	if keep, err = bus.Retention(ctx, b.JS, keep); err != nil {
+		return nil, withCode(exitInfra, err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, withCode(exitUsage, fmt.Errorf("--http %s: %w", addr, err))
+	}
+	mux := http.NewServeMux()
+	mux.Handle(objectstore.URLPrefix, objectstore.Handler(store, keys, keep, time.Now))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			fmt.Fprintf(g.stderr, "weft: artifact downloads: %v\n", err)
+		}
+	})
+	fmt.Fprintf(g.stderr, "weft: artifact downloads on http://%s%s\n", ln.Addr(), objectstore.URLPrefix)
+	return func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		wg.Wait()
+	}, nil
 }
 
 // digestOrInfra is the exit of a failed artifact read: 1 when its digest

@@ -19,9 +19,9 @@ import (
 
 func serverCommand(g *globals) *cobra.Command {
 	var (
-		state, listen string
-		syncAlways    bool
-		keep          time.Duration
+		state, listen, httpAddr string
+		syncAlways              bool
+		keep                    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -54,6 +54,13 @@ jobs/s); a 3-node cluster is the answer for a fleet.
 				return withCode(exitInfra, err)
 			}
 			fmt.Fprintf(g.stderr, "weft: nats server listening on %s (state in %s)\n", b.ClientURL(), state)
+			if httpAddr != "" {
+				stop, err := serveArtifacts(ctx, g, b, httpAddr, keep)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			<-ctx.Done()
 			fmt.Fprintln(g.stderr, "weft: server stopping")
 			return nil
@@ -63,6 +70,7 @@ jobs/s); a 3-node cluster is the answer for a fleet.
 	f.StringVar(&state, "state", envOr("WEFT_STATE", "weft-state"), "directory of the JetStream state (env WEFT_STATE)")
 	f.StringVar(&listen, "listen", envOr("WEFT_LISTEN", "127.0.0.1:4222"), "client address; port 0 picks a free one (env WEFT_LISTEN)")
 	f.BoolVar(&syncAlways, "sync-always", false, "fsync every write (see Durability)")
+	f.StringVar(&httpAddr, "http", os.Getenv("WEFT_HTTP_LISTEN"), "serve signed artifact downloads (weft artifacts url) on this address, e.g. 127.0.0.1:8080; port 0 picks a free one (env WEFT_HTTP_LISTEN)")
 	f.DurationVar(&keep, "retention", 0, "how long runs, events, logs, dead letters and artifacts are kept (see Retention); 0 keeps what the streams have, 720h (30 days) for new ones")
 	return cmd
 }
