@@ -26,8 +26,44 @@ import (
 const MaxArtifactsPerStage = 500
 
 // progressEvery is the least size of a file whose upload or restore is
-// noted in the stage's log, with its rate.
-const progressEvery = 4 << 20
+// noted in the stage's log, with its rate; progressInterval how often a
+// transfer in progress is.
+const (
+	progressEvery    = 4 << 20
+	progressInterval = 2 * time.Second
+)
+
+// progressReader notes how far a transfer of total bytes got, at most
+// every interval.
+type progressReader struct {
+	r        io.Reader
+	what     string // "storing bin/app"
+	total    int64
+	interval time.Duration
+	note     func(string)
+	start    time.Time
+	last     time.Time
+	n        int64
+}
+
+func newProgressReader(r io.Reader, what string, total int64, note func(string)) io.Reader {
+	if total < progressEvery {
+		return r
+	}
+	now := time.Now()
+	return &progressReader{r: r, what: what, total: total, interval: progressInterval, note: note, start: now, last: now}
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.n += int64(n)
+	if now := time.Now(); now.Sub(p.last) >= p.interval && p.n < p.total {
+		p.last = now
+		p.note(fmt.Sprintf("weft: %s: %s of %s, %s/s", p.what, bytesize.Format(p.n), bytesize.Format(p.total),
+			bytesize.Format(int64(float64(p.n)/max(now.Sub(p.start).Seconds(), 1e-3)))))
+	}
+	return n, err
+}
 
 // errArtifact marks an artifact refusal the pipeline is to blame for (a
 // path, a size): the stage fails, and retrying would refuse again.
@@ -107,7 +143,7 @@ func restoreOne(ctx context.Context, store *objectstore.Store, root *os.Root, ru
 		return fmt.Errorf("restore artifact %s of stage %s: %w", p, stage, err)
 	}
 	t0 := time.Now()
-	_, err = io.Copy(f, r)
+	_, err = io.Copy(f, newProgressReader(r, fmt.Sprintf("restoring %s of stage %s", p, stage), art.Size, note))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -206,7 +242,7 @@ func (a *Agent) storeArtifacts(ctx context.Context, j *job, dir string, note fun
 			return nil, fmt.Errorf("artifact %s: %w", p, err)
 		}
 		t0 := time.Now()
-		art, err := store.Put(ctx, j.RunID, j.Stage.Key, p, f, used)
+		art, err := store.Put(ctx, j.RunID, j.Stage.Key, p, newProgressReader(f, "storing "+p, sizes[i], note), used)
 		f.Close()
 		var le *objectstore.LimitError
 		if errors.As(err, &le) {
