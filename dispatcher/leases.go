@@ -115,15 +115,6 @@ func (v *leaseView) isConfirmed(key, id string) bool {
 // dispatcher's own leases before it reads them from the bucket.
 const viewWait = time.Second
 
-// leases returns a copy of the leases of repository token (lease key →
-// run id), once the view holds every lease this dispatcher took, and false
-// when the view cannot be used (not ready, or behind for viewWait).
-func (v *leaseView) leases(ctx context.Context, token string) (map[string]string, bool) {
-	var out map[string]string
-	ok := v.read(ctx, token, func(t *slotTable) { out = t.leases() })
-	return out, ok
-}
-
 // read calls fn with the slot table of repository token, under the view's
 // lock, once the view holds every lease this dispatcher took; it returns
 // false, without calling fn, when the view cannot be used (not ready, or

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"maps"
 	"testing"
 	"time"
 
@@ -24,17 +25,25 @@ func (e entry) Value() []byte                   { return []byte(e.value) }
 func (e entry) Revision() uint64                { return e.rev }
 func (e entry) Operation() jetstream.KeyValueOp { return e.op }
 
+// leasesOf returns a copy of the view's leases of repository token, as a
+// snapshot reads them.
+func leasesOf(ctx context.Context, v *leaseView, token string) (map[string]string, bool) {
+	var out map[string]string
+	ok := v.read(ctx, token, func(t *slotTable) { out = maps.Clone(t.byKey) })
+	return out, ok
+}
+
 func TestLeaseViewFollowsTheBucketAndWaitsForItsOwnLeases(t *testing.T) {
 	v := newLeaseView()
 	ctx := context.Background()
 	token := subjects.RepoToken("acme/app")
 	a, b := subjects.LeaseKey("acme/app", 0), subjects.LeaseKey("acme/app", 1)
-	if _, ok := v.leases(ctx, token); ok {
+	if _, ok := leasesOf(ctx, v, token); ok {
 		t.Fatal("the view answered before the watch delivered the initial leases")
 	}
 	v.apply(entry{key: a, value: "run-a", rev: 3, op: jetstream.KeyValuePut})
 	v.apply(nil)
-	if got, ok := v.leases(ctx, token); !ok || len(got) != 1 || got[a] != "run-a" {
+	if got, ok := leasesOf(ctx, v, token); !ok || len(got) != 1 || got[a] != "run-a" {
 		t.Fatalf("leases = %v, %t; want {%s: run-a}", got, ok, a)
 	}
 
@@ -43,7 +52,7 @@ func TestLeaseViewFollowsTheBucketAndWaitsForItsOwnLeases(t *testing.T) {
 	v.took(7)
 	done := make(chan map[string]string)
 	go func() {
-		got, _ := v.leases(ctx, token)
+		got, _ := leasesOf(ctx, v, token)
 		done <- got
 	}()
 	select {
@@ -57,15 +66,15 @@ func TestLeaseViewFollowsTheBucketAndWaitsForItsOwnLeases(t *testing.T) {
 	}
 
 	v.apply(entry{key: a, rev: 9, op: jetstream.KeyValueDelete})
-	if got, _ := v.leases(ctx, token); len(got) != 1 || got[b] != "run-b" {
+	if got, _ := leasesOf(ctx, v, token); len(got) != 1 || got[b] != "run-b" {
 		t.Fatalf("leases after a release = %v, want only %s", got, b)
 	}
-	if got, ok := v.leases(ctx, subjects.RepoToken("other/repo")); !ok || len(got) != 0 {
+	if got, ok := leasesOf(ctx, v, subjects.RepoToken("other/repo")); !ok || len(got) != 0 {
 		t.Fatalf("another repository's leases = %v, %t; want none", got, ok)
 	}
 
 	v.stop()
-	if _, ok := v.leases(ctx, token); ok {
+	if _, ok := leasesOf(ctx, v, token); ok {
 		t.Error("the view answered after its watch ended")
 	}
 }

@@ -80,9 +80,6 @@ func (t *slotTable) confirm(key, id string) {
 // empty reports whether no slot is held.
 func (t *slotTable) empty() bool { return len(t.byKey) == 0 }
 
-// leases returns a copy of the leases (lease key → run id).
-func (t *slotTable) leases() map[string]string { return maps.Clone(t.byKey) }
-
 // unconfirmedLeases returns a copy of the leases whose run was not read
 // admitted under them.
 func (t *slotTable) unconfirmedLeases() map[string]string { return maps.Clone(t.unconfirmed) }
