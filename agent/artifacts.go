@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
@@ -157,16 +158,18 @@ func restoreOne(ctx context.Context, store *objectstore.Store, root *os.Root, ru
 	return nil
 }
 
-// collectArtifacts returns the files of workspace dir that the patterns
-// match, in path order. A match that leaves the workspace (through a
-// symlink) is refused, naming it; so is a pattern that does.
-func collectArtifacts(dir string, patterns []string) ([]string, error) {
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return nil, fmt.Errorf("workspace: %w", err)
-	}
-	defer root.Close()
-	var out []string
+// artifactFile is a workspace file a stage's patterns matched.
+type artifactFile struct {
+	path string
+	size int64
+}
+
+// collectArtifacts returns the files of workspace dir (opened as root)
+// that the patterns match, in path order, with their sizes. A match that
+// leaves the workspace (through a symlink) is refused, naming it; so is a
+// pattern that does.
+func collectArtifacts(root *os.Root, dir string, patterns []string) ([]artifactFile, error) {
+	var out []artifactFile
 	for _, pat := range patterns {
 		if _, err := objectstore.CleanPath(pat); err != nil {
 			return nil, fmt.Errorf("%w: pattern %s: %w", errArtifact, pat, err)
@@ -185,11 +188,11 @@ func collectArtifacts(dir string, patterns []string) ([]string, error) {
 			if !info.Mode().IsRegular() {
 				continue
 			}
-			out = append(out, m)
+			out = append(out, artifactFile{path: m, size: info.Size()})
 		}
 	}
-	slices.Sort(out)
-	out = slices.Compact(out)
+	slices.SortFunc(out, func(a, b artifactFile) int { return strings.Compare(a.path, b.path) })
+	out = slices.CompactFunc(out, func(a, b artifactFile) bool { return a.path == b.path })
 	if len(out) > MaxArtifactsPerStage {
 		return nil, fmt.Errorf("%w: %d files match, over the limit of %d artifacts per stage", errArtifact, len(out), MaxArtifactsPerStage)
 	}
@@ -203,7 +206,12 @@ func (a *Agent) storeArtifacts(ctx context.Context, j *job, dir string, note fun
 	if len(j.Stage.Artifacts) == 0 {
 		return nil, nil
 	}
-	files, err := collectArtifacts(dir, j.Stage.Artifacts)
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("workspace: %w", err)
+	}
+	defer root.Close()
+	files, err := collectArtifacts(root, dir, j.Stage.Artifacts)
 	if err != nil {
 		return nil, err
 	}
@@ -215,34 +223,24 @@ func (a *Agent) storeArtifacts(ctx context.Context, j *job, dir string, note fun
 	if err != nil {
 		return nil, err
 	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return nil, fmt.Errorf("workspace: %w", err)
-	}
-	defer root.Close()
-	sizes := make([]int64, len(files))
 	used := j.ArtifactBytes
-	for i, p := range files {
-		info, err := root.Stat(p)
-		if err != nil {
-			return nil, fmt.Errorf("artifact %s: %w", p, err)
-		}
-		sizes[i] = info.Size()
-		if err := store.Limits().Check(p, sizes[i], used); err != nil {
+	for _, af := range files {
+		if err := store.Limits().Check(af.path, af.size, used); err != nil {
 			return nil, fmt.Errorf("%w: %w", errArtifact, err)
 		}
-		used += sizes[i]
+		used += af.size
 	}
 	var out []wire.Artifact
 	var total int64
 	used = j.ArtifactBytes
-	for i, p := range files {
+	for _, af := range files {
+		p := af.path
 		f, err := root.Open(p)
 		if err != nil {
 			return nil, fmt.Errorf("artifact %s: %w", p, err)
 		}
 		t0 := time.Now()
-		art, err := store.Put(ctx, j.RunID, j.Stage.Key, p, newProgressReader(f, "storing "+p, sizes[i], note), used)
+		art, err := store.Put(ctx, j.RunID, j.Stage.Key, p, newProgressReader(f, "storing "+p, af.size, note), used)
 		f.Close()
 		var le *objectstore.LimitError
 		if errors.As(err, &le) {
@@ -254,7 +252,7 @@ func (a *Agent) storeArtifacts(ctx context.Context, j *job, dir string, note fun
 		used += art.Size
 		total += art.Size
 		out = append(out, wire.Artifact{Path: art.Path, Size: art.Size, SHA256: art.SHA256})
-		if sizes[i] >= progressEvery {
+		if af.size >= progressEvery {
 			note(fmt.Sprintf("weft: stored %s: %s", p, rate(art.Size, time.Since(t0))))
 		}
 	}

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/weft-ci/weft/agent"
-	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/objectstore"
 	"github.com/weft-ci/weft/subjects"
@@ -230,10 +229,9 @@ func TestArtifactsCommandsListAndDownload(t *testing.T) {
 // same; the URL tampered with is refused.
 func TestArtifactsOnAFleetAndTheirSignedURL(t *testing.T) {
 	t.Parallel()
-	srv := startWeft(t, nil, "server", "--state", t.TempDir(), "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0")
-	line := srv.waitLine(t, &srv.stderr, 30*time.Second, "the server's URL", func(l string) bool { return strings.Contains(l, "listening on ") })
-	url := strings.Fields(strings.SplitN(line, "listening on ", 2)[1])[0]
-	line = srv.waitLine(t, &srv.stderr, 30*time.Second, "the download address", func(l string) bool { return strings.Contains(l, "artifact downloads on ") })
+	f := startFleet(t, "--http", "127.0.0.1:0")
+	url := f.url
+	line := f.srv.waitLine(t, &f.srv.stderr, 30*time.Second, "the download address", func(l string) bool { return strings.Contains(l, "artifact downloads on ") })
 	base := strings.TrimSuffix(strings.Fields(strings.SplitN(line, "artifact downloads on ", 2)[1])[0], "/artifacts/")
 	startWeft(t, nil, "dispatcher", "--server", url)
 	startWeft(t, nil, "agent", "--join", url, "--executor", "process", "--queue", "default")
@@ -260,14 +258,7 @@ stages:
 	if err := json.Unmarshal([]byte(trig.Stdout), &out); trig.Code != 0 || err != nil {
 		t.Fatalf("weft trigger --json = %d %q %q: %v", trig.Code, trig.Stdout, trig.Stderr, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	b, err := bus.Open(ctx, bus.Config{URL: url})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	r, _ := (&Stack{Bus: b, t: t}).Wait(t, out.RunID)
+	r, _ := f.s.Wait(t, out.RunID)
 	if r.State != wire.RunSucceeded {
 		t.Fatalf("run %s: %+v", r.State, r.Stages)
 	}

@@ -28,10 +28,11 @@ type fleet struct {
 	s   *Stack // Bus only: no in-process components
 }
 
-// startFleet starts `weft server` on a free port and connects to it.
-func startFleet(t *testing.T) *fleet {
+// startFleet starts `weft server` on a free port, with args added, and
+// connects to it.
+func startFleet(t *testing.T, args ...string) *fleet {
 	t.Helper()
-	srv := startWeft(t, nil, "server", "--state", t.TempDir(), "--listen", "127.0.0.1:0")
+	srv := startWeft(t, nil, append([]string{"server", "--state", t.TempDir(), "--listen", "127.0.0.1:0"}, args...)...)
 	line := srv.waitLine(t, &srv.stderr, 30*time.Second, "the server's URL", func(l string) bool { return strings.Contains(l, "listening on ") })
 	url := strings.Fields(strings.SplitN(line, "listening on ", 2)[1])[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -98,24 +98,14 @@ mismatch nothing is left and get exits 1.
 		Args:    usageArgs(cobra.ExactArgs(3)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			run, stage, p := args[0], args[1], args[2]
-			if _, err := objectstore.Name(run, stage, p); err != nil {
-				return withCode(exitUsage, err)
-			}
-			b, err := getFleet.open(cmd.Context(), g, "weft artifacts get")
+			b, store, err := openArtifacts(cmd.Context(), g, &getFleet, "weft artifacts get", run, stage, p)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			store, err := objectstore.Open(cmd.Context(), b.JS, objectstore.Limits{})
-			if err != nil {
-				return withCode(exitInfra, err)
-			}
 			r, err := store.Get(cmd.Context(), run, stage, p)
-			if errors.Is(err, objectstore.ErrNotFound) {
-				return withCode(exitUsage, fmt.Errorf("run %s stage %s: no artifact %s (weft artifacts ls lists them)", run, stage, p))
-			}
 			if err != nil {
-				return withCode(exitInfra, err)
+				return artifactError(err, run, stage, p)
 			}
 			defer r.Close()
 			// The run's record names the content its stage stored.
@@ -185,24 +175,14 @@ replaced one stop working.
 			if expires <= 0 {
 				return withCode(exitUsage, fmt.Errorf("--expires %s: want a positive duration", expires))
 			}
-			if _, err := objectstore.Name(run, stage, p); err != nil {
-				return withCode(exitUsage, err)
-			}
-			b, err := urlFleet.open(cmd.Context(), g, "weft artifacts url")
+			b, store, err := openArtifacts(cmd.Context(), g, &urlFleet, "weft artifacts url", run, stage, p)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			store, err := objectstore.Open(cmd.Context(), b.JS, objectstore.Limits{})
-			if err != nil {
-				return withCode(exitInfra, err)
-			}
 			a, err := store.Stat(cmd.Context(), run, stage, p)
-			if errors.Is(err, objectstore.ErrNotFound) {
-				return withCode(exitUsage, fmt.Errorf("run %s stage %s: no artifact %s (weft artifacts ls lists them)", run, stage, p))
-			}
 			if err != nil {
-				return withCode(exitInfra, err)
+				return artifactError(err, run, stage, p)
 			}
 			keys, err := objectstore.OpenKeys(cmd.Context(), b.JS)
 			if err != nil {
@@ -291,6 +271,33 @@ func serveArtifacts(ctx context.Context, g *globals, b *bus.Bus, addr string, ke
 		_ = srv.Shutdown(sctx)
 		wg.Wait()
 	}, nil
+}
+
+// openArtifacts checks an artifact's name (exit 2) and connects to the
+// fleet's artifact store; close the bus.
+func openArtifacts(ctx context.Context, g *globals, fleet *fleetFlags, name, run, stage, p string) (*bus.Bus, *objectstore.Store, error) {
+	if _, err := objectstore.Name(run, stage, p); err != nil {
+		return nil, nil, withCode(exitUsage, err)
+	}
+	b, err := fleet.open(ctx, g, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := objectstore.Open(ctx, b.JS, objectstore.Limits{})
+	if err != nil {
+		b.Close()
+		return nil, nil, withCode(exitInfra, err)
+	}
+	return b, store, nil
+}
+
+// artifactError is the exit of a failed read of an artifact: 2 naming it
+// when the store does not hold it, 3 otherwise.
+func artifactError(err error, run, stage, p string) error {
+	if errors.Is(err, objectstore.ErrNotFound) {
+		return withCode(exitUsage, fmt.Errorf("run %s stage %s: no artifact %s (weft artifacts ls lists them)", run, stage, p))
+	}
+	return withCode(exitInfra, err)
 }
 
 // digestOrInfra is the exit of a failed artifact read: 1 when its digest
