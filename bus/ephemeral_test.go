@@ -56,7 +56,7 @@ func wantStreams() []string {
 }
 
 func TestProvisionStorage(t *testing.T) {
-	onDisk := map[string]bool{subjects.LogsStream: true, "OBJ_" + subjects.ArtifactsBucket: true}
+	onDisk := map[string]bool{subjects.LogsStream: true, "OBJ_" + subjects.ArtifactsBucket: true, "OBJ_" + subjects.CacheBucket: true}
 	for _, tc := range []struct {
 		name      string
 		ephemeral bool

@@ -46,7 +46,7 @@ type layout struct {
 // layoutOf returns the layout of a bus that is ephemeral or not. A
 // durable one keeps everything on disk, where it may exist already. An
 // ephemeral one, whose state is thrown away at exit, starts empty and
-// keeps all in memory but build output and artifacts: their size is the
+// keeps all in memory but build output, artifacts and caches: their size is the
 // pipeline's to choose and can exceed memory, where on disk it only takes
 // space.
 func layoutOf(ephemeral bool) layout {
@@ -58,7 +58,7 @@ func layoutOf(ephemeral bool) layout {
 
 func ephemeralStorage(name string) jetstream.StorageType {
 	switch name {
-	case subjects.LogsStream, subjects.ArtifactsBucket:
+	case subjects.LogsStream, subjects.ArtifactsBucket, subjects.CacheBucket:
 		return jetstream.FileStorage
 	}
 	return jetstream.MemoryStorage

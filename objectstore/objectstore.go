@@ -95,6 +95,8 @@ type LimitError struct {
 	Limit int64
 	Scope string
 	Used  int64
+	// What names what was refused when it is not an artifact at Path.
+	What string
 }
 
 func (e *LimitError) Error() string {
@@ -102,10 +104,14 @@ func (e *LimitError) Error() string {
 	if e.AtLeast {
 		size = "over " + size
 	}
-	if e.Scope == "per run" {
-		return fmt.Sprintf("artifact %s: %s, with the run's %s over the limit of %s per run", e.Path, size, bytesize.Format(e.Used), bytesize.Format(e.Limit))
+	what := e.What
+	if what == "" {
+		what = "artifact " + e.Path
 	}
-	return fmt.Sprintf("artifact %s: %s, over the limit of %s %s", e.Path, size, bytesize.Format(e.Limit), e.Scope)
+	if e.Scope == "per run" {
+		return fmt.Sprintf("%s: %s, with the run's %s over the limit of %s per run", what, size, bytesize.Format(e.Used), bytesize.Format(e.Limit))
+	}
+	return fmt.Sprintf("%s: %s, over the limit of %s %s", what, size, bytesize.Format(e.Limit), e.Scope)
 }
 
 // ErrNotFound is returned for an artifact the store does not hold.
@@ -266,20 +272,27 @@ func (s *Store) Stat(ctx context.Context, run, stage, p string) (Artifact, error
 type Reader struct {
 	// Artifact is what is being read.
 	Artifact Artifact
-	res      jetstream.ObjectResult
+	digestReader
+}
+
+// digestReader reads a stored object, turning the store's digest
+// mismatch into ErrDigest with the object named.
+type digestReader struct {
+	res  jetstream.ObjectResult
+	name string
 }
 
 // Read reads the content.
-func (r *Reader) Read(p []byte) (int, error) {
+func (r *digestReader) Read(p []byte) (int, error) {
 	n, err := r.res.Read(p)
 	if errors.Is(err, jetstream.ErrDigestMismatch) {
-		err = fmt.Errorf("%s/%s/%s: %w", r.Artifact.Run, r.Artifact.Stage, r.Artifact.Path, ErrDigest)
+		err = fmt.Errorf("%s: %w", r.name, ErrDigest)
 	}
 	return n, err
 }
 
 // Close ends the read.
-func (r *Reader) Close() error { return r.res.Close() }
+func (r *digestReader) Close() error { return r.res.Close() }
 
 // Get opens the artifact at path of a run's stage for reading; ErrNotFound
 // when there is none. Close the reader.
@@ -305,7 +318,7 @@ func (s *Store) Get(ctx context.Context, run, stage, p string) (*Reader, error) 
 		res.Close()
 		return nil, err
 	}
-	return &Reader{Artifact: a, res: res}, nil
+	return &Reader{Artifact: a, digestReader: digestReader{res: res, name: name}}, nil
 }
 
 // Delete removes the artifact at path of a run's stage; one already gone

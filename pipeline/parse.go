@@ -37,7 +37,7 @@ var (
 var (
 	pipelineFields    = []string{"name", "queue", "priority", "env", "concurrency", "stages"}
 	concurrencyFields = []string{"group", "cancel_in_progress"}
-	stageFields       = []string{"key", "name", "image", "commands", "depends_on", "queue", "env", "timeout", "retry", "resources", "artifacts", "allow_failure"}
+	stageFields       = []string{"key", "name", "image", "commands", "depends_on", "queue", "env", "timeout", "retry", "resources", "artifacts", "cache", "allow_failure"}
 	retryFields       = []string{"automatic", "exit_status"}
 	resourcesFields   = []string{"cpus", "memory"}
 )
@@ -431,6 +431,9 @@ func (p *parser) stage(n *yaml.Node, field string, i int, defaultQueue string) *
 	}
 	if e, ok := f["artifacts"]; ok {
 		st.Artifacts = p.artifacts(e.val, sub("artifacts"))
+	}
+	if e, ok := f["cache"]; ok {
+		st.Cache = p.cache(e.val, sub("cache"), st.Image)
 	}
 	if e, ok := f["allow_failure"]; ok {
 		st.AllowFailure, _ = p.boolean(e.val, sub("allow_failure"))

@@ -77,6 +77,9 @@ type Stage struct {
 	// Artifacts are relative glob patterns uploaded after success and
 	// restored for dependents.
 	Artifacts []string `json:"artifacts,omitempty"`
+	// Cache is restored before the stage's first command and saved
+	// after it succeeds; nil is none.
+	Cache *Cache `json:"cache,omitempty"`
 	// AllowFailure lets dependents run when this stage fails.
 	AllowFailure bool `json:"allow_failure,omitempty"`
 }

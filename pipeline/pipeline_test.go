@@ -33,6 +33,7 @@ stages:
     retry: {automatic: 2, exit_status: [75, 1]}
     resources: {cpus: 0.5, memory: 512Mi}
     artifacts: [bin/*, "dist/**/*.tar.gz"]
+    cache: {key: "go-${hash:go.sum}-${arch}", restore_keys: [go-], paths: [.cache/go-build, vendor]}
     allow_failure: true
   - key: test
     commands: go test ./...
@@ -73,6 +74,7 @@ func TestParseValid(t *testing.T) {
 						Retry:        Retry{Automatic: 2, ExitStatus: []int{75, 1}},
 						Resources:    Resources{CPUs: 0.5, Memory: 512 << 20},
 						Artifacts:    []string{"bin/*", "dist/**/*.tar.gz"},
+						Cache:        &Cache{Key: "go-${hash:go.sum}-${arch}", RestoreKeys: []string{"go-"}, Paths: []string{".cache/go-build", "vendor"}},
 						AllowFailure: true,
 					},
 					{
@@ -317,6 +319,25 @@ stages:
 			{"p.yml:5:37", "stages[0].artifacts[2]", `".."`},
 			{"p.yml:5:48", "stages[0].artifacts[3]", "invalid glob pattern"},
 			{"p.yml:5:53", "stages[0].artifacts[4]", "empty artifact pattern"},
+		}},
+		{"cache missing fields", stage1 + "    cache: {restore_keys: [a]}\n", []wantErr{
+			{"p.yml:5:12", "stages[0].cache.key", "missing required field"},
+			{"p.yml:5:12", "stages[0].cache.paths", "missing required field"},
+		}},
+		{"cache key templates", stage1 + "    cache: {key: \"a-${nope}\", restore_keys: [\"${hash:}\", \"${arch:x}\", \"${os\"], paths: [x]}\n", []wantErr{
+			{"p.yml:5:18", "stages[0].cache.key", "unknown reference ${nope}"},
+			{"p.yml:5:46", "stages[0].cache.restore_keys[0]", "${hash:FILES} needs files"},
+			{"p.yml:5:58", "stages[0].cache.restore_keys[1]", "${arch} takes no argument"},
+			{"p.yml:5:71", "stages[0].cache.restore_keys[2]", "unclosed ${"},
+		}},
+		{"cache paths", stage1 + "    cache: {key: k, paths: [/abs, ../up, \"a/*\", \"\"]}\n", []wantErr{
+			{"p.yml:5:29", "stages[0].cache.paths[0]", "must be relative to the workspace or start with ~/"},
+			{"p.yml:5:35", "stages[0].cache.paths[1]", `".."`},
+			{"p.yml:5:42", "stages[0].cache.paths[2]", "not globs"},
+			{"p.yml:5:49", "stages[0].cache.paths[3]", "empty cache path"},
+		}},
+		{"cache home in a container", "name: x\nstages:\n  - key: build\n    image: alpine\n    commands: [make]\n    cache: {key: k, paths: [~/.npm]}\n", []wantErr{
+			{"p.yml:6:29", "stages[0].cache.paths[0]", "a container stage's agent cannot reach"},
 		}},
 		{"empty group", stage1 + "concurrency: {group: \"\"}\n", []wantErr{{"p.yml:5:22", "concurrency.group", "must not be empty"}}},
 

@@ -71,6 +71,12 @@ const (
 	ArtifactURLPreviousKey = "artifact-url.previous"
 	// ArtifactsBucket is the object store for stage artifacts.
 	ArtifactsBucket = "weft_artifacts"
+	// CacheBucket is the object store of stage cache entries, one
+	// archive per saved key: <repo>/<id>.
+	CacheBucket = "weft_cache"
+	// CacheIndexBucket indexes CacheBucket: <repo>.<key hash> names the
+	// entry of a repository's cache key, created once, never replaced.
+	CacheIndexBucket = "weft_cache_index"
 )
 
 // Consumer names.
@@ -495,18 +501,20 @@ func Buckets(keep time.Duration) []Bucket {
 		{Name: DedupBucket, Description: "weft trigger dedup keys and outcomes", History: 1, PerKeyTTL: time.Minute},
 		{Name: AgentsBucket, Description: "weft agent registry: one key per agent id, renewed while it runs", History: 1, TTL: AgentTTL},
 		{Name: KeysBucket, Description: "weft keys: artifact-url.current and .previous sign artifact download URLs", History: 1},
+		{Name: CacheIndexBucket, Description: "weft cache index: <repo>.<key hash> names a cache entry, created once; rewritten when used", History: 1, TTL: keep},
 	}
 }
 
 // ObjectBuckets returns the configuration of every object store bucket,
-// keeping artifacts for keep (0 is DefaultRetention) and pipeline specs
-// for PipelineRetention(keep).
+// keeping artifacts and cache entries for keep (0 is DefaultRetention)
+// and pipeline specs for PipelineRetention(keep).
 func ObjectBuckets(keep time.Duration) []ObjectBucket {
 	if keep <= 0 {
 		keep = DefaultRetention
 	}
 	return []ObjectBucket{
 		{Name: ArtifactsBucket, Description: "weft stage artifacts", MaxAge: keep},
+		{Name: CacheBucket, Description: "weft stage caches, one archive per saved key", MaxAge: keep},
 		{Name: PipelinesBucket, Description: "weft pipeline specs, one per content hash", MaxAge: PipelineRetention(keep)},
 	}
 }
