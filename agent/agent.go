@@ -75,6 +75,9 @@ type Config struct {
 	// ArtifactLimits bound the artifacts the agent stores; zero fields
 	// are objectstore's defaults.
 	ArtifactLimits objectstore.Limits
+	// CacheLimits bound the stage caches the agent saves, per repository;
+	// zero fields are objectstore's defaults.
+	CacheLimits objectstore.CacheLimits
 	// Logger receives the agent's logs (not the stages' output).
 	Logger zerolog.Logger
 }
@@ -100,8 +103,9 @@ type Agent struct {
 	// redelivered job. Set by Run before any job starts.
 	events jetstream.Stream
 
-	storeMu sync.Mutex         // guards store
+	storeMu sync.Mutex         // guards store and cache
 	store   *objectstore.Store // the artifact store, opened at first use
+	cache   *objectstore.Cache // the stage cache, opened at first use
 
 	busy    atomic.Int32  // jobs held now (see Busy)
 	changed chan struct{} // signalled when busy changes

@@ -246,10 +246,14 @@ func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) 
 		}
 	}
 	note := func(line string) { logs.write(streamSystem, line) }
-	var res result
+	var (
+		res   result
+		cache *stageCache
+	)
 	if err := a.restoreArtifacts(runCtx, j, dir, note); err != nil {
 		res = artifactFailure("restore artifacts", err)
 	} else {
+		cache = a.restoreCache(runCtx, j, dir, note)
 		res = ex.run(runCtx, execSpec{job: &j.Job, delivery: j.delivered, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
 	}
 	if res.exitCode == 0 && res.category == wire.CategoryNone {
@@ -258,6 +262,9 @@ func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) 
 			res = artifactFailure("store artifacts", err)
 		}
 		j.artifacts = arts
+	}
+	if res.exitCode == 0 && res.category == wire.CategoryNone {
+		a.saveCache(runCtx, j, cache, note)
 	}
 	c := conclude(res, context.Cause(runCtx), ctx.Err() != nil, j.delivered, j.limits.maxDeliver, j.Stage.Timeout)
 	if c.ending == retry {

@@ -365,6 +365,7 @@ func queuedJobs(r *wire.Run, keys []string) []wire.Job {
 			ArtifactBytes: stored,
 			RunID:         r.ID,
 			Pipeline:      r.Pipeline.Name,
+			Repo:          r.Repo,
 			Attempt:       s.Attempt,
 			Job:           s.Job,
 			Tier:          r.Tier,

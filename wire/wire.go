@@ -68,6 +68,9 @@ type Job struct {
 	RunID string `json:"run_id"`
 	// Pipeline is the pipeline's name.
 	Pipeline string `json:"pipeline"`
+	// Repo is the run's repository ("" for a local run): stage caches
+	// belong to it.
+	Repo string `json:"repo,omitempty"`
 	// Attempt is the stage attempt the job was queued as, counting from
 	// 1. A job redelivered after an attempt of it started (its agent
 	// died) runs as the next attempt of the same Job; one handed back
