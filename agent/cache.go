@@ -124,9 +124,9 @@ func (a *Agent) restoreCache(ctx context.Context, j *job, dir string, note func(
 	}
 	sc.exact = exact
 	if exact {
-		note(fmt.Sprintf("weft: cache hit: restored key %s, %d files, %s", e.Describe(), files, rate(e.Size, time.Since(t0))))
+		note(fmt.Sprintf("weft: cache hit: restored key %s, %s, %s", e.Describe(), filesCount(files), rate(e.Size, time.Since(t0))))
 	} else {
-		note(fmt.Sprintf("weft: cache partial hit: no entry for key %s; restored %s through a restore key, %d files, %s", sc.key, e.Describe(), files, rate(e.Size, time.Since(t0))))
+		note(fmt.Sprintf("weft: cache partial hit: no entry for key %s; restored %s through a restore key, %s, %s", sc.key, e.Describe(), filesCount(files), rate(e.Size, time.Since(t0))))
 	}
 	return sc
 }
@@ -203,7 +203,7 @@ func (a *Agent) saveCache(ctx context.Context, j *job, sc *stageCache, note func
 	case p.files == 0:
 		note(fmt.Sprintf("weft: cache saved key %s, empty: none of %s exists", sc.key, strings.Join(sc.spec.Paths, ", ")))
 	default:
-		note(fmt.Sprintf("weft: cache saved key %s: %d files, %s", sc.key, p.files, rate(res.Entry.Size, time.Since(t0))))
+		note(fmt.Sprintf("weft: cache saved key %s: %s, %s", sc.key, filesCount(p.files), rate(res.Entry.Size, time.Since(t0))))
 	}
 	if len(res.Evicted) > 0 {
 		var keys []string
@@ -216,6 +216,14 @@ func (a *Agent) saveCache(ctx context.Context, j *job, sc *stageCache, note func
 	if err != nil && res.Saved {
 		note(fmt.Sprintf("weft: cache: eviction: %v", err))
 	}
+}
+
+// filesCount says how many files: "1 file", "3 files".
+func filesCount(n int) string {
+	if n == 1 {
+		return "1 file"
+	}
+	return fmt.Sprintf("%d files", n)
 }
 
 // stageHome is the home directory of the job's host process: its HOME,

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
@@ -307,6 +308,14 @@ func digestOrInfra(err error) error {
 		return withCode(exitFailed, err)
 	}
 	return withCode(exitInfra, err)
+}
+
+// storageFlags adds the flags of an agent's artifact and cache limits.
+func storageFlags(f *pflag.FlagSet, arts *objectstore.Limits, cache *objectstore.CacheLimits) {
+	f.Var(sizeValue{&arts.File}, "artifact-max-file", "largest artifact file a stage may store, e.g. 500MiB (default "+bytesize.Format(objectstore.DefaultMaxFile)+")")
+	f.Var(sizeValue{&arts.Run}, "artifact-max-run", "most a run's artifacts may take together (default "+bytesize.Format(objectstore.DefaultMaxRun)+")")
+	f.Var(sizeValue{&cache.Quota}, "cache-quota", "most the stage caches of one repository may take; the least recently used go first (default "+bytesize.Format(objectstore.DefaultCacheQuota)+")")
+	f.DurationVar(&cache.MaxUnused, "cache-max-unused", objectstore.DefaultCacheMaxUnused, "a cache entry not restored for this long goes at the next save of its repository")
 }
 
 // sizeValue is a flag holding a size in bytes, read by bytesize.Parse.

@@ -13,8 +13,6 @@ import (
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
-	"github.com/weft-ci/weft/internal/bytesize"
-	"github.com/weft-ci/weft/objectstore"
 )
 
 func serverCommand(g *globals) *cobra.Command {
@@ -185,7 +183,6 @@ it stops its running stages and hands their jobs back to the fleet.
 	f.DurationVar(&cfg.KillGrace, "kill-grace", 10*time.Second, "time a stopped stage gets between SIGTERM and SIGKILL")
 	f.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "AckWait of job consumers this agent creates; it heartbeats every third")
 	f.IntVar(&cfg.MaxDeliver, "max-deliver", 5, "deliveries of a job before it is dead-lettered, for job consumers this agent creates")
-	f.Var(sizeValue{&cfg.ArtifactLimits.File}, "artifact-max-file", "largest artifact file a stage may store, e.g. 500MiB (default "+bytesize.Format(objectstore.DefaultMaxFile)+")")
-	f.Var(sizeValue{&cfg.ArtifactLimits.Run}, "artifact-max-run", "most a run's artifacts may take together (default "+bytesize.Format(objectstore.DefaultMaxRun)+")")
+	storageFlags(f, &cfg.ArtifactLimits, &cfg.CacheLimits)
 	return cmd
 }

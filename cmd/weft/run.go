@@ -15,6 +15,7 @@ import (
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/embedded"
+	"github.com/weft-ci/weft/objectstore"
 	"github.com/weft-ci/weft/pipeline"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -28,6 +29,8 @@ type runOptions struct {
 	json                     bool
 	killGrace                time.Duration
 	executor, containerd     string
+	artifacts                objectstore.Limits
+	cache                    objectstore.CacheLimits
 }
 
 func runCommand(g *globals) *cobra.Command {
@@ -74,6 +77,7 @@ Ctrl-C cancels the run: its stages are stopped (SIGTERM, then SIGKILL after
 	f.StringVar(&o.state, "state", "", "keep the embedded server's state in DIR (default: a temporary directory removed at exit)")
 	f.StringVar(&o.listen, "listen", "", "address the embedded server listens on (default with --state: 127.0.0.1:0, a free port; none without)")
 	f.IntVar(&o.slots, "slots", 1, "stages the local agent runs at once")
+	storageFlags(f, &o.artifacts, &o.cache)
 	f.BoolVar(&o.json, "json", false, "print one JSON event per line instead of text")
 	f.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "time a stopped stage gets between SIGTERM and SIGKILL")
 	f.StringVar(&o.executor, "executor", envOr("WEFT_EXECUTOR", agent.ExecutorAuto), "how the local agent runs stages: auto (containerd for stages with an image, host processes for the rest), process or containerd (env WEFT_EXECUTOR)")
@@ -146,9 +150,11 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 			KillGrace: o.killGrace,
 			// One retry of an infrastructure failure: a local run has no
 			// other agent to hand it to.
-			MaxDeliver: 2,
-			Executor:   o.executor,
-			Containerd: container.Config{Address: o.containerd},
+			MaxDeliver:     2,
+			Executor:       o.executor,
+			Containerd:     container.Config{Address: o.containerd},
+			ArtifactLimits: o.artifacts,
+			CacheLimits:    o.cache,
 		}}
 	}
 	// The stack outlives ctx (Ctrl-C) until the run is cancelled.
