@@ -36,8 +36,12 @@ type Config struct {
 	Queues []string
 	// Slots is how many stages run at once; default 1.
 	Slots int
-	// WorkDir holds the per-run workspaces; required.
+	// WorkDir holds the run workspaces, one stable path per repository,
+	// pipeline and lane (see Workspace); required.
 	WorkDir string
+	// KeepWorkspaces keeps a run's workspace when it ends, for the next
+	// run of its pipeline to find; by default it is removed.
+	KeepWorkspaces bool
 	// Env is the base environment of host stages (KEY=VALUE).
 	Env []string
 	// KillGrace is how long a stage has between SIGTERM and SIGKILL;
@@ -110,7 +114,8 @@ type Agent struct {
 	busy    atomic.Int32  // jobs held now (see Busy)
 	changed chan struct{} // signalled when busy changes
 
-	mu        sync.Mutex                   // guards active and cancelled
+	mu        sync.Mutex                   // guards active, cancelled and lanes
+	lanes     map[string]string            // workspace by run id, of runs holding one here
 	active    map[string]map[*job]struct{} // running jobs by run id
 	cancelled map[string]time.Time         // runs cancelled recently, by notice time
 }
@@ -175,6 +180,7 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 		active:    map[string]map[*job]struct{}{},
 		changed:   make(chan struct{}, 1),
 		cancelled: map[string]time.Time{},
+		lanes:     map[string]string{},
 	}, nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -218,10 +217,7 @@ func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) 
 		// This agent cannot run such stages at all: no point retrying.
 		return conclusion{ending: report, res: result{exitCode: -1, category: wire.CategoryInfra, message: refusal}}, 0
 	}
-	dir, err := a.workspace(j.RunID)
-	if err == nil {
-		err = os.MkdirAll(dir, 0o750)
-	}
+	dir, err := a.workspaceFor(j)
 	if err != nil {
 		res := result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("workspace: %v", err)}
 		return conclude(res, context.Cause(jctx), ctx.Err() != nil, j.delivered, j.limits.maxDeliver, j.Stage.Timeout), 0

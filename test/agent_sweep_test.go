@@ -23,28 +23,47 @@ func TestTheSweepRemovesTheWorkspacesOfEndedAndUnknownRuns(t *testing.T) {
 	// serves.
 	live := s.Submit(t, "name: live\nqueue: nobody\nstages:\n  - key: s\n    commands: [true]\n")
 	waitFor(t, s, live, "queued", stageIs("s", wire.StageQueued))
-	mkWorkspace := func(name string) string {
-		p := filepath.Join(dir, name)
+	// mkWorkspace makes a lane of a pipeline held by run (none when run
+	// is ""), with a file in it.
+	mkWorkspace := func(pipeline, run string) string {
+		p := filepath.Join(dir, "_", pipeline, "0")
 		if err := os.MkdirAll(filepath.Join(p, "sub"), 0o750); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(filepath.Join(p, "sub", "file"), []byte("x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
+		if run != "" {
+			if err := os.WriteFile(p+".run", []byte(run), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
 		return p
 	}
 	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
 	// Workspaces whose run-finished notice the agent missed (it was made
 	// again after the notice), of a run the bucket no longer has, of a live
-	// run, and a directory that is no workspace.
-	keep := []string{mkWorkspace(live), mkWorkspace("not-a-run")}
-	gone := []string{mkWorkspace(ended.ID), mkWorkspace(ulidString())}
-	if !Eventually(10*time.Second, func() bool { return !exists(gone[0]) && !exists(gone[1]) }) {
+	// run, one no marker names, and what a removal cut short left.
+	keep := []string{mkWorkspace("live", live), mkWorkspace("unmarked", ""), filepath.Join(dir, "not-a-run")}
+	if err := os.MkdirAll(keep[2], 0o750); err != nil {
+		t.Fatal(err)
+	}
+	trash := filepath.Join(dir, ".removing-"+ulidString())
+	if err := os.MkdirAll(filepath.Join(trash, "sub"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	gone := []string{mkWorkspace("ended", ended.ID), mkWorkspace("unknown", ulidString()), trash}
+	if !Eventually(10*time.Second, func() bool { return !exists(gone[0]) && !exists(gone[1]) && !exists(gone[2]) }) {
 		t.Fatalf("the sweep left %v", gone)
+	}
+	for _, p := range gone[:2] {
+		if exists(p + ".run") {
+			t.Errorf("the sweep left the marker %s.run", p)
+		}
 	}
 	// Every sweep looks at every entry: once one that started after this
 	// point removed another unknown run's workspace, it saw the others.
-	later := mkWorkspace(ulidString())
+	later := mkWorkspace("later", ulidString())
 	if !Eventually(10*time.Second, func() bool { return !exists(later) }) {
 		t.Fatalf("the sweep left %s", later)
 	}

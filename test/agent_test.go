@@ -76,7 +76,7 @@ func TestLogsStreamWhileTheStageRuns(t *testing.T) {
 	s := StartStack(t, StackConfig{})
 	gate := filepath.Join(t.TempDir(), "gate")
 	id := s.Submit(t, "name: logs\nenv: {GATE: "+gate+"}\nstages:\n  - key: talk\n    commands:\n      - echo first line\n      - while [ ! -f \"$GATE\" ]; do sleep 0.02; done\n      - echo after gate\n")
-	r, lines := s.FollowOpening(t, id, "first line", gate)
+	r, lines := s.FollowOpening(t, id, "first line", func() string { return gate })
 	if r.State != wire.RunSucceeded || strings.Join(lines, "|") != "first line|after gate" {
 		t.Errorf("run %s with lines %q, want succeeded with [first line after gate]", r.State, lines)
 	}

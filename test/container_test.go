@@ -291,7 +291,8 @@ func TestContainerOutputStreamsWhileItRuns(t *testing.T) {
 	s := StartStack(t, StackConfig{})
 	id := s.Submit(t, gatedStage)
 	// The container blocks until the gate exists in its workspace.
-	r, lines := s.FollowOpening(t, id, "waiting", filepath.Join(s.WorkDir, id, "gate"))
+	// The gate goes in the run's workspace, which it holds once it runs.
+	r, lines := s.FollowOpening(t, id, "waiting", func() string { return filepath.Join(s.Agent.Workspace(id), "gate") })
 	if r.State != wire.RunSucceeded || strings.Join(lines, ",") != "waiting,through" {
 		t.Errorf("run %s with lines %q, want succeeded with waiting,through", r.State, lines)
 	}

@@ -58,7 +58,7 @@ type Stack struct {
 	Bus *bus.Bus
 	// Agent is the stack's agent, nil with NoAgent.
 	Agent *agent.Agent
-	// WorkDir holds the agent's run workspaces, <WorkDir>/<run id>.
+	// WorkDir holds the agent's run workspaces (agent.Agent.Workspace).
 	WorkDir string
 
 	st *embedded.Stack // nil for a Stack on a fleet's bus
@@ -213,11 +213,11 @@ func (s *Stack) Run(t testing.TB, text string, opts ...func(*wire.Trigger)) (*wi
 // ulidString returns a new ULID.
 func ulidString() string { return ulid.Make().String() }
 
-// FollowOpening follows a run to its end, creating the file gate as soon as
-// the output line trigger arrives, and returns the final run and every
+// FollowOpening follows a run to its end, creating the file gate() names
+// as soon as the output line trigger arrives, and returns the final run and every
 // output line. A stage that blocks on the gate after printing trigger
 // proves the line was streamed while it ran.
-func (s *Stack) FollowOpening(t testing.TB, runID, trigger, gate string) (*wire.Run, []string) {
+func (s *Stack) FollowOpening(t testing.TB, runID, trigger string, gate func() string) (*wire.Run, []string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -228,7 +228,7 @@ func (s *Stack) FollowOpening(t testing.TB, runID, trigger, gate string) (*wire.
 		}
 		lines = append(lines, u.Line.Text)
 		if u.Line.Text == trigger {
-			if err := os.WriteFile(gate, nil, 0o644); err != nil {
+			if err := os.WriteFile(gate(), nil, 0o644); err != nil {
 				t.Error(err)
 			}
 		}

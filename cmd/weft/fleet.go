@@ -178,6 +178,7 @@ it stops its running stages and hands their jobs back to the fleet.
 	f.StringSliceVar(&cfg.Queues, "queue", []string{"default"}, "queue to serve (repeatable)")
 	f.IntVar(&cfg.Slots, "slots", 1, "stages run at once")
 	f.StringVar(&workDir, "work-dir", "", "directory of the run workspaces (default: a temporary one)")
+	f.BoolVar(&cfg.KeepWorkspaces, "keep-workspaces", false, "keep a run's workspace when it ends, for the next run of its pipeline (one path per repository, pipeline and lane under --work-dir)")
 	f.StringVar(&cfg.Executor, "executor", envOr("WEFT_EXECUTOR", agent.ExecutorAuto), "auto, process or containerd (env WEFT_EXECUTOR)")
 	f.StringVar(&containerd, "containerd-address", envOr("WEFT_CONTAINERD_ADDRESS", defaultContainerd), "containerd socket (env WEFT_CONTAINERD_ADDRESS)")
 	f.DurationVar(&cfg.KillGrace, "kill-grace", 10*time.Second, "time a stopped stage gets between SIGTERM and SIGKILL")
