@@ -968,7 +968,7 @@ func TestQueuedJobs(t *testing.T) {
 			}
 			got := queuedJobs(r, []string{tt.key})
 			want := []wire.Job{{
-				RunID: testRunID, Pipeline: "envs", Attempt: tt.attempt, Job: tt.attempt, Tier: subjects.High,
+				RunID: testRunID, Pipeline: "envs", Repo: r.Repo, Attempt: tt.attempt, Job: tt.attempt, Tier: subjects.High,
 				Stage: *r.Pipeline.Stage(tt.key), Env: tt.env, NotBefore: r.Stage(tt.key).NotBefore,
 			}}
 			if tt.attempt > 1 && !r.Stage(tt.key).NotBefore.After(r.Stage(tt.key).Queued) {
