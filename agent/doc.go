@@ -31,15 +31,23 @@
 //     log keeps the order in which lines were written.
 //   - The host environment is Config.Env (the agent's own, from the CLI)
 //     overlaid with the job's environment.
-//   - Each run gets a workspace directory under Config.WorkDir shared by
-//     its stages on this agent, named by the run id. It is removed when
-//     the run's finished notice arrives, by a sweep (at start and every
-//     Config.SweepInterval, a minute by default) once no job of the run
-//     is active here and the run is terminal or gone from the runs bucket
-//     (a run whose document cannot be read keeps it), and when the agent
-//     stops. A workspace is renamed to <run id>.removing, under the lock
-//     that registers jobs, before it is deleted, so a job that starts
-//     meanwhile gets a fresh one. Nothing else in WorkDir is touched.
+//   - Caches (cache.go): a stage's cache is restored after its artifacts
+//     and before its first command, and saved after its commands succeed
+//     when its key has no entry; a cache problem is noted in the log and
+//     never fails the stage.
+//   - Each run gets a workspace under Config.WorkDir with a stable path
+//     per repository, pipeline and lane (workspace.go), shared by its
+//     stages on this agent and by no other run while it holds it. Its
+//     lane is released (the workspace removed, unless
+//     Config.KeepWorkspaces) when the run's finished notice arrives, by a
+//     sweep (at start and every Config.SweepInterval, a minute by
+//     default) once no job of the run is active here and the run is
+//     terminal or gone from the runs bucket (a run whose document cannot
+//     be read keeps it), and when the agent stops. A workspace is renamed
+//     to <WorkDir>/.removing-<ULID>, under the lock that registers jobs,
+//     before it is deleted, so a job that starts meanwhile gets a fresh
+//     one. Nothing in WorkDir but lanes with a marker and trash is
+//     touched.
 //   - An agent that is stopped while a stage runs kills the stage and naks
 //     the job, so another agent runs it; it reports no result for it. A
 //     stage that succeeded all the same is reported.

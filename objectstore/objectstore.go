@@ -1,7 +1,9 @@
 // Package objectstore keeps stage artifacts in the JetStream Object Store
 // bucket weft_artifacts (subjects.ArtifactsBucket): streaming put and get,
 // a SHA-256 digest computed while an artifact streams in and checked
-// while it streams out, names by run, stage and path, and size limits.
+// while it streams out, names by run, stage and path, and size limits;
+// and stage caches (cache.go) in weft_cache, create-only per repository
+// and key, indexed by weft_cache_index.
 //
 // Decisions taken where the design was silent:
 //
