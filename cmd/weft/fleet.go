@@ -187,5 +187,6 @@ it stops its running stages and hands their jobs back to the fleet.
 	f.IntVar(&cfg.MaxDeliver, "max-deliver", 5, "deliveries of a job before it is dead-lettered, for job consumers this agent creates")
 	f.Var(sizeValue{&cfg.ArtifactLimits.File}, "artifact-max-file", "largest artifact file a stage may store, e.g. 500MiB (default "+bytesize.Format(objectstore.DefaultMaxFile)+")")
 	f.Var(sizeValue{&cfg.ArtifactLimits.Run}, "artifact-max-run", "most a run's artifacts may take together (default "+bytesize.Format(objectstore.DefaultMaxRun)+")")
+	f.Var(sizeValue{&cfg.LogCap}, "log-cap", logCapHelp())
 	return cmd
 }
