@@ -16,6 +16,7 @@ import (
 
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
+	"github.com/weft-ci/weft/internal/bytesize"
 	"github.com/weft-ci/weft/objectstore"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
@@ -57,6 +58,15 @@ type Config struct {
 	// LogFlush is how long output may wait before it is published;
 	// default 50ms.
 	LogFlush time.Duration
+	// LogCap bounds the output each attempt of a stage keeps in the logs
+	// stream, in bytes (each line counting its newline); default
+	// DefaultLogCap, at least MinLogCap. Over it the log keeps its head
+	// (the cap minus the tail, published as it comes), a system line
+	// saying how many lines and bytes were dropped, and its tail (the last
+	// DefaultLogTail, or half the cap when that is less, published when
+	// the stage ends). The agent's memory stays bounded whatever a stage
+	// prints.
+	LogCap int64
 	// AckWait is the AckWait of the job consumers this agent creates
 	// (existing ones keep theirs); default subjects.DefaultAckWait. A job
 	// is heartbeated every third of the actual AckWait of the consumer it
@@ -164,6 +174,12 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 	}
 	if cfg.LogFlush == 0 {
 		cfg.LogFlush = 50 * time.Millisecond
+	}
+	if cfg.LogCap == 0 {
+		cfg.LogCap = DefaultLogCap
+	}
+	if cfg.LogCap < MinLogCap {
+		return nil, fmt.Errorf("%w: log cap must be at least %s, got %s", ErrInvalidConfig, bytesize.Format(MinLogCap), bytesize.Format(cfg.LogCap))
 	}
 	if cfg.SweepInterval == 0 {
 		cfg.SweepInterval = DefaultSweepInterval

@@ -29,6 +29,20 @@
 //     store that cannot be reached is an infrastructure failure, retried.
 //   - A stage's stdout and stderr share one pipe, as on a terminal, so its
 //     log keeps the order in which lines were written.
+//   - Output (logs.go) goes to the logs stream in batches of at most 512
+//     lines or 128 KiB, published when full or 50 ms after their first
+//     line, numbered from 1 per attempt; a line over MaxLineBytes is
+//     split. The stage blocks while a batch is published, so a stage that
+//     prints faster than the bus stores is slowed, never buffered. The
+//     log cap (Config.LogCap, DefaultLogCap) applies to each attempt, not
+//     to a stage's attempts together: an agent cannot know what earlier
+//     attempts elsewhere wrote without reading the stream. Over the cap
+//     the log keeps its head, published as it comes, and its tail, held
+//     in a bounded ring (DefaultLogTail, at most 16,384 lines) and
+//     published after a note of what was dropped when the stage ends: a
+//     follower sees nothing of a capped stage between the end of the head
+//     and the end of the stage. Every line counts against the cap, weft's
+//     own notes included, but for the note of what was dropped.
 //   - The host environment is Config.Env (the agent's own, from the CLI)
 //     overlaid with the job's environment.
 //   - Caches (cache.go): a stage's cache is restored after its artifacts

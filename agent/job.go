@@ -223,7 +223,7 @@ func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) 
 		return conclude(res, context.Cause(jctx), ctx.Err() != nil, j.delivered, j.limits.maxDeliver, j.Stage.Timeout), 0
 	}
 
-	logs := newLogStream(a.js, subjects.Logs(j.RunID, j.Stage.Key), j.Attempt, a.cfg.LogFlush, j.log)
+	logs := newLogStream(a.js, subjects.Logs(j.RunID, j.Stage.Key), j.Attempt, a.cfg.LogFlush, a.cfg.LogCap, j.log)
 	var wg sync.WaitGroup
 	wg.Go(func() { logs.run(bg) })
 

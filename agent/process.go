@@ -171,14 +171,18 @@ func closeAfter(readers *sync.WaitGroup, d time.Duration, files ...*os.File) {
 }
 
 // readLines calls out for each line of r, splitting lines longer than
-// maxLineBytes, until EOF or a read error.
+// MaxLineBytes, until EOF or a read error. A line split into pieces ends
+// with its last piece: the newline of a line of an exact multiple of
+// MaxLineBytes adds no empty line.
 func readLines(r io.Reader, stream string, out func(stream, line string)) {
-	br := bufio.NewReaderSize(r, maxLineBytes)
+	br := bufio.NewReaderSize(r, MaxLineBytes)
+	split := false // the last piece read was a line's first part
 	for {
 		line, isPrefix, err := br.ReadLine()
-		if len(line) > 0 || (err == nil && !isPrefix) {
+		if len(line) > 0 || (err == nil && !isPrefix && !split) {
 			out(stream, string(line))
 		}
+		split = isPrefix
 		if err != nil {
 			return
 		}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -60,16 +61,27 @@ func TestProcessExitCodes(t *testing.T) {
 }
 
 func TestProcessSplitsLongLines(t *testing.T) {
-	_, lines := runProcess(t, t.Context(), time.Second, "head -c 40000 /dev/zero | tr '\\0' x; echo")
-	total := 0
-	for _, l := range lines {
-		if len(l) > maxLineBytes {
-			t.Errorf("line of %d bytes, want at most %d", len(l), maxLineBytes)
-		}
-		total += len(l)
+	tests := []struct {
+		size, pieces int
+	}{
+		{40000, 3},
+		{2 * MaxLineBytes, 2}, // its newline adds no empty line
+		{1 << 20, 64},
 	}
-	if total != 40000 {
-		t.Errorf("got %d bytes of output, want 40000", total)
+	for _, tt := range tests {
+		_, lines := runProcess(t, t.Context(), time.Second, fmt.Sprintf("head -c %d /dev/zero | tr '\\0' x; echo; echo next", tt.size))
+		if len(lines) != tt.pieces+1 || lines[len(lines)-1] != "next" {
+			t.Errorf("a line of %d bytes came as %d lines before %q, want %d pieces before \"next\"", tt.size, len(lines)-1, lines[len(lines)-1], tt.pieces)
+			continue
+		}
+		if got := strings.Join(lines[:tt.pieces], ""); got != strings.Repeat("x", tt.size) {
+			t.Errorf("the pieces of a line of %d bytes join to %d bytes, not the line", tt.size, len(got))
+		}
+		for _, l := range lines[:tt.pieces-1] {
+			if len(l) != MaxLineBytes {
+				t.Errorf("a piece of %d bytes before the last, want %d", len(l), MaxLineBytes)
+			}
+		}
 	}
 }
 

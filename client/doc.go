@@ -15,4 +15,13 @@
 //     batch the stage published has been delivered, and returns only after
 //     all of the run's output, so a terminal shows a stage's output before
 //     its result.
+//   - Logs with follow and a stage follows that stage alone (its document
+//     in the stages bucket and its log subject) until its document is
+//     terminal and the batch its LogSeq names was delivered: the same
+//     ending Follow applies to every stage of a run. A finish followed by
+//     a retry leaves the document queued, so the follow goes on with the
+//     retry.
+//   - Readers of logs hold a few MiB of them at most: the ordered
+//     consumer buffers 4 MiB (PullMaxBytes, FetchMaxBytes) and eight
+//     batches wait for the caller; a slow caller slows the consumer.
 package client

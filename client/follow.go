@@ -36,6 +36,10 @@ type Line struct {
 	Stage string `json:"stage"`
 	// Attempt is the attempt that wrote it.
 	Attempt int `json:"attempt"`
+	// Seq is the number of the attempt's log batch that carried it
+	// (wire.LogBatch.Seq): consecutive from 1, so a gap says a batch was
+	// lost.
+	Seq uint64 `json:"seq"`
 	wire.LogLine
 }
 
@@ -43,9 +47,23 @@ type Line struct {
 // reported but that has not arrived.
 const logDrainTimeout = 10 * time.Second
 
-// ErrNoRun is matched by Follow's error for a run whose document does not
-// exist.
-var ErrNoRun = errors.New("client: no such run")
+// Bounds of the log batches a reader holds: what the ordered consumer
+// buffers or fetches at once (a batch is at most the server's 1 MiB
+// payload, in practice 128 KiB), and how many messages wait between a
+// follower's consumer and its caller. A reader's memory stays a few MiB
+// however much a stage prints.
+const (
+	logBufferBytes = 4 << 20
+	logQueue       = 8
+)
+
+// Errors that Follow and Logs wrap.
+var (
+	// ErrNoRun: the run's document does not exist.
+	ErrNoRun = errors.New("client: no such run")
+	// ErrNoStage: the run's pipeline has no stage of that key.
+	ErrNoStage = errors.New("client: no such stage")
+)
 
 // Follow calls fn for every update of run runID, in order, from its current
 // state until it ends, and returns the final run. It returns early with
@@ -54,6 +72,15 @@ var ErrNoRun = errors.New("client: no such run")
 // run an Update carries is the follower's own, changed in place as the
 // run goes: fn must copy what it keeps.
 func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(Update)) (*wire.Run, error) {
+	return follow(ctx, js, runID, "", fn)
+}
+
+// follow is Follow, or with a stage key Follow of that stage alone: its
+// document's changes and its output, until the stage is terminal (a
+// finish followed by a retry leaves it queued, not terminal) and all of
+// its output arrived, which its document's LogSeq says. A stage the
+// run's pipeline does not have wraps ErrNoStage.
+func follow(ctx context.Context, js jetstream.JetStream, runID, stage string, fn func(Update)) (*wire.Run, error) {
 	rs, err := runstore.Open(ctx, js)
 	if err != nil {
 		return nil, err
@@ -63,23 +90,27 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 		return nil, fmt.Errorf("watch run %s: %w", runID, err)
 	}
 	defer func() { _ = hw.Stop() }()
-	sw, err := rs.Stages().Watch(ctx, subjects.RunStages(runID), jetstream.IgnoreDeletes())
+	docs, logSubject := subjects.RunStages(runID), subjects.RunLogs(runID)
+	if stage != "" {
+		docs, logSubject = subjects.StageKey(runID, stage), subjects.Logs(runID, stage)
+	}
+	sw, err := rs.Stages().Watch(ctx, docs, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("watch stages of %s: %w", runID, err)
 	}
 	defer func() { _ = sw.Stop() }()
 
 	logs, err := js.OrderedConsumer(ctx, subjects.LogsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subjects.RunLogs(runID)},
+		FilterSubjects: []string{logSubject},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("follow logs of %s: %w", runID, err)
 	}
-	it, err := logs.Messages()
+	it, err := logs.Messages(jetstream.PullMaxBytes(logBufferBytes))
 	if err != nil {
 		return nil, fmt.Errorf("follow logs of %s: %w", runID, err)
 	}
-	lines := make(chan jetstream.Msg, 256)
+	lines := make(chan jetstream.Msg, logQueue)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -98,11 +129,11 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 	}()
 	defer func() { it.Stop(); <-done }()
 
-	f := follower{fn: fn, runID: runID, early: map[string]wire.StageRun{}}
+	f := follower{fn: fn, runID: runID, key: stage, early: map[string]wire.StageRun{}}
 	var drain <-chan time.Time
 	for {
-		if f.run != nil && f.run.State.Terminal() {
-			if f.ended == len(f.run.Stages) && f.seen >= f.maxLog {
+		if f.run != nil && f.over() {
+			if f.complete() {
 				f.flush()
 				fn(Update{Run: f.run, Done: true})
 				return f.run, nil
@@ -122,7 +153,9 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 				return f.run, err
 			}
 			for _, s := range final.Stages {
-				f.stage(s)
+				if f.key == "" || s.Key == f.key {
+					f.stage(s)
+				}
 			}
 			f.seen = f.maxLog
 		case e, ok := <-hw.Updates():
@@ -143,6 +176,9 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 				p, err := rs.Spec(ctx, h.Spec)
 				if err != nil {
 					return nil, fmt.Errorf("follow run %s: %w", runID, err)
+				}
+				if stage != "" && p.Index(stage) < 0 {
+					return nil, fmt.Errorf("follow run %s: stage %q: %w", runID, stage, ErrNoStage)
 				}
 				f.start(runstore.Assemble(h, p, func(string) (*wire.StageRun, uint64) { return nil, 0 }).Run)
 				continue
@@ -176,7 +212,9 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 type follower struct {
 	fn    func(Update)
 	runID string
-	run   *wire.Run
+	// key is the stage followed alone; empty for the whole run.
+	key string
+	run *wire.Run
 	// early holds stage documents that arrived before the run's.
 	early map[string]wire.StageRun
 	// ended counts the run's stages in a terminal state; maxLog is the
@@ -187,6 +225,25 @@ type follower struct {
 	// held are stage transitions waiting, in order, for the output of a
 	// finished stage before them.
 	held []wire.StageRun
+}
+
+// over reports whether what is followed has ended, its output perhaps
+// not all delivered yet: the run, or the stage followed alone (which the
+// run's end implies, should its last document not have arrived).
+func (f *follower) over() bool {
+	return f.run.State.Terminal() || (f.key != "" && f.run.Stages[f.run.Pipeline.Index(f.key)].State.Terminal())
+}
+
+// complete reports whether what is followed has ended and all of its
+// output was delivered: every stage of the run is terminal and the
+// highest log sequence they reported was seen, or the stage followed
+// alone is terminal and its last batch was seen.
+func (f *follower) complete() bool {
+	if f.key == "" {
+		return f.run.State.Terminal() && f.ended == len(f.run.Stages) && f.seen >= f.maxLog
+	}
+	s := f.run.Stages[f.run.Pipeline.Index(f.key)]
+	return s.State.Terminal() && f.seen >= s.LogSeq
 }
 
 // start takes the run as first read, its stages pending, and applies the
@@ -240,7 +297,7 @@ func (f *follower) line(msg jetstream.Msg) {
 	if err := json.Unmarshal(msg.Data(), &b); err == nil {
 		stage := subjects.LogStage(msg.Subject())
 		for _, l := range b.Lines {
-			f.fn(Update{Run: f.run, Line: &Line{Stage: stage, Attempt: b.Attempt, LogLine: l}})
+			f.fn(Update{Run: f.run, Line: &Line{Stage: stage, Attempt: b.Attempt, Seq: b.Seq, LogLine: l}})
 		}
 	}
 	f.flush()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -15,24 +14,33 @@ import (
 
 // Logs calls fn for every stored output line of a run (of one stage when
 // stage is not empty), in the order stored. With follow it goes on with
-// the lines still to come and returns once the run ended and all of its
-// output arrived; without, it returns after the lines stored when it
-// started. A run that does not exist wraps runstore.ErrNoRun.
+// the lines still to come and returns once all of the output arrived of
+// the run after it ended, or of the stage after it ended (its final
+// finish: a finish followed by a retry goes on with the retry's lines);
+// without, it returns after the lines stored when it started. Either way
+// it holds a few MiB of output at most, however long the log. A run that
+// does not exist wraps runstore.ErrNoRun, a stage its pipeline does not
+// have ErrNoStage.
 func Logs(ctx context.Context, js jetstream.JetStream, runID, stage string, follow bool, fn func(Line)) error {
 	rs, err := runstore.Open(ctx, js)
 	if err != nil {
 		return err
 	}
-	if _, _, err := rs.Header(ctx, runID); err != nil {
+	h, _, err := rs.Header(ctx, runID)
+	if err != nil {
 		return err
 	}
+	if stage != "" {
+		p, err := rs.Spec(ctx, h.Spec)
+		if err != nil {
+			return fmt.Errorf("logs of %s: %w", runID, err)
+		}
+		if p.Index(stage) < 0 {
+			return fmt.Errorf("logs of %s: stage %q: %w", runID, stage, ErrNoStage)
+		}
+	}
 	if follow {
-		_, err := Follow(ctx, js, runID, func(u Update) {
-			if u.Line != nil && (stage == "" || u.Line.Stage == stage) {
-				fn(*u.Line)
-			}
-		})
-		return err
+		return followLogs(ctx, js, runID, stage, fn)
 	}
 	filter := subjects.RunLogs(runID)
 	if stage != "" {
@@ -47,7 +55,7 @@ func Logs(ctx context.Context, js jetstream.JetStream, runID, stage string, foll
 		return fmt.Errorf("logs of %s: %w", runID, err)
 	}
 	for left := info.NumPending; left > 0; {
-		batch, err := c.Fetch(int(min(left, 256)))
+		batch, err := c.Fetch(int(min(left, 256)), jetstream.FetchMaxBytes(logBufferBytes))
 		if err != nil {
 			return fmt.Errorf("logs of %s: %w", runID, err)
 		}
@@ -57,9 +65,9 @@ func Logs(ctx context.Context, js jetstream.JetStream, runID, stage string, foll
 			if json.Unmarshal(msg.Data(), &b) != nil {
 				continue
 			}
-			key := msg.Subject()[strings.LastIndexByte(msg.Subject(), '.')+1:]
+			key := subjects.LogStage(msg.Subject())
 			for _, l := range b.Lines {
-				fn(Line{Stage: key, Attempt: b.Attempt, LogLine: l})
+				fn(Line{Stage: key, Attempt: b.Attempt, Seq: b.Seq, LogLine: l})
 			}
 		}
 		if err := batch.Error(); err != nil {
@@ -67,4 +75,15 @@ func Logs(ctx context.Context, js jetstream.JetStream, runID, stage string, foll
 		}
 	}
 	return nil
+}
+
+// followLogs is Logs with follow: the lines of a follow of the run, or of
+// the stage alone.
+func followLogs(ctx context.Context, js jetstream.JetStream, runID, stage string, fn func(Line)) error {
+	_, err := follow(ctx, js, runID, stage, func(u Update) {
+		if u.Line != nil {
+			fn(*u.Line)
+		}
+	})
+	return err
 }

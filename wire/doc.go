@@ -16,4 +16,7 @@
 //     keeps the agent's start and finish times of a stage.
 //   - A finished event carries the stream sequence of the stage's last log
 //     batch, so a reader can print a stage's whole output before its result.
+//   - Log batches are numbered per attempt (LogBatch.Seq) and their lines
+//     carry the time the agent read them; the stream sequence orders them
+//     across attempts and stages.
 package wire

@@ -219,6 +219,12 @@ type ArtifactSource struct {
 type LogBatch struct {
 	// Attempt is the stage attempt that wrote the lines.
 	Attempt int `json:"attempt"`
+	// Seq numbers the attempt's batches from 1, consecutively, in the
+	// order they were published: a follower that sees a number skipped
+	// knows a batch was lost (its publish failed). A delivery that runs
+	// an attempt again (the first one never started its commands)
+	// numbers from 1 again.
+	Seq uint64 `json:"seq"`
 	// Lines are the lines in the order they were read.
 	Lines []LogLine `json:"lines"`
 }
@@ -229,7 +235,10 @@ type LogLine struct {
 	// (one pipe, so lines keep their order), or "system" for weft's own
 	// notes in the log.
 	Stream string `json:"stream"`
-	// Text is the line without its newline.
+	// Text is the line without its newline. The agent splits a longer
+	// line into consecutive lines of 16 KiB (agent.MaxLineBytes; the
+	// pieces joined are the line), so that one line never outgrows a
+	// message.
 	Text string `json:"text"`
 	// Time is when the agent read the line.
 	Time time.Time `json:"time"`

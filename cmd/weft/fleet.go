@@ -185,5 +185,6 @@ it stops its running stages and hands their jobs back to the fleet.
 	f.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "AckWait of job consumers this agent creates; it heartbeats every third")
 	f.IntVar(&cfg.MaxDeliver, "max-deliver", 5, "deliveries of a job before it is dead-lettered, for job consumers this agent creates")
 	storageFlags(f, &cfg.ArtifactLimits, &cfg.CacheLimits)
+	f.Var(sizeValue{&cfg.LogCap}, "log-cap", logCapHelp())
 	return cmd
 }

@@ -7,7 +7,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/internal/bytesize"
 	"github.com/weft-ci/weft/runstore"
 )
 
@@ -21,8 +23,17 @@ func logsCommand(g *globals) *cobra.Command {
 		Short: "Print the output of a run's stages",
 		Long: `logs prints the output a run's stages wrote (one stage's with STAGE), as
 "stage | line". With -f it goes on with the output still to come and
-returns once the run ended and all of its output arrived. --json prints one
-line per output line: {"stage","attempt","stream","text","time"}.
+returns once all of it arrived after the run ended, or with STAGE after
+that stage ended (its final result: a stage that fails and is retried goes
+on with the retry), while the rest of the run may still be running.
+
+--json prints one line per output line: {"stage","attempt","seq","stream",
+"text","time"}; seq numbers the attempt's log batches from 1, so a gap
+says a batch was lost, and time is when the agent read the line. A line
+over ` + bytesize.Format(agent.MaxLineBytes) + ` comes as consecutive pieces of that size. An attempt's output
+over the agent's log cap (weft agent --log-cap, default ` + bytesize.Format(agent.DefaultLogCap) + `) keeps its
+first part and its last ` + bytesize.Format(agent.DefaultLogTail) + `, with a line saying what was dropped
+between them; past the first part, lines arrive when the stage ends.
 
 ` + exitCodesHelp,
 		Example: "  weft logs --server nats://ci:4222 01JABCDEF...\n  weft logs --server nats://ci:4222 -f 01JABCDEF... test",
@@ -52,6 +63,9 @@ line per output line: {"stage","attempt","stream","text","time"}.
 			if errors.Is(err, runstore.ErrNoRun) {
 				return withCode(exitUsage, fmt.Errorf("run %s: no such run", args[0]))
 			}
+			if errors.Is(err, client.ErrNoStage) {
+				return withCode(exitUsage, fmt.Errorf("run %s has no stage %q", args[0], stage))
+			}
 			if err != nil {
 				return withCode(exitInfra, err)
 			}
@@ -62,7 +76,7 @@ line per output line: {"stage","attempt","stream","text","time"}.
 		},
 	}
 	fleet.add(cmd)
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "go on with the output to come, until the run ends")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "go on with the output to come, until the run (or STAGE) ends")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per line")
 	return cmd
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/embedded"
+	"github.com/weft-ci/weft/internal/bytesize"
 	"github.com/weft-ci/weft/objectstore"
 	"github.com/weft-ci/weft/pipeline"
 	"github.com/weft-ci/weft/subjects"
@@ -31,6 +32,7 @@ type runOptions struct {
 	executor, containerd     string
 	artifacts                objectstore.Limits
 	cache                    objectstore.CacheLimits
+	logCap                   int64
 }
 
 func runCommand(g *globals) *cobra.Command {
@@ -82,7 +84,16 @@ Ctrl-C cancels the run: its stages are stopped (SIGTERM, then SIGKILL after
 	f.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "time a stopped stage gets between SIGTERM and SIGKILL")
 	f.StringVar(&o.executor, "executor", envOr("WEFT_EXECUTOR", agent.ExecutorAuto), "how the local agent runs stages: auto (containerd for stages with an image, host processes for the rest), process or containerd (env WEFT_EXECUTOR)")
 	f.StringVar(&o.containerd, "containerd-address", envOr("WEFT_CONTAINERD_ADDRESS", defaultContainerd), "containerd socket (env WEFT_CONTAINERD_ADDRESS)")
+	f.Var(sizeValue{&o.logCap}, "log-cap", logCapHelp())
 	return cmd
+}
+
+// logCapHelp describes the --log-cap flag of the commands that run an
+// agent.
+func logCapHelp() string {
+	return "most output an attempt of a stage keeps in its log, e.g. 1GiB: over it the first part and the last " +
+		bytesize.Format(agent.DefaultLogTail) + " stay, with a line saying what was dropped between them (default " +
+		bytesize.Format(agent.DefaultLogCap) + ", at least " + bytesize.Format(agent.MinLogCap) + ")"
 }
 
 func runPipeline(ctx context.Context, g *globals, file string, o runOptions) error {
@@ -103,6 +114,9 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 	}
 	if o.slots < 1 {
 		return withCode(exitUsage, fmt.Errorf("--slots must be at least 1, got %d", o.slots))
+	}
+	if o.logCap != 0 && o.logCap < agent.MinLogCap {
+		return withCode(exitUsage, fmt.Errorf("--log-cap must be at least %s, got %s", bytesize.Format(agent.MinLogCap), bytesize.Format(o.logCap)))
 	}
 	if o.server != "" && (o.state != "" || o.listen != "") {
 		return withCode(exitUsage, errors.New("--state and --listen configure the embedded server; they cannot be used with --server"))
@@ -155,6 +169,7 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 			Containerd:     container.Config{Address: o.containerd},
 			ArtifactLimits: o.artifacts,
 			CacheLimits:    o.cache,
+			LogCap:         o.logCap,
 		}}
 	}
 	// The stack outlives ctx (Ctrl-C) until the run is cancelled.
