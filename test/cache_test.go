@@ -10,9 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/objectstore"
@@ -158,40 +156,8 @@ stages:
       - while [ ! -e %s ]; do sleep 0.05; done
 `, gate)
 	ids := []string{s.Submit(t, text), s.Submit(t, text)}
-	var (
-		wg      sync.WaitGroup
-		mu      sync.Mutex
-		waiting = map[string]bool{}
-		runs    = make([]*wire.Run, 2)
-		lines   = make([][]string, 2)
-	)
-	for i, id := range ids {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			r, err := client.Follow(ctx, s.Bus.JS, id, func(u client.Update) {
-				if u.Line == nil {
-					return
-				}
-				lines[i] = append(lines[i], u.Line.Text)
-				if u.Line.Text == "waiting at the gate" {
-					mu.Lock()
-					waiting[id] = true
-					if len(waiting) == 2 { // both missed and are about to save
-						if err := os.WriteFile(gate, nil, 0o644); err != nil {
-							t.Error(err)
-						}
-					}
-					mu.Unlock()
-				}
-			})
-			if err != nil {
-				t.Errorf("follow %s: %v", id, err)
-			}
-			runs[i] = r
-		})
-	}
-	wg.Wait()
+	// Both missed and are about to save when both reach the gate.
+	runs, lines := s.FollowGated(t, ids, func(l string) bool { return l == "waiting at the gate" }, gate)
 	saved := 0
 	for i := range 2 {
 		if runs[i] == nil || runs[i].State != wire.RunSucceeded {

@@ -210,6 +210,50 @@ func (s *Stack) Run(t testing.TB, text string, opts ...func(*wire.Trigger)) (*wi
 	return s.Wait(t, s.Submit(t, text, opts...))
 }
 
+// FollowGated follows runs at once to their ends, creating the file gate
+// once every one of them has printed a line that reached accepts, and
+// returns their final documents and output lines in the order of ids. A
+// stage that blocks on the gate after such a line proves that the runs
+// were at that point together.
+func (s *Stack) FollowGated(t testing.TB, ids []string, reached func(line string) bool, gate string) ([]*wire.Run, [][]string) {
+	t.Helper()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		there = map[string]bool{}
+		runs  = make([]*wire.Run, len(ids))
+		lines = make([][]string, len(ids))
+	)
+	for i, id := range ids {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			r, err := client.Follow(ctx, s.Bus.JS, id, func(u client.Update) {
+				if u.Line == nil {
+					return
+				}
+				lines[i] = append(lines[i], u.Line.Text)
+				if !reached(u.Line.Text) {
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if there[id] = true; len(there) == len(ids) {
+					if err := os.WriteFile(gate, nil, 0o644); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+			if err != nil {
+				t.Errorf("follow %s: %v", id, err)
+			}
+			runs[i] = r
+		})
+	}
+	wg.Wait()
+	return runs, lines
+}
+
 // ulidString returns a new ULID.
 func ulidString() string { return ulid.Make().String() }
 

@@ -1,17 +1,14 @@
 package test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/weft-ci/weft/agent"
-	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -99,39 +96,8 @@ func TestRunsAtOnceNeverShareAWorkspace(t *testing.T) {
 	s := StartStack(t, StackConfig{Slots: 2})
 	gate := filepath.Join(t.TempDir(), "gate")
 	ids := []string{s.Submit(t, wsPipeline(gate)), s.Submit(t, wsPipeline(gate))}
-	var (
-		wg      sync.WaitGroup
-		mu      sync.Mutex
-		waiting = 0
-		runs    = make([]*wire.Run, 2)
-		lines   = make([][]string, 2)
-	)
-	for i, id := range ids {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			r, err := client.Follow(ctx, s.Bus.JS, id, func(u client.Update) {
-				if u.Line == nil {
-					return
-				}
-				lines[i] = append(lines[i], u.Line.Text)
-				if u.Line.Text == "clean" || strings.HasPrefix(u.Line.Text, "found ") {
-					mu.Lock()
-					if waiting++; waiting == 2 { // both hold their workspaces
-						if err := os.WriteFile(gate, nil, 0o644); err != nil {
-							t.Error(err)
-						}
-					}
-					mu.Unlock()
-				}
-			})
-			if err != nil {
-				t.Errorf("follow %s: %v", id, err)
-			}
-			runs[i] = r
-		})
-	}
-	wg.Wait()
+	// Both hold their workspaces when both reach the gate.
+	runs, lines := s.FollowGated(t, ids, func(l string) bool { return l == "clean" || strings.HasPrefix(l, "found ") }, gate)
 	var dirs []string
 	for i := range 2 {
 		if runs[i] == nil || runs[i].State != wire.RunSucceeded {
