@@ -171,12 +171,9 @@ func (a *Agent) saveCache(ctx context.Context, j *job, sc *stageCache, note func
 		note(fmt.Sprintf("weft: cache not saved: %v", err))
 		return
 	}
-	// The key may have an entry by now (another run saved it): checked
-	// before archiving, which is the costly part; Save checks again.
-	if e, exact, err := c.Find(ctx, j.Repo, sc.key, nil); err == nil && exact {
-		note(fmt.Sprintf("weft: cache key %s exists (%s); not saved", sc.key, e.Describe()))
-		return
-	}
+	// Save looks for the key's entry before it reads the archive: until
+	// then the packer is blocked on the pipe, so a key that exists costs
+	// no more than the archive's first compressed block.
 	pr, pw := io.Pipe()
 	type packed struct {
 		files int
