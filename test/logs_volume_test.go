@@ -5,44 +5,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/internal/procs"
 	"github.com/weft-ci/weft/wire"
 )
-
-// vmHWM returns the peak resident set size of a running process so far,
-// VmHWM of /proc/<pid>/status, in bytes. (The ru_maxrss of a child that
-// exited is no use: Go starts children with vfork, and exec records the
-// parent's peak as the child's.)
-func vmHWM(pid int) (int64, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, fmt.Errorf("status of %d: %w", pid, err)
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("VmHWM of %d: %q", pid, l)
-			}
-			return kb << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM in the status of %d", pid)
-}
 
 // peakRSS returns the peak resident set size of a running process so
 // far, in bytes.
 func peakRSS(t *testing.T, pid int) int64 {
 	t.Helper()
-	n, err := vmHWM(pid)
+	n, err := procs.Peak(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +82,7 @@ func runCounting(t *testing.T, d time.Duration, want string, args ...string) cou
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if n, err := vmHWM(cmd.Process.Pid); err == nil {
+			if n, err := procs.Peak(cmd.Process.Pid); err == nil {
 				c.peak = n
 			}
 			select {

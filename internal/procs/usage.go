@@ -46,3 +46,34 @@ func Of(pid int) (Usage, error) {
 	}
 	return Usage{CPU: time.Duration(utime+stime) * clockTick, RSS: rss * int64(os.Getpagesize())}, nil
 }
+
+// Peak returns the peak resident set size of process pid so far, VmHWM
+// of /proc/<pid>/status, in bytes. (The ru_maxrss of a child that exited
+// is no use for this: Go starts children with vfork, and exec records
+// the parent's peak as the child's.)
+func Peak(pid int) (int64, error) {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, fmt.Errorf("status of %d: %w", pid, err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("VmHWM of %d: %q", pid, l)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in the status of %d", pid)
+}
+
+// ResetPeak sets the peak resident set size of process pid (Peak) to
+// its resident set size now, so that Peak then tells the most it held
+// since (Linux's clear_refs, value 5).
+func ResetPeak(pid int) error {
+	if err := os.WriteFile(filepath.Join("/proc", strconv.Itoa(pid), "clear_refs"), []byte("5"), 0); err != nil {
+		return fmt.Errorf("reset the peak RSS of %d: %w", pid, err)
+	}
+	return nil
+}
