@@ -94,7 +94,7 @@ type CacheEntry struct {
 
 // Cache is the stage cache on one connection.
 type Cache struct {
-	obs    jetstream.ObjectStore
+	bucket
 	index  jetstream.KeyValue
 	limits CacheLimits
 	now    func() time.Time
@@ -102,15 +102,15 @@ type Cache struct {
 
 // OpenCache opens the cache buckets, which bus.Provision creates.
 func OpenCache(ctx context.Context, js jetstream.JetStream, limits CacheLimits) (*Cache, error) {
-	obs, err := js.ObjectStore(ctx, subjects.CacheBucket)
+	b, err := openBucket(ctx, js, subjects.CacheBucket)
 	if err != nil {
-		return nil, fmt.Errorf("object store %s: %w", subjects.CacheBucket, err)
+		return nil, err
 	}
 	index, err := js.KeyValue(ctx, subjects.CacheIndexBucket)
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", subjects.CacheIndexBucket, err)
 	}
-	return &Cache{obs: obs, index: index, limits: limits.withDefaults(), now: time.Now}, nil
+	return &Cache{bucket: b, index: index, limits: limits.withDefaults(), now: time.Now}, nil
 }
 
 // Limits returns the cache's limits.
@@ -213,7 +213,7 @@ func repoLabel(repo string) string { return cmp.Or(repo, "the local repository")
 // digest recorded. An entry whose archive is gone is removed and reported
 // as ErrNotFound.
 func (c *Cache) Open(ctx context.Context, e *CacheEntry) (io.ReadCloser, error) {
-	res, err := c.obs.Get(ctx, e.Object)
+	rd, err := c.open(ctx, e.Object, "cache key "+e.Key, StallTimeout)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		_ = c.index.Delete(ctx, indexKey(e.Repo, e.Key), jetstream.LastRevision(e.rev))
 		return nil, fmt.Errorf("cache key %s: archive %s: %w", e.Key, e.Object, ErrNotFound)
@@ -222,7 +222,7 @@ func (c *Cache) Open(ctx context.Context, e *CacheEntry) (io.ReadCloser, error) 
 		return nil, fmt.Errorf("cache key %s: %w", e.Key, err)
 	}
 	c.touch(ctx, e)
-	return &digestReader{res: res, name: "cache key " + e.Key}, nil
+	return rd, nil
 }
 
 // touch records that e was used now, unless it was within touchEvery; a

@@ -16,7 +16,9 @@ import (
 	"github.com/weft-ci/weft/bus"
 )
 
-func openCache(t *testing.T, limits CacheLimits) (*Cache, context.Context) {
+// openBus opens a bus on an embedded server of the test's own, with
+// weft's streams and buckets.
+func openBus(t *testing.T) (*bus.Bus, context.Context) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
@@ -30,6 +32,12 @@ func openCache(t *testing.T, limits CacheLimits) (*Cache, context.Context) {
 	if err := bus.Provision(ctx, b.JS, 0); err != nil {
 		t.Fatal(err)
 	}
+	return b, ctx
+}
+
+func openCache(t *testing.T, limits CacheLimits) (*Cache, context.Context) {
+	t.Helper()
+	b, ctx := openBus(t)
 	c, err := OpenCache(ctx, b.JS, limits)
 	if err != nil {
 		t.Fatal(err)

@@ -137,17 +137,17 @@ type Artifact struct {
 
 // Store is the artifact store on one connection.
 type Store struct {
-	obs    jetstream.ObjectStore
+	bucket
 	limits Limits
 }
 
 // Open opens the artifact bucket, which bus.Provision creates.
 func Open(ctx context.Context, js jetstream.JetStream, limits Limits) (*Store, error) {
-	obs, err := js.ObjectStore(ctx, subjects.ArtifactsBucket)
+	b, err := openBucket(ctx, js, subjects.ArtifactsBucket)
 	if err != nil {
-		return nil, fmt.Errorf("object store %s: %w", subjects.ArtifactsBucket, err)
+		return nil, err
 	}
-	return &Store{obs: obs, limits: limits.withDefaults()}, nil
+	return &Store{bucket: b, limits: limits.withDefaults()}, nil
 }
 
 // Limits returns the store's limits.
@@ -274,27 +274,8 @@ func (s *Store) Stat(ctx context.Context, run, stage, p string) (Artifact, error
 type Reader struct {
 	// Artifact is what is being read.
 	Artifact Artifact
-	digestReader
+	*objectReader
 }
-
-// digestReader reads a stored object, turning the store's digest
-// mismatch into ErrDigest with the object named.
-type digestReader struct {
-	res  jetstream.ObjectResult
-	name string
-}
-
-// Read reads the content.
-func (r *digestReader) Read(p []byte) (int, error) {
-	n, err := r.res.Read(p)
-	if errors.Is(err, jetstream.ErrDigestMismatch) {
-		err = fmt.Errorf("%s: %w", r.name, ErrDigest)
-	}
-	return n, err
-}
-
-// Close ends the read.
-func (r *digestReader) Close() error { return r.res.Close() }
 
 // Get opens the artifact at path of a run's stage for reading; ErrNotFound
 // when there is none. Close the reader.
@@ -303,24 +284,19 @@ func (s *Store) Get(ctx context.Context, run, stage, p string) (*Reader, error) 
 	if err != nil {
 		return nil, err
 	}
-	res, err := s.obs.Get(ctx, name)
+	rd, err := s.open(ctx, name, "artifact "+name, StallTimeout)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, fmt.Errorf("%s: %w", name, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("artifact %s: %w", name, err)
 	}
-	info, err := res.Info()
+	a, err := artifactOf(rd.info)
 	if err != nil {
-		res.Close()
-		return nil, fmt.Errorf("artifact %s: %w", name, err)
-	}
-	a, err := artifactOf(info)
-	if err != nil {
-		res.Close()
+		rd.Close()
 		return nil, err
 	}
-	return &Reader{Artifact: a, digestReader: digestReader{res: res, name: name}}, nil
+	return &Reader{Artifact: a, objectReader: rd}, nil
 }
 
 // Delete removes the artifact at path of a run's stage; one already gone

@@ -175,3 +175,46 @@ func TestArtifactsOverALimitAreRefusedAndLeaveNothing(t *testing.T) {
 		t.Errorf("Put of exactly the file limit: %v", err)
 	}
 }
+
+// A read may take longer than the JetStream client's default timeout
+// (5 s; 200 ms here), which the client gives a whole object read whose
+// context has no deadline: the agent's restore, `weft artifacts get` and
+// the download handler read with such contexts, and a large artifact or a
+// slow reader takes longer than that. It still gets every byte.
+func TestAReadOutlastsTheClientsDefaultTimeout(t *testing.T) {
+	b := test.Bus(t)
+	js, err := jetstream.New(b.Conn, jetstream.WithDefaultTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background() // no deadline, like the callers'
+	s, err := objectstore.Open(ctx, js, objectstore.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 1<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, "01RUN", "build", "big", bytes.NewReader(data), 0); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Get(ctx, "01RUN", "build", "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	head := make([]byte, 1)
+	if _, err := io.ReadFull(r, head); err != nil {
+		t.Fatal(err)
+	}
+	// The reader is slow: it reads on after more than the timeout.
+	<-time.After(500 * time.Millisecond)
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("reading on after the client's default timeout: %v", err)
+	}
+	if !bytes.Equal(append(head, rest...), data) {
+		t.Fatalf("read %d bytes, not the %d stored", 1+len(rest), len(data))
+	}
+}
