@@ -21,6 +21,11 @@
 //     their limits, leases and workspaces left, and kill-to-restart
 //     times; a scenario that did not exercise a fault or a path is a
 //     failure too.
+//   - Artifacts (artifacts.go): files stored and read back through weft's
+//     artifact store and through the raw Object Store on the same bucket
+//     of a `weft server` process, in alternating order, and a 1 GiB file
+//     each way with the client's and the server's peak RSS over their RSS
+//     before.
 //
 // The in-process scenarios build their stack with package embedded;
 // nothing else imports bench but the CLI.

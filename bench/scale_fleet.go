@@ -33,21 +33,24 @@ type processes struct {
 	b          *bus.Bus
 }
 
-// startProcesses starts a server, one dispatcher with dispatcherArgs and
-// agents agent processes with agentArgs, and connects to the server.
-func startProcesses(ctx context.Context, weft string, agents int, dispatcherArgs, agentArgs []string) (*processes, error) {
-	dir, err := os.MkdirTemp("", "weft-bench-scale-")
+// startServer starts a weft server process, its state and the logs of
+// every process started from it in a new temporary directory named after
+// name, and connects to it.
+func startServer(ctx context.Context, weft, name string) (*processes, error) {
+	dir, err := os.MkdirTemp("", "weft-bench-"+name+"-")
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
 	port, err := freePort()
 	if err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
-	p := &processes{f: newFleet(weft, dir, fmt.Sprintf("scale-%d-%d", os.Getpid(), time.Now().UnixNano())), dir: dir, url: fmt.Sprintf("nats://127.0.0.1:%d", port)}
+	p := &processes{f: newFleet(weft, dir, fmt.Sprintf("%s-%d-%d", name, os.Getpid(), time.Now().UnixNano())), dir: dir, url: fmt.Sprintf("nats://127.0.0.1:%d", port)}
 	if p.server, err = p.f.spawn("server", []string{"server", "--state", filepath.Join(dir, "server"), "--listen", fmt.Sprintf("127.0.0.1:%d", port)}); err != nil {
 		p.stop()
 		return nil, err
@@ -56,6 +59,17 @@ func startProcesses(ctx context.Context, weft string, agents int, dispatcherArgs
 		p.stop()
 		return nil, err
 	}
+	return p, nil
+}
+
+// startProcesses starts a server, one dispatcher with dispatcherArgs and
+// agents agent processes with agentArgs, and connects to the server.
+func startProcesses(ctx context.Context, weft string, agents int, dispatcherArgs, agentArgs []string) (*processes, error) {
+	p, err := startServer(ctx, weft, "scale")
+	if err != nil {
+		return nil, err
+	}
+	dir := p.dir
 	if p.dispatcher, err = p.f.spawn("dispatcher", append([]string{"dispatcher", "--server", p.url}, dispatcherArgs...)); err != nil {
 		p.stop()
 		return nil, err

@@ -20,7 +20,10 @@
 //     advance is refused as soon as it streams past the limit, and what it
 //     had stored is purged.
 //   - Nothing is held whole in memory: objects move in the store's chunks
-//     (128 KiB), whatever their size.
+//     (128 KiB), whatever their size, and a read holds at most 4 MiB
+//     ahead of its reader (read.go). A transfer has no time limit; a
+//     read fails with ErrStalled when the server sends nothing for
+//     StallTimeout.
 //   - Retention is the bucket's MaxAge (bus.Provision, --retention);
 //     nothing here expires objects.
 package objectstore

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-ci/weft/bench"
+	"github.com/weft-ci/weft/internal/bytesize"
 )
 
 func benchCommand(g *globals) *cobra.Command {
@@ -21,11 +22,12 @@ func benchCommand(g *globals) *cobra.Command {
 		o      bench.Options
 		co     bench.ChaosOptions
 		so     bench.ScaleOptions
+		ao     bench.ArtifactsOptions
 		asJSON bool
 	)
 	cmd := &cobra.Command{
-		Use:   "bench [hotfix|isolation|wip|chaos|scale|SCALE-SCENARIO]...",
-		Short: "Measure priority, queue isolation, WIP limits, chaos and scale",
+		Use:   "bench [hotfix|isolation|wip|chaos|scale|SCALE-SCENARIO|artifacts]...",
+		Short: "Measure priority, queue isolation, WIP limits, chaos, scale and artifacts",
 		Long: `bench runs scenarios on an embedded stack (nats-server, dispatcher and
 host-process agents in this process, state in a temporary directory) and
 prints each figure next to its baseline, measured in the same run:
@@ -83,16 +85,25 @@ prints each figure next to its baseline, measured in the same run:
   startup      weft run of a one-stage pipeline, --startup-runs times,
                process start to exit, against weft version
 
+  artifacts  against a weft server process: --artifact-rounds rounds, each
+             storing an --artifact-size file as an artifact and reading it
+             back into a file through weft's artifact store and through
+             the raw JetStream Object Store on the same bucket, the order
+             alternating: the median rates and weft's ratio to raw; then
+             an --artifact-big file each way once, with how much more
+             resident memory this process (and the server) held at the
+             peak than before
+
 With no scenario it runs hotfix, isolation and wip. Progress goes to stderr.
 
 ` + exitCodesHelp + `
   (bench chaos exits 1 when an invariant broke or the chaos did not
   exercise one, so CI can run it)`,
-		Example: "  weft bench\n  weft bench hotfix --jobs 1000 --slots 2 --json\n  weft bench chaos --runs 500 --repos 3 --wip 3 --json\n  weft bench scale\n  weft bench width herd --herd-slots 1,20,200",
+		Example: "  weft bench\n  weft bench hotfix --jobs 1000 --slots 2 --json\n  weft bench chaos --runs 500 --repos 3 --wip 3 --json\n  weft bench scale\n  weft bench width herd --herd-slots 1,20,200\n  weft bench artifacts --artifact-big 1GiB",
 		Args: usageArgs(func(_ *cobra.Command, args []string) error {
 			for _, a := range args {
-				if !slices.Contains([]string{"hotfix", "isolation", "wip", "chaos", "scale"}, a) && !slices.Contains(bench.ScaleScenarios, a) {
-					return fmt.Errorf("unknown scenario %q: want hotfix, isolation, wip, chaos, scale or one of %s", a, strings.Join(bench.ScaleScenarios, ", "))
+				if !slices.Contains([]string{"hotfix", "isolation", "wip", "chaos", "scale", "artifacts"}, a) && !slices.Contains(bench.ScaleScenarios, a) {
+					return fmt.Errorf("unknown scenario %q: want hotfix, isolation, wip, chaos, scale, artifacts or one of %s", a, strings.Join(bench.ScaleScenarios, ", "))
 				}
 			}
 			return nil
@@ -139,6 +150,9 @@ With no scenario it runs hotfix, isolation and wip. Progress goes to stderr.
 				case "chaos":
 					co.Progress = o.Progress
 					r, err = bench.Chaos(cmd.Context(), co)
+				case "artifacts":
+					ao.Progress = o.Progress
+					r, err = bench.Artifacts(cmd.Context(), ao)
 				}
 				if errors.Is(err, bench.ErrInvalidChaos) {
 					return withCode(exitUsage, err)
@@ -208,6 +222,9 @@ With no scenario it runs hotfix, isolation and wip. Progress goes to stderr.
 	f.IntVar(&so.HerdJobs, "herd-jobs", 100, "scale herd: jobs sent one at a time at each size")
 	f.IntVar(&so.StorageRuns, "storage-runs", 1000, "scale storage: runs of a 10-stage pipeline")
 	f.IntVar(&so.StartupRuns, "startup-runs", 20, "scale startup: timed runs of weft run")
+	f.Var(sizeValue{&ao.Size}, "artifact-size", "artifacts: the artifact each round moves (default "+bytesize.Format(bench.DefaultArtifactSize)+")")
+	f.IntVar(&ao.Rounds, "artifact-rounds", bench.DefaultArtifactRounds, "artifacts: rounds, each through weft and raw")
+	f.Var(sizeValue{&ao.Big}, "artifact-big", "artifacts: the artifact moved once each way while memory is watched (default "+bytesize.Format(bench.DefaultArtifactBig)+")")
 	f.BoolVar(&asJSON, "json", false, "print the results as one JSON document (durations in ns)")
 	return cmd
 }
@@ -236,6 +253,9 @@ func printBench(g *globals, results map[string]any) {
 	}
 	if r, ok := results["scale"].(*bench.ScaleResult); ok {
 		printScale(w, r)
+	}
+	if r, ok := results["artifacts"].(*bench.ArtifactsResult); ok {
+		printArtifacts(w, r)
 	}
 	w.Flush()
 	if r, ok := results["chaos"].(*bench.ChaosResult); ok {
@@ -332,4 +352,14 @@ func printScale(w io.Writer, r *bench.ScaleResult) {
 	if x := r.Startup; x != nil {
 		fmt.Fprintf(w, "startup\tweft run of one stage, min / p50 / max of %d; weft version p50\t%s / %s / %s\t%s\t\n", x.Runs, ms(x.Min), ms(x.P50), ms(x.Max), ms(x.Baseline))
 	}
+}
+
+// printArtifacts writes the artifacts figures as rows of the bench table.
+func printArtifacts(w io.Writer, r *bench.ArtifactsResult) {
+	rate := func(t bench.Transfer) string { return bytesize.Format(int64(t.Rate)) + "/s" }
+	fmt.Fprintf(w, "artifacts\tput of %s from a file, median of %d; raw Object Store\t%s\t%s (raw)\t%.2f\n", bytesize.Format(r.Size), r.Rounds, rate(r.Put), rate(r.RawPut), r.PutRatio)
+	fmt.Fprintf(w, "\tget of %s into a file, digest checked, median of %d; raw\t%s\t%s (raw)\t%.2f\n", bytesize.Format(r.Size), r.Rounds, rate(r.Get), rate(r.RawGet), r.GetRatio)
+	fmt.Fprintf(w, "\tput of %s: rate; RSS growth of the client\t%s; %s\t%s; %s (raw)\t\n", bytesize.Format(r.Big), rate(r.BigPut), bytesize.Format(r.BigPut.Growth), rate(r.BigRawPut), bytesize.Format(r.BigRawPut.Growth))
+	fmt.Fprintf(w, "\tget of %s: rate; RSS growth of the client\t%s; %s\t%s; %s (raw)\t\n", bytesize.Format(r.Big), rate(r.BigGet), bytesize.Format(r.BigGet.Growth), rate(r.BigRawGet), bytesize.Format(r.BigRawGet.Growth))
+	fmt.Fprintf(w, "\tRSS growth of the server while it stored %s; wall\t%s; %s\t\t\n", bytesize.Format(r.Big), bytesize.Format(r.ServerGrowth), r.Wall.Round(time.Millisecond))
 }
