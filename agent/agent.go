@@ -43,8 +43,14 @@ type Config struct {
 	// KeepWorkspaces keeps a run's workspace when it ends, for the next
 	// run of its pipeline to find; by default it is removed.
 	KeepWorkspaces bool
-	// Env is the base environment of host stages (KEY=VALUE).
+	// Env is the environment host stages start from (KEY=VALUE), the
+	// agent's own from the CLI: a stage gets only the variables
+	// DefaultEnvAllow and EnvAllow name, never weft's own (WEFT_*), with
+	// the job's environment over them.
 	Env []string
+	// EnvAllow names more variables of Env host stages get, NAME or
+	// PREFIX*.
+	EnvAllow []string
 	// KillGrace is how long a stage has between SIGTERM and SIGKILL;
 	// default 10s.
 	KillGrace time.Duration
@@ -187,12 +193,15 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 	if cfg.SweepInterval < 0 {
 		return nil, fmt.Errorf("%w: sweep interval must be positive, got %s", ErrInvalidConfig, cfg.SweepInterval)
 	}
+	if err := checkEnvAllow(cfg.EnvAllow); err != nil {
+		return nil, err
+	}
 	return &Agent{
 		cfg:       cfg,
 		nc:        b.Conn,
 		js:        b.JS,
 		log:       cfg.Logger.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
-		process:   processExecutor{killGrace: cfg.KillGrace, baseEnv: cfg.Env},
+		process:   processExecutor{killGrace: cfg.KillGrace, baseEnv: hostEnv(cfg.Env, append(DefaultEnvAllow(), cfg.EnvAllow...))},
 		active:    map[string]map[*job]struct{}{},
 		changed:   make(chan struct{}, 1),
 		cancelled: map[string]time.Time{},

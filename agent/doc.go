@@ -43,8 +43,11 @@
 //     follower sees nothing of a capped stage between the end of the head
 //     and the end of the stage. Every line counts against the cap, weft's
 //     own notes included, but for the note of what was dropped.
-//   - The host environment is Config.Env (the agent's own, from the CLI)
-//     overlaid with the job's environment.
+//   - A host stage's environment is the job's over the variables of
+//     Config.Env (the agent's own, from the CLI) that DefaultEnvAllow and
+//     Config.EnvAllow name (env.go): never the rest, and never weft's own
+//     (WEFT_SERVER, WEFT_CREDS, ...), so a stage does not get the agent's
+//     credentials or its server's address.
 //   - Caches (cache.go): a stage's cache is restored after its artifacts
 //     and before its first command, and saved after its commands succeed
 //     when its key has no entry; a cache problem is noted in the log and

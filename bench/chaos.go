@@ -442,7 +442,7 @@ func Chaos(ctx context.Context, o ChaosOptions) (*ChaosResult, error) {
 		agents[i] = f.add(workCtx, memberAgent, name, func(id string) []string {
 			args := []string{"agent", "--join", url, "--id", id, "--slots", strconv.Itoa(o.Slots),
 				"--ack-wait", o.AckWait.String(), "--max-deliver", strconv.Itoa(chaosMaxDeliver), "--kill-grace", chaosKillGrace.String(),
-				"--work-dir", workDirs[i], "--executor", executor}
+				"--work-dir", workDirs[i], "--executor", executor, "--env-allow", "CHAOS_*"}
 			if o.ContainerdAddress != "" {
 				args = append(args, "--containerd-address", o.ContainerdAddress)
 			}

@@ -48,7 +48,14 @@ func startFleet(t *testing.T, args ...string) *fleet {
 // agent starts `weft agent` with id and waits until it is registered.
 func (f *fleet) agent(t *testing.T, id string, args ...string) *proc {
 	t.Helper()
-	p := startWeft(t, nil, append([]string{"agent", "--join", f.url, "--id", id, "--executor", "process"}, args...)...)
+	return f.agentEnv(t, id, nil, args...)
+}
+
+// agentEnv starts `weft agent` with id and env added to its environment,
+// and waits until it is registered.
+func (f *fleet) agentEnv(t *testing.T, id string, env []string, args ...string) *proc {
+	t.Helper()
+	p := startWeft(t, env, append([]string{"agent", "--join", f.url, "--id", id, "--executor", "process"}, args...)...)
 	if !Eventually(30*time.Second, func() bool {
 		st, err := client.GetStatus(context.Background(), f.s.Bus.JS)
 		if err != nil {

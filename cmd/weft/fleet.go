@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/bus"
@@ -186,5 +188,12 @@ it stops its running stages and hands their jobs back to the fleet.
 	f.IntVar(&cfg.MaxDeliver, "max-deliver", 5, "deliveries of a job before it is dead-lettered, for job consumers this agent creates")
 	storageFlags(f, &cfg.ArtifactLimits, &cfg.CacheLimits)
 	f.Var(sizeValue{&cfg.LogCap}, "log-cap", logCapHelp())
+	envAllowFlag(f, &cfg.EnvAllow)
 	return cmd
+}
+
+// envAllowFlag adds --env-allow, the variables of this process's
+// environment host stages get beyond agent.DefaultEnvAllow.
+func envAllowFlag(f *pflag.FlagSet, allow *[]string) {
+	f.StringSliceVar(allow, "env-allow", nil, "a variable of this environment host stages get, NAME or PREFIX* (repeatable); by default they get only "+strings.Join(agent.DefaultEnvAllow(), ", ")+", never WEFT_*")
 }

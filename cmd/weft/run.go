@@ -33,6 +33,7 @@ type runOptions struct {
 	artifacts                objectstore.Limits
 	cache                    objectstore.CacheLimits
 	logCap                   int64
+	envAllow                 []string
 }
 
 func runCommand(g *globals) *cobra.Command {
@@ -85,6 +86,7 @@ Ctrl-C cancels the run: its stages are stopped (SIGTERM, then SIGKILL after
 	f.StringVar(&o.executor, "executor", envOr("WEFT_EXECUTOR", agent.ExecutorAuto), "how the local agent runs stages: auto (containerd for stages with an image, host processes for the rest), process or containerd (env WEFT_EXECUTOR)")
 	f.StringVar(&o.containerd, "containerd-address", envOr("WEFT_CONTAINERD_ADDRESS", defaultContainerd), "containerd socket (env WEFT_CONTAINERD_ADDRESS)")
 	f.Var(sizeValue{&o.logCap}, "log-cap", logCapHelp())
+	envAllowFlag(f, &o.envAllow)
 	return cmd
 }
 
@@ -161,6 +163,7 @@ func runPipeline(ctx context.Context, g *globals, file string, o runOptions) err
 			Slots:     o.slots,
 			WorkDir:   workDir,
 			Env:       os.Environ(),
+			EnvAllow:  o.envAllow,
 			KillGrace: o.killGrace,
 			// One retry of an infrastructure failure: a local run has no
 			// other agent to hand it to.
