@@ -393,7 +393,11 @@ func (a *Agent) event(j *job, typ wire.EventType, at time.Time) wire.Event {
 }
 
 // publishEvent publishes a stage event and waits up to timeout for the
-// stream to store it; it reports whether it was stored.
+// stream to store it, trying again while it cannot (a cluster electing
+// the stream's leader, the connection moving to another server); it
+// reports whether it was stored. An event but a heartbeat carries an id
+// of its own, so the stream drops the copy a retry sends after an
+// acknowledgement was lost.
 func (a *Agent) publishEvent(ctx context.Context, ev wire.Event, timeout time.Duration, log zerolog.Logger) bool {
 	data, err := json.Marshal(ev)
 	if err != nil {
@@ -403,14 +407,25 @@ func (a *Agent) publishEvent(ctx context.Context, ev wire.Event, timeout time.Du
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	subj := subjects.StageEvent(ev.RunID, ev.Stage)
+	var opts []jetstream.PublishOpt
 	if ev.Type == wire.Heartbeat {
 		subj = subjects.Heartbeat(ev.RunID, ev.Stage)
+	} else {
+		opts = append(opts, jetstream.WithMsgID(subjects.EventMsgID(ev.RunID, ev.Stage, ev.Job, ev.Attempt, string(ev.Type))))
 	}
-	if _, err := a.js.Publish(pctx, subj, data); err != nil {
-		log.Error().Err(err).Str("event", string(ev.Type)).Msg("publish event")
-		return false
+	for wait, tries := 50*time.Millisecond, 1; ; tries++ {
+		_, err := a.js.Publish(pctx, subj, data, opts...)
+		if err == nil {
+			return true
+		}
+		select {
+		case <-pctx.Done():
+			log.Error().Err(err).Str("event", string(ev.Type)).Int("tries", tries).Msg("publish event")
+			return false
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
 	}
-	return true
 }
 
 // publishEventAsync publishes a stage event without waiting for the

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/weft-ci/weft/subjects"
@@ -43,11 +45,11 @@ func (a *Agent) advertise(ctx context.Context) {
 		return
 	}
 	host, _ := os.Hostname()
-	info := wire.Agent{ID: a.cfg.ID, Hostname: host, Queues: a.cfg.Queues, Slots: a.cfg.Slots, Executor: a.cfg.Executor, Started: time.Now()}
+	info := wire.Agent{ID: a.cfg.ID, Hostname: host, Queues: a.cfg.Queues, Slots: a.cfg.Slots, Executor: a.cfg.Executor, Version: version(), Started: time.Now()}
 	var last time.Time
 	put := func() {
 		last = time.Now()
-		info.Busy, info.Seen = int(a.busy.Load()), last
+		info.Busy, info.Seen, info.Stages = int(a.busy.Load()), last, a.runningStages()
 		data, _ := json.Marshal(info)
 		if _, err := kv.Put(ctx, a.cfg.ID, data); err != nil && ctx.Err() == nil {
 			a.log.Warn().Err(err).Msg("agent registry")
@@ -85,4 +87,28 @@ func (a *Agent) advertise(ctx context.Context) {
 			put()
 		}
 	}
+}
+
+// runningStages returns the stages this agent runs now, as RUN/STAGE,
+// sorted.
+func (a *Agent) runningStages() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for run, jobs := range a.active {
+		for j := range jobs {
+			out = append(out, run+"/"+j.Stage.Key)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// version returns the weft version this binary was built as, "(devel)"
+// when it is not a tagged module build.
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
 }

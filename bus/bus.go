@@ -1,10 +1,12 @@
 package bus
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	neturl "net/url"
 	"os"
 	"strconv"
 	"time"
@@ -39,6 +41,12 @@ type Config struct {
 	Listen string
 	// SyncAlways makes the embedded server fsync every write.
 	SyncAlways bool
+	// ServerName names the embedded server (default weft-embedded); each
+	// member of a cluster needs its own.
+	ServerName string
+	// Cluster makes the embedded server a member of a cluster; nil runs
+	// it standalone.
+	Cluster *Cluster
 	// Ephemeral says the embedded server's state is thrown away after
 	// Close (StoreDir is a temporary directory its owner removes), so
 	// Bus.Provision keeps weft's control-plane streams and buckets in
@@ -138,6 +146,67 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	return b, nil
 }
 
+// Cluster is the embedded server's place in a NATS cluster, whose
+// members replicate JetStream's streams among them (RAFT): with three or
+// more, the loss of any one loses nothing.
+type Cluster struct {
+	// Name is the cluster's name, the same on every member.
+	Name string
+	// Listen is the host:port the other members' routes connect to.
+	Listen string
+	// Routes are the members' cluster URLs (nats://host:port); the list
+	// may name this member too, so every member can have the same one.
+	Routes []string
+}
+
+// Size returns how many members the routes name, this one included.
+func (c *Cluster) Size() int {
+	seen := map[string]bool{}
+	for _, r := range c.Routes {
+		u, err := neturl.Parse(r)
+		if err != nil || u.Host == "" || u.Host == c.Listen {
+			continue
+		}
+		seen[u.Host] = true
+	}
+	return len(seen) + 1
+}
+
+func (c *Cluster) options(opts *server.Options) error {
+	if c.Name == "" || c.Listen == "" {
+		return fmt.Errorf("%w: a cluster member needs a cluster name and a cluster listen address", ErrInvalidConfig)
+	}
+	host, port, err := hostPort(c.Listen)
+	if err != nil {
+		return fmt.Errorf("%w: cluster listen %q: %v", ErrInvalidConfig, c.Listen, err)
+	}
+	opts.Cluster = server.ClusterOpts{Name: c.Name, Host: host, Port: port}
+	for _, r := range c.Routes {
+		u, err := neturl.Parse(r)
+		if err != nil || u.Scheme != "nats" || u.Host == "" {
+			return fmt.Errorf("%w: route %q: want nats://host:port", ErrInvalidConfig, r)
+		}
+		opts.Routes = append(opts.Routes, u)
+	}
+	return nil
+}
+
+// hostPort splits a listen address; port 0 is a free one.
+func hostPort(addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", 0, fmt.Errorf("bad port %q", port)
+	}
+	if p == 0 {
+		p = server.RANDOM_PORT
+	}
+	return host, p, nil
+}
+
 func displayURL(url string) string {
 	if url == "" {
 		return "embedded server"
@@ -153,7 +222,7 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 		return nil, fmt.Errorf("%w: store dir: %v", ErrUnavailable, err)
 	}
 	opts := &server.Options{
-		ServerName: "weft-embedded",
+		ServerName: cmp.Or(cfg.ServerName, "weft-embedded"),
 		JetStream:  true,
 		StoreDir:   cfg.StoreDir,
 		DontListen: true,
@@ -162,18 +231,16 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 		MaxPayload: 1 << 20,
 	}
 	if cfg.Listen != "" {
-		host, port, err := net.SplitHostPort(cfg.Listen)
+		host, p, err := hostPort(cfg.Listen)
 		if err != nil {
 			return nil, fmt.Errorf("%w: listen %q: %v", ErrInvalidConfig, cfg.Listen, err)
 		}
-		p, err := strconv.Atoi(port)
-		if err != nil {
-			return nil, fmt.Errorf("%w: listen %q: bad port", ErrInvalidConfig, cfg.Listen)
-		}
-		if p == 0 {
-			p = server.RANDOM_PORT
-		}
 		opts.DontListen, opts.Host, opts.Port = false, host, p
+	}
+	if cfg.Cluster != nil {
+		if err := cfg.Cluster.options(opts); err != nil {
+			return nil, err
+		}
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

@@ -23,6 +23,17 @@ func Provision(ctx context.Context, js jetstream.JetStream, keep time.Duration) 
 	return provision(ctx, js, keep, layoutOf(false))
 }
 
+// ProvisionReplicated is Provision with every stream and bucket kept in
+// replicas copies on as many servers of a cluster: created so, or
+// changed to it. Provision keeps the replicas each has, and creates a
+// missing one with one copy; the servers (weft server) provision first,
+// with their cluster's size.
+func ProvisionReplicated(ctx context.Context, js jetstream.JetStream, keep time.Duration, replicas int) error {
+	l := layoutOf(false)
+	l.replicas = max(replicas, 1)
+	return provision(ctx, js, keep, l)
+}
+
 // Provision is the package function Provision on b's connection, except
 // on an ephemeral bus (Config.Ephemeral), whose store starts empty: there
 // keep 0 is subjects.DefaultRetention, each stream and bucket is created
@@ -41,6 +52,25 @@ type layout struct {
 	// (see Retention), and creating is tried first, which saves the
 	// update attempt CreateOrUpdate starts with.
 	fresh bool
+	// replicas is the copies every stream and bucket gets; 0 keeps those
+	// an existing one has and gives a new one 1.
+	replicas int
+}
+
+// replicasOf returns the replicas stream (a JetStream stream name)
+// gets under l.
+func (l layout) replicasOf(ctx context.Context, js jetstream.JetStream, stream string) (int, error) {
+	if l.replicas > 0 || l.fresh {
+		return max(l.replicas, 1), nil
+	}
+	st, err := js.Stream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return 1, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return max(st.CachedInfo().Config.Replicas, 1), nil
 }
 
 // layoutOf returns the layout of a bus that is ephemeral or not. A
@@ -79,7 +109,10 @@ func provision(ctx context.Context, js jetstream.JetStream, keep time.Duration, 
 	for _, s := range subjects.Streams(keep) {
 		cfg := StreamConfig(s)
 		cfg.Storage = l.storage(s.Name)
-		g.Go(func() error {
+		g.Go(func() (err error) {
+			if cfg.Replicas, err = l.replicasOf(ctx, js, s.Name); err != nil {
+				return fmt.Errorf("provision stream %s: %w", s.Name, err)
+			}
 			if err := ensure(l.fresh,
 				func() error { _, err := js.CreateStream(ctx, cfg); return err },
 				func() error { _, err := js.CreateOrUpdateStream(ctx, cfg); return err },
@@ -92,7 +125,10 @@ func provision(ctx context.Context, js jetstream.JetStream, keep time.Duration, 
 	for _, b := range subjects.Buckets(keep) {
 		cfg := KeyValueConfig(b)
 		cfg.Storage = l.storage(b.Name)
-		g.Go(func() error {
+		g.Go(func() (err error) {
+			if cfg.Replicas, err = l.replicasOf(ctx, js, "KV_"+b.Name); err != nil {
+				return fmt.Errorf("provision kv %s: %w", b.Name, err)
+			}
 			if err := ensure(l.fresh,
 				func() error { _, err := js.CreateKeyValue(ctx, cfg); return err },
 				func() error { _, err := js.CreateOrUpdateKeyValue(ctx, cfg); return err },
@@ -109,7 +145,10 @@ func provision(ctx context.Context, js jetstream.JetStream, keep time.Duration, 
 			TTL:         o.MaxAge,
 			Storage:     l.storage(o.Name),
 		}
-		g.Go(func() error {
+		g.Go(func() (err error) {
+			if cfg.Replicas, err = l.replicasOf(ctx, js, "OBJ_"+o.Name); err != nil {
+				return fmt.Errorf("provision object store %s: %w", o.Name, err)
+			}
 			if err := ensure(l.fresh,
 				func() error { _, err := js.CreateObjectStore(ctx, cfg); return err },
 				func() error { _, err := js.CreateOrUpdateObjectStore(ctx, cfg); return err },

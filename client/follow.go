@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -81,31 +82,37 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 // its output arrived, which its document's LogSeq says. A stage the
 // run's pipeline does not have wraps ErrNoStage.
 func follow(ctx context.Context, js jetstream.JetStream, runID, stage string, fn func(Update)) (*wire.Run, error) {
-	rs, err := runstore.Open(ctx, js)
+	rs, opened, err := bus.Establish(ctx, func(ctx context.Context) (*runstore.Store, error) { return runstore.Open(ctx, js) })
 	if err != nil {
 		return nil, err
 	}
-	hw, err := rs.Runs().Watch(ctx, runID)
+	opened()
+	hw, stopHW, err := bus.Establish(ctx, func(ctx context.Context) (jetstream.KeyWatcher, error) { return rs.Runs().Watch(ctx, runID) })
 	if err != nil {
 		return nil, fmt.Errorf("watch run %s: %w", runID, err)
 	}
+	defer stopHW()
 	defer func() { _ = hw.Stop() }()
 	docs, logSubject := subjects.RunStages(runID), subjects.RunLogs(runID)
 	if stage != "" {
 		docs, logSubject = subjects.StageKey(runID, stage), subjects.Logs(runID, stage)
 	}
-	sw, err := rs.Stages().Watch(ctx, docs, jetstream.IgnoreDeletes())
+	sw, stopSW, err := bus.Establish(ctx, func(ctx context.Context) (jetstream.KeyWatcher, error) {
+		return rs.Stages().Watch(ctx, docs, jetstream.IgnoreDeletes())
+	})
 	if err != nil {
 		return nil, fmt.Errorf("watch stages of %s: %w", runID, err)
 	}
+	defer stopSW()
 	defer func() { _ = sw.Stop() }()
 
-	logs, err := js.OrderedConsumer(ctx, subjects.LogsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{logSubject},
+	logs, stopLogs, err := bus.Establish(ctx, func(ctx context.Context) (jetstream.Consumer, error) {
+		return js.OrderedConsumer(ctx, subjects.LogsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{logSubject}})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("follow logs of %s: %w", runID, err)
 	}
+	defer stopLogs()
 	it, err := logs.Messages(jetstream.PullMaxBytes(logBufferBytes))
 	if err != nil {
 		return nil, fmt.Errorf("follow logs of %s: %w", runID, err)

@@ -90,7 +90,7 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", subjects.WIPBucket, err)
 	}
-	agents, err := listAgents(ctx, js)
+	agents, err := Agents(ctx, js)
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +233,9 @@ func stageReason(queue string, agents []wire.Agent, paused map[string]string) (s
 	return StageDispatching, fmt.Sprintf("%d of %d agents serving queue %s have a free slot", serving-busy, serving, queue)
 }
 
-func listAgents(ctx context.Context, js jetstream.JetStream) ([]wire.Agent, error) {
+// Agents returns the agents in the registry (KV subjects.AgentsBucket),
+// sorted by id: those that renewed their entry within subjects.AgentTTL.
+func Agents(ctx context.Context, js jetstream.JetStream) ([]wire.Agent, error) {
 	kv, err := js.KeyValue(ctx, subjects.AgentsBucket)
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", subjects.AgentsBucket, err)
@@ -253,5 +255,6 @@ func listAgents(ctx context.Context, js jetstream.JetStream) ([]wire.Agent, erro
 			agents = append(agents, a)
 		}
 	}
+	slices.SortFunc(agents, func(a, b wire.Agent) int { return strings.Compare(a.ID, b.ID) })
 	return agents, nil
 }

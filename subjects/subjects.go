@@ -228,6 +228,13 @@ func DLQMsgID(run, stage string, job int) string {
 	return fmt.Sprintf("dlq.%s.%s.%d", run, stage, job)
 }
 
+// EventMsgID returns the Nats-Msg-Id of an agent's stage event of type
+// typ (started, finished) for job and attempt, so that an event sent
+// again after its acknowledgement was lost is stored once.
+func EventMsgID(run, stage string, job, attempt int, typ string) string {
+	return fmt.Sprintf("event.%s.%s.%d.%d.%s", run, stage, job, attempt, typ)
+}
+
 // JobMsgID returns the Nats-Msg-Id of a stage attempt's job, so that
 // publishing the same attempt twice stores it once.
 func JobMsgID(run, stage string, attempt int) string {

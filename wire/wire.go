@@ -258,6 +258,10 @@ type Agent struct {
 	Busy  int `json:"busy"`
 	// Executor is its executor mode (auto, process, containerd).
 	Executor string `json:"executor"`
+	// Version is the weft version it runs.
+	Version string `json:"version,omitempty"`
+	// Stages are the stages it runs now, as RUN/STAGE.
+	Stages []string `json:"stages,omitempty"`
 	// Started is when it started; Seen when it last renewed its entry.
 	Started time.Time `json:"started"`
 	Seen    time.Time `json:"seen"`

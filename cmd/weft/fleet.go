@@ -1,6 +1,9 @@
 package main
 
 import (
+	"cmp"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,6 +25,9 @@ func serverCommand(g *globals) *cobra.Command {
 		state, listen, httpAddr string
 		syncAlways              bool
 		keep                    time.Duration
+		name                    string
+		cluster                 bus.Cluster
+		replicas                int
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -37,20 +43,52 @@ nothing but a power loss can lose the last minutes on one node.
 --sync-always fsyncs every write (slower: measured here 2,070 vs 6,350
 jobs/s); a 3-node cluster is the answer for a fleet.
 
+Cluster: --cluster NAME --cluster-listen ADDR --routes URL,... makes this
+server a member of a NATS cluster (the same --cluster and --routes on
+every member, each with its own --server-name, --state and addresses).
+Its streams and buckets are kept in as many copies as there are members,
+up to 3 (--replicas): with three, the loss of any one member loses
+nothing, and clients given every member's URL (--server a,b,c) carry on.
+The server waits for the cluster to elect a JetStream leader (a majority
+of members up) before it provisions.
+
 ` + retentionHelp + exitCodesHelp,
-		Example: "  weft server --state /var/lib/weft --listen 0.0.0.0:4222",
+		Example: "  weft server --state /var/lib/weft --listen 0.0.0.0:4222\n" +
+			"  weft server --server-name n1 --state /var/lib/weft --listen 0.0.0.0:4222 \\\n" +
+			"    --cluster weft --cluster-listen 0.0.0.0:6222 --routes nats://n1:6222,nats://n2:6222,nats://n3:6222",
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			b, err := bus.Open(ctx, bus.Config{
+			cfg := bus.Config{
 				StoreDir: filepath.Join(state, "jetstream"), Listen: listen, SyncAlways: syncAlways,
-				Name: "weft server", Logger: g.logger(),
-			})
+				ServerName: name, Name: "weft server", Logger: g.logger(),
+			}
+			size := 1
+			if cluster.Name != "" || cluster.Listen != "" || len(cluster.Routes) > 0 {
+				cfg.Cluster = &cluster
+				size = cluster.Size()
+			}
+			if replicas == 0 {
+				replicas = min(size, 3)
+			}
+			if replicas < 1 || replicas > 5 || replicas > size {
+				return withCode(exitUsage, fmt.Errorf("--replicas %d: want 1 to %d, at most the %d members the routes name", replicas, min(size, 5), size))
+			}
+			b, err := bus.Open(ctx, cfg)
 			if err != nil {
+				if errors.Is(err, bus.ErrInvalidConfig) {
+					return withCode(exitUsage, err)
+				}
 				return withCode(exitInfra, err)
 			}
 			defer b.Close()
-			if err := bus.Provision(ctx, b.JS, keep); err != nil {
+			if cfg.Cluster != nil {
+				fmt.Fprintf(g.stderr, "weft: member %s of cluster %s (%d members), streams in %d copies\n", cmp.Or(name, "weft-embedded"), cluster.Name, size, replicas)
+				if replicas < 3 {
+					fmt.Fprintf(g.stderr, "weft: warning: with %d copies the loss of a member stops JetStream or loses what it held; 3 members are needed to survive one\n", replicas)
+				}
+			}
+			if err := provisionWhenReady(ctx, g, b, keep, replicas); err != nil {
 				return withCode(exitInfra, err)
 			}
 			fmt.Fprintf(g.stderr, "weft: nats server listening on %s (state in %s)\n", b.ClientURL(), state)
@@ -70,6 +108,11 @@ jobs/s); a 3-node cluster is the answer for a fleet.
 	f.StringVar(&state, "state", envOr("WEFT_STATE", "weft-state"), "directory of the JetStream state (env WEFT_STATE)")
 	f.StringVar(&listen, "listen", envOr("WEFT_LISTEN", "127.0.0.1:4222"), "client address; port 0 picks a free one (env WEFT_LISTEN)")
 	f.BoolVar(&syncAlways, "sync-always", false, "fsync every write (see Durability)")
+	f.StringVar(&name, "server-name", os.Getenv("WEFT_SERVER_NAME"), "this server's name, its own in a cluster (env WEFT_SERVER_NAME; default weft-embedded)")
+	f.StringVar(&cluster.Name, "cluster", "", "join the NATS cluster of this name (see Cluster)")
+	f.StringVar(&cluster.Listen, "cluster-listen", "", "address the other members' routes connect to, e.g. 0.0.0.0:6222")
+	f.StringSliceVar(&cluster.Routes, "routes", nil, "the members' cluster URLs, nats://host:port,... (this one's may be among them)")
+	f.IntVar(&replicas, "replicas", 0, "copies of every stream and bucket (default: the members the routes name, up to 3)")
 	f.StringVar(&httpAddr, "http", os.Getenv("WEFT_HTTP_LISTEN"), "serve signed artifact downloads (weft artifacts url) on this address, e.g. 127.0.0.1:8080; port 0 picks a free one (env WEFT_HTTP_LISTEN)")
 	f.DurationVar(&keep, "retention", 0, "how long runs, events, logs, dead letters and artifacts are kept (see Retention); 0 keeps what the streams have, 720h (30 days) for new ones")
 	return cmd
@@ -190,6 +233,31 @@ it stops its running stages and hands their jobs back to the fleet.
 	f.Var(sizeValue{&cfg.LogCap}, "log-cap", logCapHelp())
 	envAllowFlag(f, &cfg.EnvAllow)
 	return cmd
+}
+
+// provisionWhenReady provisions weft's streams and buckets in replicas
+// copies, retrying while a cluster has no JetStream leader yet (the
+// first members wait for a majority to start), for at most a minute.
+func provisionWhenReady(ctx context.Context, g *globals, b *bus.Bus, keep time.Duration, replicas int) error {
+	deadline := time.Now().Add(time.Minute)
+	for said := time.Now(); ; {
+		err := bus.ProvisionReplicated(ctx, b.JS, keep, replicas)
+		if err == nil || replicas == 1 || ctx.Err() != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the cluster elected no JetStream leader within a minute (is a majority of its members up?): %w", err)
+		}
+		if time.Since(said) > 5*time.Second {
+			fmt.Fprintf(g.stderr, "weft: waiting for the cluster: %v\n", err)
+			said = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // envAllowFlag adds --env-allow, the variables of this process's

@@ -1,0 +1,58 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// AttemptTimeout bounds one attempt of Establish.
+const AttemptTimeout = 5 * time.Second
+
+// Establish makes something with create (a KV watcher, a consumer, a
+// bucket handle), trying again for as long as ctx lasts while the server
+// does not answer: a JetStream cluster drops API requests while it
+// elects a stream's leader, and the client would wait for the whole of
+// ctx. Each attempt gets AttemptTimeout, and a context that lives on
+// after it succeeds, for what is bound to it (a watcher stops when its
+// context ends): call the returned cancel when done with the value.
+// Other errors are returned at once.
+func Establish[T any](ctx context.Context, create func(context.Context) (T, error)) (T, context.CancelFunc, error) {
+	var zero T
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		actx, cancel := context.WithCancel(ctx)
+		timer := time.AfterFunc(AttemptTimeout, cancel)
+		v, err := create(actx)
+		inTime := timer.Stop()
+		if err == nil && inTime {
+			return v, cancel, nil
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return zero, nil, fmt.Errorf("%w (the server did not answer)", ctx.Err())
+		}
+		if inTime && !unanswered(err) {
+			return zero, nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return zero, nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// unanswered reports whether err says a JetStream request got no answer
+// (no responder, a timeout, a stream with no leader yet) rather than a
+// refusal.
+func unanswered(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		(errors.As(err, &apiErr) && apiErr.Code == 503)
+}
