@@ -56,7 +56,7 @@ of members up) before it provisions.
 		Example: "  weft server --state /var/lib/weft --listen 0.0.0.0:4222\n" +
 			"  weft server --server-name n1 --state /var/lib/weft --listen 0.0.0.0:4222 \\\n" +
 			"    --cluster weft --cluster-listen 0.0.0.0:6222 --routes nats://n1:6222,nats://n2:6222,nats://n3:6222",
-		Args:    usageArgs(cobra.NoArgs),
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			cfg := bus.Config{
