@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"github.com/weft-ci/weft/objectstore"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
 )
 
 // ErrInvalidConfig is wrapped by Config validation errors.
@@ -43,6 +45,9 @@ type Config struct {
 	// KeepWorkspaces keeps a run's workspace when it ends, for the next
 	// run of its pipeline to find; by default it is removed.
 	KeepWorkspaces bool
+	// DrainTimeout bounds a drain (Drain): the stages still running
+	// after it are stopped and their jobs handed back; 0 waits for them.
+	DrainTimeout time.Duration
 	// Env is the environment host stages start from (KEY=VALUE), the
 	// agent's own from the CLI: a stage gets only the variables
 	// DefaultEnvAllow and EnvAllow name, never weft's own (WEFT_*), with
@@ -130,8 +135,13 @@ type Agent struct {
 	busy    atomic.Int32  // jobs held now (see Busy)
 	changed chan struct{} // signalled when busy changes
 
-	mu        sync.Mutex                   // guards active, cancelled and lanes
-	lanes     map[string]string            // workspace by run id, of runs holding one here
+	mu    sync.Mutex        // guards active, cancelled and lanes
+	lanes map[string]string // workspace by run id, of runs holding one here
+
+	// draining ends when the agent is to drain (Drain): take no job,
+	// finish those it runs, leave the registry, return.
+	draining  context.Context
+	drain     context.CancelFunc
 	active    map[string]map[*job]struct{} // running jobs by run id
 	cancelled map[string]time.Time         // runs cancelled recently, by notice time
 }
@@ -196,6 +206,7 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 	if err := checkEnvAllow(cfg.EnvAllow); err != nil {
 		return nil, err
 	}
+	draining, drain := context.WithCancel(context.Background())
 	return &Agent{
 		cfg:       cfg,
 		nc:        b.Conn,
@@ -206,6 +217,8 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 		changed:   make(chan struct{}, 1),
 		cancelled: map[string]time.Time{},
 		lanes:     map[string]string{},
+		draining:  draining,
+		drain:     drain,
 	}, nil
 }
 
@@ -281,6 +294,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: subscribe run events: %w", err)
 	}
 	subs = append(subs, s)
+	s, err = a.nc.Subscribe(subjects.AgentDrain(a.cfg.ID), func(m *nats.Msg) {
+		a.Drain()
+		data, _ := json.Marshal(wire.DrainReply{Agent: a.cfg.ID, Running: a.runningStages()})
+		_ = m.Respond(data)
+	})
+	if err != nil {
+		return fmt.Errorf("agent: subscribe drain requests: %w", err)
+	}
+	subs = append(subs, s)
 	if err := a.nc.FlushTimeout(10 * time.Second); err != nil {
 		return fmt.Errorf("agent: flush subscriptions: %w", err)
 	}
@@ -296,6 +318,33 @@ func (a *Agent) Run(ctx context.Context) error {
 		stopRegistry()
 		registry.Wait()
 	}()
+	// Taking jobs ends with ctx, or with a drain; the jobs taken run on
+	// until ctx ends, or the drain's timeout (these defers run after the
+	// wait for the jobs, below).
+	takeCtx, stopTaking := context.WithCancel(ctx)
+	defer stopTaking()
+	jobCtx, stopJobs := context.WithCancel(ctx)
+	defer stopJobs()
+	var drainTimer *time.Timer
+	defer context.AfterFunc(a.draining, func() {
+		a.log.Info().Dur("timeout", a.cfg.DrainTimeout).Msg("draining: taking no more jobs, finishing those running")
+		stopTaking()
+		if a.cfg.DrainTimeout > 0 {
+			a.mu.Lock()
+			drainTimer = time.AfterFunc(a.cfg.DrainTimeout, func() {
+				a.log.Warn().Strs("stages", a.runningStages()).Msg("drain timed out: handing the running stages back")
+				stopJobs()
+			})
+			a.mu.Unlock()
+		}
+	})()
+	defer func() {
+		a.mu.Lock()
+		if drainTimer != nil {
+			drainTimer.Stop()
+		}
+		a.mu.Unlock()
+	}()
 	defer func() {
 		wg.Wait()
 		a.removeWorkspaces()
@@ -305,23 +354,32 @@ func (a *Agent) Run(ctx context.Context) error {
 	for {
 		select {
 		case slots <- struct{}{}:
-		case <-ctx.Done():
+		case <-takeCtx.Done():
 			return nil
 		}
-		msg, src := sc.next(ctx)
+		msg, src := sc.next(takeCtx)
 		if msg == nil {
 			return nil
 		}
 		a.setBusy(1)
 		wg.Go(func() {
 			defer func() { sc.released(); <-slots; a.setBusy(-1) }()
-			a.runJob(ctx, msg, src.limits)
-			if ctx.Err() != nil {
+			a.runJob(jobCtx, msg, src.limits)
+			if jobCtx.Err() != nil {
 				// Stopping: the job was most likely handed back.
 				sc.handedBack(src)
 			}
 		})
 	}
+}
+
+// Drain makes Run take no more jobs, finish those it runs, leave the
+// registry and return nil; the registry shows the agent draining until
+// then. Cancelling Run's context still stops the running stages and
+// hands their jobs back. Draining twice is draining once.
+func (a *Agent) Drain() {
+	a.drain()
+	a.signalChanged()
 }
 
 // openContainerd connects to containerd unless the agent runs host

@@ -22,6 +22,11 @@ func (a *Agent) Busy() int { return int(a.busy.Load()) }
 // setBusy changes the busy count by delta and signals the registry loop.
 func (a *Agent) setBusy(delta int32) {
 	a.busy.Add(delta)
+	a.signalChanged()
+}
+
+// signalChanged tells the registry loop the agent's entry changed.
+func (a *Agent) signalChanged() {
 	select {
 	case a.changed <- struct{}{}:
 	default:
@@ -49,7 +54,7 @@ func (a *Agent) advertise(ctx context.Context) {
 	var last time.Time
 	put := func() {
 		last = time.Now()
-		info.Busy, info.Seen, info.Stages = int(a.busy.Load()), last, a.runningStages()
+		info.Busy, info.Seen, info.Stages, info.Draining = int(a.busy.Load()), last, a.runningStages(), a.draining.Err() != nil
 		data, _ := json.Marshal(info)
 		if _, err := kv.Put(ctx, a.cfg.ID, data); err != nil && ctx.Err() == nil {
 			a.log.Warn().Err(err).Msg("agent registry")

@@ -401,7 +401,7 @@ func Chaos(ctx context.Context, o ChaosOptions) (*ChaosResult, error) {
 		})
 	}
 	defer stopFleet()
-	defer stopWorkers() // before stopFleet, on early returns: SIGTERM the agents first
+	defer stopWorkers() // before stopFleet, on early returns: stop the agents first
 	server := f.add(serverCtx, memberServer, "server", func(string) []string {
 		return []string{"server", "--state", filepath.Join(dir, "server"), "--listen", fmt.Sprintf("127.0.0.1:%d", port)}
 	})

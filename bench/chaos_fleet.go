@@ -85,7 +85,7 @@ func newFleet(bin, dir, mark string) *fleet {
 }
 
 // add starts a member that runs until ctx ends; then its process gets
-// SIGTERM and, after stopGrace, SIGKILL.
+// SIGINT and, after stopGrace, SIGKILL.
 func (f *fleet) add(ctx context.Context, kind, name string, args func(id string) []string) *member {
 	m := &member{kind: kind, name: name, args: args, kill: make(chan killRequest)}
 	f.wg.Go(func() { f.run(ctx, m) })
@@ -105,7 +105,7 @@ func (m *member) sigkill(down time.Duration) <-chan time.Time {
 	}
 }
 
-// stopGrace is how long a stopped process has to exit after SIGTERM.
+// stopGrace is how long a stopped process has to exit after SIGINT.
 const stopGrace = 20 * time.Second
 
 // restartBackoff is how long a member waits before restarting a process
@@ -212,9 +212,11 @@ func (f *fleet) spawn(id string, args []string) (*fleetProc, error) {
 	return p, nil
 }
 
-// stop ends the process with SIGTERM, and SIGKILL after stopGrace.
+// stop ends the process with SIGINT (an agent stops its stages at once
+// rather than draining, as SIGTERM would make it), and SIGKILL after
+// stopGrace.
 func (p *fleetProc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(syscall.SIGINT)
 	t := time.NewTimer(stopGrace)
 	defer t.Stop()
 	select {

@@ -104,6 +104,7 @@ const (
 	beatsPrefix    = "weft.heartbeats"
 	waitingPrefix  = "weft.waiting"
 	scannedPrefix  = "weft.scanned"
+	agentsPrefix   = "weft.agents"
 
 	// AllJobs matches every job subject.
 	AllJobs = jobsPrefix + ".>"
@@ -227,6 +228,10 @@ func Cancel(run string) string { return cancelPrefix + "." + run }
 func DLQMsgID(run, stage string, job int) string {
 	return fmt.Sprintf("dlq.%s.%s.%d", run, stage, job)
 }
+
+// AgentDrain is the subject an agent takes drain requests on (core NATS
+// request-reply; the agent answers with a wire.DrainReply).
+func AgentDrain(id string) string { return agentsPrefix + "." + id + ".drain" }
 
 // EventMsgID returns the Nats-Msg-Id of an agent's stage event of type
 // typ (started, finished) for job and attempt, so that an event sent

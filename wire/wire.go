@@ -262,7 +262,17 @@ type Agent struct {
 	Version string `json:"version,omitempty"`
 	// Stages are the stages it runs now, as RUN/STAGE.
 	Stages []string `json:"stages,omitempty"`
+	// Draining says it takes no more jobs and leaves once those it runs
+	// are done.
+	Draining bool `json:"draining,omitempty"`
 	// Started is when it started; Seen when it last renewed its entry.
 	Started time.Time `json:"started"`
 	Seen    time.Time `json:"seen"`
+}
+
+// DrainReply is an agent's answer to a drain request
+// (subjects.AgentDrain): it drains, and runs these stages still.
+type DrainReply struct {
+	Agent   string   `json:"agent"`
+	Running []string `json:"running"`
 }

@@ -22,7 +22,7 @@ func agentsCommand(g *globals) *cobra.Command {
 		Use:   "agents",
 		Short: "List the agents of the fleet",
 		Long: `agents lists the agents in the fleet's registry (KV weft_agents): id, host,
-weft version, queues, slots in use, idle or busy, the stages each runs
+weft version, queues, slots in use, idle, busy or draining, the stages each runs
 now (RUN/STAGE) and when it last renewed its entry. An agent renews it
 every few seconds; one that stops renewing (killed, cut off) drops out
 after the registry's TTL.
@@ -50,7 +50,10 @@ after the registry's TTL.
 			fmt.Fprintln(w, "ID\tHOST\tVERSION\tQUEUES\tSLOTS\tSTATE\tSTAGES\tSEEN")
 			for _, a := range agents {
 				state := "idle"
-				if a.Busy > 0 {
+				switch {
+				case a.Draining:
+					state = "draining"
+				case a.Busy > 0:
 					state = "busy"
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s ago\n", a.ID, dash(a.Hostname), dash(a.Version), strings.Join(a.Queues, ","),

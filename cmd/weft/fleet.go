@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
 )
 
 func serverCommand(g *globals) *cobra.Command {
@@ -182,8 +185,13 @@ func agentCommand(g *globals) *cobra.Command {
 		Use:   "agent",
 		Short: "Join a weft fleet and run stages",
 		Long: `agent joins the fleet at --join and runs stages from its queues, the
-highest tier first, --slots at a time, until SIGINT or SIGTERM. Stopping
-it stops its running stages and hands their jobs back to the fleet.
+highest tier first, --slots at a time.
+
+SIGTERM, or weft agent drain ID, drains it: it takes no more jobs,
+finishes the stages it runs (for at most --drain-timeout, after which
+they are stopped and their jobs handed back to the fleet), leaves the
+registry and exits 0. SIGINT stops it at once: its running stages are
+stopped and their jobs handed back.
 
 ` + exitCodesHelp,
 		Example: "  weft agent --join nats://ci:4222 --queue main --queue pr --slots 4",
@@ -210,9 +218,15 @@ it stops its running stages and hands their jobs back to the fleet.
 				return withCode(exitUsage, err)
 			}
 			fmt.Fprintf(g.stderr, "weft: agent %s joined %s\n", a.ID(), join)
-			if err := a.Run(ctx); err != nil {
+			defer context.AfterFunc(g.terminated, func() {
+				fmt.Fprintf(g.stderr, "weft: agent %s draining (SIGTERM)\n", a.ID())
+				a.Drain()
+			})()
+			// SIGTERM drains; only SIGINT stops the stages.
+			if err := a.Run(g.interrupted); err != nil {
 				return withCode(exitInfra, err)
 			}
+			fmt.Fprintf(g.stderr, "weft: agent %s stopped\n", a.ID())
 			return nil
 		},
 	}
@@ -232,6 +246,46 @@ it stops its running stages and hands their jobs back to the fleet.
 	storageFlags(f, &cfg.ArtifactLimits, &cfg.CacheLimits)
 	f.Var(sizeValue{&cfg.LogCap}, "log-cap", logCapHelp())
 	envAllowFlag(f, &cfg.EnvAllow)
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "most time a drain waits for the running stages before handing them back; 0 waits for them")
+	cmd.AddCommand(agentDrainCommand(g))
+	return cmd
+}
+
+func agentDrainCommand(g *globals) *cobra.Command {
+	var fleet fleetFlags
+	cmd := &cobra.Command{
+		Use:   "drain ID",
+		Short: "Drain an agent: it takes no more jobs, finishes its stages and exits",
+		Long: `drain asks the agent ID (as weft agents lists it) to drain, as SIGTERM does:
+it takes no more jobs, finishes the stages it runs (or hands them back
+after its --drain-timeout), leaves the registry and exits 0. It prints the
+stages the agent still runs.
+
+` + exitCodesHelp + `
+  (3 when no agent ID answered)`,
+		Example: "  weft agent drain --server nats://ci:4222 01HZY3J7Q8N5V4C2M1B0A9T8S7",
+		Args:    usageArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := fleet.open(cmd.Context(), g, "weft agent drain")
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			m, err := b.Conn.RequestWithContext(ctx, subjects.AgentDrain(args[0]), nil)
+			if err != nil {
+				return withCode(exitInfra, fmt.Errorf("drain agent %s: %w", args[0], err))
+			}
+			var r wire.DrainReply
+			if err := json.Unmarshal(m.Data, &r); err != nil {
+				return withCode(exitInfra, fmt.Errorf("drain agent %s: %w", args[0], err))
+			}
+			fmt.Fprintf(g.stdout, "agent %s draining; running %d stages %s\n", r.Agent, len(r.Running), strings.Join(r.Running, " "))
+			return nil
+		},
+	}
+	fleet.add(cmd)
 	return cmd
 }
 

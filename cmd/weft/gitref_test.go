@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -115,7 +116,7 @@ func TestRunGitRef(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			args := append([]string{"run", "--executor", "process"}, tc.args...)
 			args = append(args, filepath.Join(repo, "p.yml"))
-			if code := run(t.Context(), args, &stdout, &stderr); code != exitOK {
+			if code := run(t.Context(), context.Background(), args, &stdout, &stderr); code != exitOK {
 				t.Fatalf("weft %s exited %d, want 0\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, stdout.String(), stderr.String())
 			}
 			if !strings.Contains(stdout.String(), tc.want) {

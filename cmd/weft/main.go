@@ -50,17 +50,24 @@ func withCode(code int, err error) error {
 var errSilent = errors.New("")
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
+	// SIGINT stops every command; SIGTERM too, but for weft agent, which
+	// drains on it (see agentCommand).
+	interrupted, stopInt := signal.NotifyContext(context.Background(), os.Interrupt)
+	terminated, stopTerm := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	code := run(interrupted, terminated, os.Args[1:], os.Stdout, os.Stderr)
+	stopTerm()
+	stopInt()
 	os.Exit(code)
 }
 
-// globals are the flags every command has.
+// globals are the flags every command has, its output and its signals.
 type globals struct {
 	logLevel string
 	stdout   io.Writer
 	stderr   io.Writer
+	// interrupted ends with SIGINT, terminated with SIGTERM; a command's
+	// context ends with either.
+	interrupted, terminated context.Context
 }
 
 func (g *globals) logger() zerolog.Logger {
@@ -73,8 +80,11 @@ func (g *globals) logger() zerolog.Logger {
 }
 
 // run executes the CLI and returns the process exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	g := &globals{stdout: stdout, stderr: stderr}
+func run(interrupted, terminated context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{stdout: stdout, stderr: stderr, interrupted: interrupted, terminated: terminated}
+	ctx, cancel := context.WithCancel(interrupted)
+	defer cancel()
+	defer context.AfterFunc(terminated, cancel)()
 	root := &cobra.Command{
 		Use:   "weft",
 		Short: "weft is a CI/CD build fabric on NATS JetStream",

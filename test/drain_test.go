@@ -1,0 +1,77 @@
+package test
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weft-ci/weft/wire"
+)
+
+// waitExit waits for a weft process to exit and returns its error.
+func waitExit(t *testing.T, p *proc, d time.Duration) error {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(d):
+		t.Fatalf("weft %v still runs after %s; stderr:\n%s", p.cmd.Args[1:], d, strings.Join(p.stderr.all(), "\n"))
+		return nil
+	}
+}
+
+// SIGTERM drains an agent: it takes no new job, finishes its running
+// stage, leaves the registry and exits 0; weft agent drain does the same
+// to another agent.
+func TestADrainedAgentFinishesItsStageAndExits(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url)
+	a := f.agent(t, "agent-a", "--slots", "2")
+	g := newGate(t)
+	first := f.s.Submit(t, fmt.Sprintf("name: long\nenv: {GATE: %q}\nstages:\n  - key: s\n    commands: ['while [ ! -f \"$GATE\" ]; do sleep 0.02; done', echo finished]\n", string(g)))
+	waitFor(t, f.s, first, "running on agent-a", func(r *wire.Run) bool { return r.Stage("s").State == wire.StageRunning })
+
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if !Eventually(20*time.Second, func() bool {
+		res := RunWeft(t, weftBin, t.TempDir(), nil, "agents", "--server", f.url)
+		return res.Code == 0 && strings.Contains(res.Stdout, "draining")
+	}) {
+		t.Fatal("weft agents never showed agent-a draining")
+	}
+	// A job queued while it drains is not its to take: a slot is free.
+	second := f.s.Submit(t, "name: short\nstages:\n  - key: s\n    commands: [echo quick]\n")
+	waitFor(t, f.s, second, "queued", func(r *wire.Run) bool { return r.Stage("s").State == wire.StageQueued })
+	g.open(t)
+	if err := waitExit(t, a, 30*time.Second); err != nil {
+		t.Fatalf("the drained agent exited with %v, want 0; stderr:\n%s", err, strings.Join(a.stderr.all(), "\n"))
+	}
+	r, _ := f.s.Wait(t, first)
+	if st := r.Stage("s"); r.State != wire.RunSucceeded || st.Agent != "agent-a" || st.Attempt != 1 {
+		t.Errorf("the drained agent's run %s, stage on %s attempt %d; want succeeded on agent-a, attempt 1", r.State, st.Agent, st.Attempt)
+	}
+	if ids := agentsSeen(t, f.url); slices.Contains(ids, "agent-a") {
+		t.Errorf("agent-a is still in the registry after it drained: %v", ids)
+	}
+
+	b := f.agent(t, "agent-b")
+	r, _ = f.s.Wait(t, second)
+	if st := r.Stage("s"); r.State != wire.RunSucceeded || st.Agent != "agent-b" {
+		t.Errorf("the run queued during the drain %s on %s; want succeeded on agent-b", r.State, st.Agent)
+	}
+	res := RunWeft(t, weftBin, t.TempDir(), nil, "agent", "drain", "--server", f.url, "agent-b")
+	if res.Code != 0 || !strings.Contains(res.Stdout, "agent agent-b draining") {
+		t.Fatalf("weft agent drain agent-b exited %d: %s%s", res.Code, res.Stdout, res.Stderr)
+	}
+	if err := waitExit(t, b, 30*time.Second); err != nil {
+		t.Errorf("agent-b exited with %v after weft agent drain, want 0", err)
+	}
+	if res := RunWeft(t, weftBin, t.TempDir(), nil, "agent", "drain", "--server", f.url, "agent-gone"); res.Code != 3 {
+		t.Errorf("weft agent drain of no agent exited %d, want 3: %s", res.Code, res.Stderr)
+	}
+}
