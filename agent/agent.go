@@ -45,6 +45,9 @@ type Config struct {
 	// KeepWorkspaces keeps a run's workspace when it ends, for the next
 	// run of its pipeline to find; by default it is removed.
 	KeepWorkspaces bool
+	// ExitWhenIdle drains the agent (Drain) once it ran nothing for this
+	// long, so an autoscaler's extra agents go away; 0 never does.
+	ExitWhenIdle time.Duration
 	// DrainTimeout bounds a drain (Drain): the stages still running
 	// after it are stopped and their jobs handed back; 0 waits for them.
 	DrainTimeout time.Duration
@@ -132,8 +135,9 @@ type Agent struct {
 	store   *objectstore.Store // the artifact store, opened at first use
 	cache   *objectstore.Cache // the stage cache, opened at first use
 
-	busy    atomic.Int32  // jobs held now (see Busy)
-	changed chan struct{} // signalled when busy changes
+	busy       atomic.Int32  // jobs held now (see Busy)
+	lastChange atomic.Int64  // when busy last changed, in Unix ns
+	changed    chan struct{} // signalled when busy changes
 
 	mu    sync.Mutex        // guards active, cancelled and lanes
 	lanes map[string]string // workspace by run id, of runs holding one here
@@ -314,6 +318,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	registry.Go(func() { a.advertise(regCtx) })
 	registry.Go(func() { sc.watchPauses(regCtx, a.js) })
 	registry.Go(func() { a.sweepWorkspaces(regCtx) })
+	if a.cfg.ExitWhenIdle > 0 {
+		registry.Go(func() { a.exitWhenIdle(regCtx) })
+	}
 	defer func() {
 		stopRegistry()
 		registry.Wait()
@@ -370,6 +377,27 @@ func (a *Agent) Run(ctx context.Context) error {
 				sc.handedBack(src)
 			}
 		})
+	}
+}
+
+// exitWhenIdle drains the agent once it held no job for
+// Config.ExitWhenIdle.
+func (a *Agent) exitWhenIdle(ctx context.Context) {
+	tick := time.NewTicker(min(a.cfg.ExitWhenIdle/4, time.Second))
+	defer tick.Stop()
+	a.lastChange.CompareAndSwap(0, time.Now().UnixNano())
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		idle := time.Since(time.Unix(0, a.lastChange.Load()))
+		if a.busy.Load() == 0 && idle >= a.cfg.ExitWhenIdle {
+			a.log.Info().Dur("idle", idle).Msg("idle: leaving the fleet")
+			a.Drain()
+			return
+		}
 	}
 }
 

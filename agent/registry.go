@@ -22,6 +22,7 @@ func (a *Agent) Busy() int { return int(a.busy.Load()) }
 // setBusy changes the busy count by delta and signals the registry loop.
 func (a *Agent) setBusy(delta int32) {
 	a.busy.Add(delta)
+	a.lastChange.Store(time.Now().UnixNano())
 	a.signalChanged()
 }
 

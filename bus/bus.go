@@ -47,6 +47,9 @@ type Config struct {
 	// Cluster makes the embedded server a member of a cluster; nil runs
 	// it standalone.
 	Cluster *Cluster
+	// Monitor is the embedded server's HTTP monitoring address (NATS's
+	// own /varz, /jsz, /healthz); empty opens none.
+	Monitor string
 	// Ephemeral says the embedded server's state is thrown away after
 	// Close (StoreDir is a temporary directory its owner removes), so
 	// Bus.Provision keeps weft's control-plane streams and buckets in
@@ -242,6 +245,13 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 			return nil, err
 		}
 	}
+	if cfg.Monitor != "" {
+		host, p, err := hostPort(cfg.Monitor)
+		if err != nil {
+			return nil, fmt.Errorf("%w: monitor %q: %v", ErrInvalidConfig, cfg.Monitor, err)
+		}
+		opts.HTTPHost, opts.HTTPPort = host, p
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: embedded server: %v", ErrUnavailable, err)
@@ -267,6 +277,19 @@ func (b *Bus) ClientURL() string {
 		return ""
 	}
 	return b.server.ClientURL()
+}
+
+// MonitorURL is the embedded server's monitoring URL (http://host:port),
+// empty when it has none.
+func (b *Bus) MonitorURL() string {
+	if b.server == nil {
+		return ""
+	}
+	addr := b.server.MonitorAddr()
+	if addr == nil {
+		return ""
+	}
+	return "http://" + addr.String()
 }
 
 // Embedded reports whether b runs its own server.

@@ -75,3 +75,22 @@ func TestADrainedAgentFinishesItsStageAndExits(t *testing.T) {
 		t.Errorf("weft agent drain of no agent exited %d, want 3: %s", res.Code, res.Stderr)
 	}
 }
+
+// An agent with --exit-when-idle leaves the fleet and exits 0 once it ran
+// nothing for that long: after its stage, not during it.
+func TestAnIdleAgentExits(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url)
+	a := f.agent(t, "agent-idle", "--exit-when-idle", "1s")
+	r, _ := f.s.Run(t, "name: brief\nstages:\n  - key: s\n    commands: [sleep 1.5]\n")
+	if st := r.Stage("s"); r.State != wire.RunSucceeded || st.Agent != "agent-idle" {
+		t.Fatalf("run %s on %s; want succeeded on agent-idle, which was busy longer than its idle limit", r.State, st.Agent)
+	}
+	if err := waitExit(t, a, 30*time.Second); err != nil {
+		t.Fatalf("the idle agent exited with %v, want 0", err)
+	}
+	if ids := agentsSeen(t, f.url); slices.Contains(ids, "agent-idle") {
+		t.Errorf("agent-idle is still in the registry: %v", ids)
+	}
+}

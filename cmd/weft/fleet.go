@@ -28,7 +28,7 @@ func serverCommand(g *globals) *cobra.Command {
 		state, listen, httpAddr string
 		syncAlways              bool
 		keep                    time.Duration
-		name                    string
+		name, monitor           string
 		cluster                 bus.Cluster
 		replicas                int
 	)
@@ -64,7 +64,7 @@ of members up) before it provisions.
 			ctx := cmd.Context()
 			cfg := bus.Config{
 				StoreDir: filepath.Join(state, "jetstream"), Listen: listen, SyncAlways: syncAlways,
-				ServerName: name, Name: "weft server", Logger: g.logger(),
+				ServerName: name, Name: "weft server", Logger: g.logger(), Monitor: monitor,
 			}
 			size := 1
 			if cluster.Name != "" || cluster.Listen != "" || len(cluster.Routes) > 0 {
@@ -94,6 +94,9 @@ of members up) before it provisions.
 			if err := provisionWhenReady(ctx, g, b, keep, replicas); err != nil {
 				return withCode(exitInfra, err)
 			}
+			if u := b.MonitorURL(); u != "" {
+				fmt.Fprintf(g.stderr, "weft: nats monitoring on %s (/varz, /jsz, /healthz)\n", u)
+			}
 			fmt.Fprintf(g.stderr, "weft: nats server listening on %s (state in %s)\n", b.ClientURL(), state)
 			if httpAddr != "" {
 				stop, err := serveArtifacts(ctx, g, b, httpAddr, keep)
@@ -112,6 +115,7 @@ of members up) before it provisions.
 	f.StringVar(&listen, "listen", envOr("WEFT_LISTEN", "127.0.0.1:4222"), "client address; port 0 picks a free one (env WEFT_LISTEN)")
 	f.BoolVar(&syncAlways, "sync-always", false, "fsync every write (see Durability)")
 	f.StringVar(&name, "server-name", os.Getenv("WEFT_SERVER_NAME"), "this server's name, its own in a cluster (env WEFT_SERVER_NAME; default weft-embedded)")
+	f.StringVar(&monitor, "http-monitor", os.Getenv("WEFT_HTTP_MONITOR"), "serve NATS's monitoring endpoints (/varz, /jsz, /healthz; what KEDA's nats-jetstream scaler reads) on this address, e.g. 0.0.0.0:8222; port 0 picks a free one (env WEFT_HTTP_MONITOR)")
 	f.StringVar(&cluster.Name, "cluster", "", "join the NATS cluster of this name (see Cluster)")
 	f.StringVar(&cluster.Listen, "cluster-listen", "", "address the other members' routes connect to, e.g. 0.0.0.0:6222")
 	f.StringSliceVar(&cluster.Routes, "routes", nil, "the members' cluster URLs, nats://host:port,... (this one's may be among them)")
@@ -246,6 +250,7 @@ stopped and their jobs handed back.
 	storageFlags(f, &cfg.ArtifactLimits, &cfg.CacheLimits)
 	f.Var(sizeValue{&cfg.LogCap}, "log-cap", logCapHelp())
 	envAllowFlag(f, &cfg.EnvAllow)
+	f.DurationVar(&cfg.ExitWhenIdle, "exit-when-idle", 0, "drain and exit 0 once no job ran for this long (for autoscaled agents); 0 never")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "most time a drain waits for the running stages before handing them back; 0 waits for them")
 	cmd.AddCommand(agentDrainCommand(g))
 	return cmd
