@@ -536,16 +536,7 @@ stages:
 		return strings.Contains(s, "started")
 	})
 
-	// The first go tool run compiles natscli, which takes minutes.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	nats := exec.CommandContext(ctx, "go", "tool", "-modfile="+filepath.Join(Root(), "tools", "go.mod"),
-		"nats", "--server", url, "stream", "ls", "--names")
-	nats.Dir = Root()
-	out, err := nats.CombinedOutput()
-	if err != nil {
-		t.Errorf("nats --server %s stream ls --names: %v\n%s", url, err, out)
-	}
+	out := natsCLI(t, url, "stream", "ls", "--names")
 	names := strings.Fields(string(out))
 	for _, want := range []string{"WEFT_JOBS", "WEFT_EVENTS", "WEFT_LOGS", "WEFT_TRIGGERS", "WEFT_DLQ"} {
 		if !slices.Contains(names, want) {
