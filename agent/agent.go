@@ -45,6 +45,10 @@ type Config struct {
 	// KeepWorkspaces keeps a run's workspace when it ends, for the next
 	// run of its pipeline to find; by default it is removed.
 	KeepWorkspaces bool
+	// Labels are the agent's labels: besides its queues' stages that ask
+	// for no labels it runs those that ask for some of these (at most
+	// subjects.MaxLabels).
+	Labels map[string]string
 	// ExitWhenIdle drains the agent (Drain) once it ran nothing for this
 	// long, so an autoscaler's extra agents go away; 0 never does.
 	ExitWhenIdle time.Duration
@@ -210,6 +214,14 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 	if err := checkEnvAllow(cfg.EnvAllow); err != nil {
 		return nil, err
 	}
+	if len(cfg.Labels) > subjects.MaxLabels {
+		return nil, fmt.Errorf("%w: %d labels, at most %d", ErrInvalidConfig, len(cfg.Labels), subjects.MaxLabels)
+	}
+	for k, v := range cfg.Labels {
+		if err := subjects.ValidateLabel(k, v); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+	}
 	draining, drain := context.WithCancel(context.Background())
 	return &Agent{
 		cfg:       cfg,
@@ -253,13 +265,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer a.containers.Close()
 	}
 	sc := newScanner(a.nc, a.cfg.Slots, a.cfg.RescanInterval, a.log)
-	for _, q := range a.cfg.Queues {
+	// The queues, and the label queues of every subset of the labels.
+	served := subjects.ServedQueues(a.cfg.Queues, a.cfg.Labels)
+	for _, q := range served {
 		if err := bus.EnsureJobConsumers(ctx, a.js, q, a.cfg.AckWait, a.cfg.MaxDeliver); err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
 	}
 	for _, tier := range subjects.Tiers {
-		for _, q := range a.cfg.Queues {
+		for _, q := range served {
 			c, err := bus.JobConsumer(ctx, a.js, q, tier)
 			if err != nil {
 				return fmt.Errorf("agent: %w", err)

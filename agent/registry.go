@@ -51,7 +51,7 @@ func (a *Agent) advertise(ctx context.Context) {
 		return
 	}
 	host, _ := os.Hostname()
-	info := wire.Agent{ID: a.cfg.ID, Hostname: host, Queues: a.cfg.Queues, Slots: a.cfg.Slots, Executor: a.cfg.Executor, Version: version(), Started: time.Now()}
+	info := wire.Agent{ID: a.cfg.ID, Hostname: host, Queues: a.cfg.Queues, Labels: a.cfg.Labels, Slots: a.cfg.Slots, Executor: a.cfg.Executor, Version: version(), Started: time.Now()}
 	var last time.Time
 	put := func() {
 		last = time.Now()

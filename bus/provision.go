@@ -205,7 +205,7 @@ func Retention(ctx context.Context, js jetstream.JetStream, keep time.Duration) 
 // survives agents restarting; it is idempotent. ackWait and maxDeliver set
 // those of the consumers it creates; 0 is subjects' default.
 func EnsureJobConsumers(ctx context.Context, js jetstream.JetStream, queue string, ackWait time.Duration, maxDeliver int) error {
-	if err := subjects.ValidateQueue(queue); err != nil {
+	if err := subjects.ValidateJobQueue(queue); err != nil {
 		return err
 	}
 	for _, tier := range subjects.Tiers {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -197,7 +198,13 @@ func runStatus(r *wire.Run, agents []wire.Agent, paused map[string]string, now t
 		switch s.State {
 		case wire.StageQueued:
 			ss := StageStatus{Key: s.Key, State: s.State, Queue: s.Queue, Tier: r.Tier, Attempt: s.Attempt, Waited: now.Sub(s.Queued)}
-			ss.Reason, ss.Detail = stageReason(s.Queue, agents, paused)
+			var labels map[string]string
+			if r.Pipeline != nil {
+				if st := r.Pipeline.Stage(s.Key); st != nil {
+					labels = st.Agents
+				}
+			}
+			ss.Reason, ss.Detail = stageReason(s.Queue, labels, agents, paused)
 			rs.Stages = append(rs.Stages, ss)
 		case wire.StageRunning:
 			rs.Stages = append(rs.Stages, StageStatus{Key: s.Key, State: s.State, Queue: s.Queue, Tier: r.Tier,
@@ -207,17 +214,26 @@ func runStatus(r *wire.Run, agents []wire.Agent, paused map[string]string, now t
 	return rs
 }
 
-// stageReason says why a queued stage on queue has not started.
-func stageReason(queue string, agents []wire.Agent, paused map[string]string) (string, string) {
-	if why, ok := paused[queue]; ok {
+// stageReason says why a queued stage on queue (a label queue when the
+// stage asks for agent labels) has not started.
+func stageReason(queue string, labels map[string]string, agents []wire.Agent, paused map[string]string) (string, string) {
+	base := subjects.BaseQueue(queue)
+	if why, ok := paused[base]; ok {
 		if why == "" {
 			why = "no reason given"
 		}
-		return StagePaused, fmt.Sprintf("queue %s is paused: %s", queue, why)
+		return StagePaused, fmt.Sprintf("queue %s is paused: %s", base, why)
+	}
+	if len(labels) > 0 {
+		var pairs []string
+		for _, k := range slices.Sorted(maps.Keys(labels)) {
+			pairs = append(pairs, k+"="+labels[k])
+		}
+		queue = base + " with labels " + strings.Join(pairs, ",")
 	}
 	serving, busy := 0, 0
 	for _, a := range agents {
-		if slices.Contains(a.Queues, queue) {
+		if slices.Contains(subjects.ServedQueues(a.Queues, a.Labels), subjects.LabelQueue(base, labels)) {
 			serving++
 			if a.Busy >= a.Slots {
 				busy++
@@ -225,6 +241,8 @@ func stageReason(queue string, agents []wire.Agent, paused map[string]string) (s
 		}
 	}
 	switch {
+	case serving == 0 && len(labels) > 0:
+		return StageNoAgent, fmt.Sprintf("no agent has these labels: none serves queue %s", queue)
 	case serving == 0:
 		return StageNoAgent, fmt.Sprintf("no agent serves queue %s", queue)
 	case busy == serving:

@@ -126,6 +126,7 @@ func rootQueues(p *pipeline.Pipeline, override string) []string {
 		if override != "" && q == p.Queue {
 			q = override
 		}
+		q = subjects.LabelQueue(q, st.Agents)
 		if len(st.DependsOn) == 0 && !slices.Contains(qs, q) {
 			qs = append(qs, q)
 		}

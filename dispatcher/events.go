@@ -229,7 +229,7 @@ func (d *Dispatcher) publishJobs(ctx context.Context, r *wire.Run, keys []string
 		if err != nil {
 			return fmt.Errorf("encode job %s: %w", job.Stage.Key, err)
 		}
-		subj := subjects.Job(job.Stage.Queue, tierOf(r))
+		subj := subjects.Job(job.Stage.JobQueue(), tierOf(r))
 		id := subjects.JobMsgID(r.ID, job.Stage.Key, job.Attempt)
 		if futures[i], err = d.js.PublishAsync(subj, data, jetstream.WithMsgID(id)); err != nil {
 			return fmt.Errorf("publish stage %s: %w", id, err)

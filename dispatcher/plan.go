@@ -157,7 +157,7 @@ func rootsOf(r *wire.Run) map[string]int {
 	roots := map[string]int{}
 	for _, st := range r.Pipeline.Stages {
 		if len(st.DependsOn) == 0 {
-			roots[st.Queue]++
+			roots[st.JobQueue()]++
 		}
 	}
 	return roots

@@ -51,7 +51,7 @@ func newRun(id string, t wire.Trigger, p *pipeline.Pipeline, seq uint64, now tim
 	}
 	r.Stages = make([]wire.StageRun, 0, len(p.Stages))
 	for _, st := range p.Stages {
-		r.Stages = append(r.Stages, wire.PendingStage(st.Key, st.Queue))
+		r.Stages = append(r.Stages, wire.PendingStage(st.Key, st.JobQueue()))
 	}
 	return r
 }

@@ -157,7 +157,7 @@ func (s *store) refreshStage(ctx context.Context, v *view, i int) (bool, error) 
 		return false, nil
 	}
 	if st == nil {
-		p := wire.PendingStage(key, v.run.Pipeline.Stages[i].Queue)
+		p := wire.PendingStage(key, v.run.Pipeline.Stages[i].JobQueue())
 		st = &p
 	}
 	st.Key = key

@@ -37,7 +37,7 @@ var (
 var (
 	pipelineFields    = []string{"name", "queue", "priority", "env", "concurrency", "stages"}
 	concurrencyFields = []string{"group", "cancel_in_progress"}
-	stageFields       = []string{"key", "name", "image", "commands", "depends_on", "queue", "env", "timeout", "retry", "resources", "artifacts", "cache", "allow_failure"}
+	stageFields       = []string{"key", "name", "image", "commands", "depends_on", "queue", "agents", "env", "timeout", "retry", "resources", "artifacts", "cache", "allow_failure"}
 	retryFields       = []string{"automatic", "exit_status"}
 	resourcesFields   = []string{"cpus", "memory"}
 )
@@ -417,6 +417,9 @@ func (p *parser) stage(n *yaml.Node, field string, i int, defaultQueue string) *
 			st.Queue = q
 		}
 	}
+	if e, ok := f["agents"]; ok {
+		st.Agents = p.agentLabels(e.val, sub("agents"))
+	}
 	if e, ok := f["env"]; ok {
 		st.Env = p.env(e.val, sub("env"))
 	}
@@ -669,6 +672,33 @@ func (p *parser) env(n *yaml.Node, field string) map[string]string {
 		}
 	}
 	return env
+}
+
+// agentLabels reads a stage's agents: a mapping of at most
+// subjects.MaxLabels labels an agent must have.
+func (p *parser) agentLabels(n *yaml.Node, field string) map[string]string {
+	f := p.mapping(n, field, nil)
+	if f == nil {
+		return nil
+	}
+	if len(f) > subjects.MaxLabels {
+		p.errorf(n, field, "%d labels, at most %d", len(f), subjects.MaxLabels)
+		return nil
+	}
+	labels := make(map[string]string, len(f))
+	for name, e := range f {
+		at := field + "." + name
+		if e.val.Kind != yaml.ScalarNode || isNull(e.val) {
+			p.errorf(e.val, at, "expected a label value, got %s", describe(e.val))
+			continue
+		}
+		if err := subjects.ValidateLabel(name, e.val.Value); err != nil {
+			p.errorf(e.key, at, "%s", strings.TrimPrefix(err.Error(), subjects.ErrInvalidName.Error()+": "))
+			continue
+		}
+		labels[name] = e.val.Value
+	}
+	return labels
 }
 
 func (p *parser) queue(n *yaml.Node, field string) (string, bool) {

@@ -66,6 +66,9 @@ type Stage struct {
 	// Queue is the agent queue; Parse fills it with the pipeline's Queue
 	// when the stage has none.
 	Queue string `json:"queue"`
+	// Agents are the labels an agent must have to run the stage
+	// (weft agent --label k=v); none is any agent of the queue.
+	Agents map[string]string `json:"agents,omitempty"`
 	// Env is added to the pipeline's Env, overriding it.
 	Env map[string]string `json:"env,omitempty"`
 	// Timeout bounds one attempt; zero is no limit.
@@ -292,3 +295,7 @@ func (c *Concurrency) ExpandGroup(vars map[string]string) string {
 		return vars[ref[2:len(ref)-1]]
 	})
 }
+
+// JobQueue returns the queue the stage's jobs go to: its queue, or the
+// label queue of its agent labels (subjects.LabelQueue).
+func (s *Stage) JobQueue() string { return subjects.LabelQueue(s.Queue, s.Agents) }

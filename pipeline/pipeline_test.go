@@ -290,6 +290,8 @@ stages:
 		{"bad name", "name: -x\nstages: [{key: a, commands: x}]\n", []wantErr{{"p.yml:1:7", "name", `invalid name "-x"`}}},
 		{"bad priority", stage1 + "priority: urgent\n", []wantErr{{"p.yml:5:11", "priority", `priority "urgent" is not one of critical, high, normal, low`}}},
 		{"bad queue", stage1 + "queue: PR\n", []wantErr{{"p.yml:5:8", "queue", `queue "PR" must be 1-63 characters`}}},
+		{"bad agent label", stage1 + "    agents: {OS: linux}\n", []wantErr{{"p.yml:5:14", "stages[0].agents.OS", `label name "OS" must be 1-32 characters`}}},
+		{"too many agent labels", stage1 + "    agents: {a: x, b: x, c: x, d: x, e: x}\n", []wantErr{{"p.yml:5:13", "stages[0].agents", "5 labels, at most 4"}}},
 		{"bad stage queue", stage1 + "    queue: a.b\n", []wantErr{{"p.yml:5:12", "stages[0].queue", `queue "a.b"`}}},
 		{"bad duration", stage1 + "    timeout: 10 minutes\n", []wantErr{{"p.yml:5:14", "stages[0].timeout", `invalid duration "10 minutes"`}}},
 		{"zero duration", stage1 + "    timeout: 0s\n", []wantErr{{"p.yml:5:14", "stages[0].timeout", "must be positive"}}},

@@ -264,7 +264,7 @@ func Assemble(r *wire.Run, p *pipeline.Pipeline, doc func(key string) (*wire.Sta
 			r.Stages[i].Key = st.Key
 			continue
 		}
-		r.Stages[i] = wire.PendingStage(st.Key, st.Queue)
+		r.Stages[i] = wire.PendingStage(st.Key, st.JobQueue())
 	}
 	return &Loaded{Run: r, Revs: revs}
 }

@@ -253,6 +253,9 @@ type Agent struct {
 	Hostname string `json:"hostname,omitempty"`
 	// Queues are the queues it serves.
 	Queues []string `json:"queues"`
+	// Labels are its labels (weft agent --label k=v): it also runs the
+	// stages of its queues that ask for some of them.
+	Labels map[string]string `json:"labels,omitempty"`
 	// Slots is how many stages it runs at once; Busy how many it runs now.
 	Slots int `json:"slots"`
 	Busy  int `json:"busy"`

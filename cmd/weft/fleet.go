@@ -250,6 +250,7 @@ stopped and their jobs handed back.
 	storageFlags(f, &cfg.ArtifactLimits, &cfg.CacheLimits)
 	f.Var(sizeValue{&cfg.LogCap}, "log-cap", logCapHelp())
 	envAllowFlag(f, &cfg.EnvAllow)
+	f.StringToStringVar(&cfg.Labels, "label", nil, "a label of this agent, K=V (repeatable, at most 4): it also runs the stages of its queues whose agents: ask for some of its labels")
 	f.DurationVar(&cfg.ExitWhenIdle, "exit-when-idle", 0, "drain and exit 0 once no job ran for this long (for autoscaled agents); 0 never")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "most time a drain waits for the running stages before handing them back; 0 waits for them")
 	cmd.AddCommand(agentDrainCommand(g))
