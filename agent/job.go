@@ -404,8 +404,6 @@ func (a *Agent) publishEvent(ctx context.Context, ev wire.Event, timeout time.Du
 		log.Error().Err(err).Msg("encode event")
 		return false
 	}
-	pctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	subj := subjects.StageEvent(ev.RunID, ev.Stage)
 	var opts []jetstream.PublishOpt
 	if ev.Type == wire.Heartbeat {
@@ -413,19 +411,11 @@ func (a *Agent) publishEvent(ctx context.Context, ev wire.Event, timeout time.Du
 	} else {
 		opts = append(opts, jetstream.WithMsgID(subjects.EventMsgID(ev.RunID, ev.Stage, ev.Job, ev.Attempt, string(ev.Type))))
 	}
-	for wait, tries := 50*time.Millisecond, 1; ; tries++ {
-		_, err := a.js.Publish(pctx, subj, data, opts...)
-		if err == nil {
-			return true
-		}
-		select {
-		case <-pctx.Done():
-			log.Error().Err(err).Str("event", string(ev.Type)).Int("tries", tries).Msg("publish event")
-			return false
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Second)
+	if _, tries, err := publishRetrying(ctx, a.js, subj, data, timeout, opts...); err != nil {
+		log.Error().Err(err).Str("event", string(ev.Type)).Int("tries", tries).Msg("publish event")
+		return false
 	}
+	return true
 }
 
 // publishEventAsync publishes a stage event without waiting for the

@@ -91,6 +91,11 @@ func (l *logStream) close() { close(l.lines) }
 // run has returned.
 func (l *logStream) lastSeq() uint64 { return l.seq.Load() }
 
+// logPublishTimeout bounds the tries of one log batch: the output waits
+// (its pipe fills, and the stage's writes block) while the server cannot
+// be reached, for up to this long, and is dropped with a warning after.
+const logPublishTimeout = 30 * time.Second
+
 // run publishes batches until close, then the tail of output over the
 // cap. The caller owns the goroutine.
 func (l *logStream) run(ctx context.Context) {
@@ -108,10 +113,9 @@ func (l *logStream) run(ctx context.Context) {
 		n++
 		data, err := json.Marshal(wire.LogBatch{Attempt: l.attempt, Seq: n, Lines: batch})
 		if err == nil {
-			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			var ack *jetstream.PubAck
-			ack, err = l.js.Publish(pctx, l.subject, data)
-			cancel()
+			ack, _, err = publishRetrying(ctx, l.js, l.subject, data, logPublishTimeout,
+				jetstream.WithMsgID(fmt.Sprintf("log.%s.%d.%d", l.subject, l.attempt, n)))
 			if err == nil {
 				l.seq.Store(ack.Sequence)
 			}

@@ -47,6 +47,19 @@ type Config struct {
 	// Cluster makes the embedded server a member of a cluster; nil runs
 	// it standalone.
 	Cluster *Cluster
+	// JSDomain is the JetStream domain whose streams the client uses:
+	// the hub's, for a client of a leaf node that runs a domain of its own;
+	// empty is the server's own.
+	JSDomain string
+	// Domain is the embedded server's JetStream domain; empty is none.
+	// A leaf node that runs JetStream needs one other than its hub's.
+	Domain string
+	// LeafListen is the address the embedded server takes leaf node
+	// connections on (a hub); empty takes none.
+	LeafListen string
+	// Leaf makes the embedded server a leaf node of the hub at these
+	// URLs (nats://host:port of the hub's leaf port).
+	Leaf []string
 	// Monitor is the embedded server's HTTP monitoring address (NATS's
 	// own /varz, /jsz, /healthz); empty opens none.
 	Monitor string
@@ -130,7 +143,12 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		return nil, fmt.Errorf("%w: connect %s: %v", ErrUnavailable, displayURL(url), err)
 	}
 	b.Conn = nc
-	js, err := jetstream.New(nc)
+	var js jetstream.JetStream
+	if cfg.JSDomain != "" {
+		js, err = jetstream.NewWithDomain(nc, cfg.JSDomain)
+	} else {
+		js, err = jetstream.New(nc)
+	}
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -244,6 +262,25 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 		if err := cfg.Cluster.options(opts); err != nil {
 			return nil, err
 		}
+	}
+	opts.JetStreamDomain = cfg.Domain
+	if cfg.LeafListen != "" {
+		host, p, err := hostPort(cfg.LeafListen)
+		if err != nil {
+			return nil, fmt.Errorf("%w: leaf listen %q: %v", ErrInvalidConfig, cfg.LeafListen, err)
+		}
+		opts.LeafNode.Host, opts.LeafNode.Port = host, p
+	}
+	if len(cfg.Leaf) > 0 {
+		var urls []*neturl.URL
+		for _, r := range cfg.Leaf {
+			u, err := neturl.Parse(r)
+			if err != nil || (u.Scheme != "nats" && u.Scheme != "nats-leaf") || u.Host == "" {
+				return nil, fmt.Errorf("%w: leaf hub %q: want nats://host:port", ErrInvalidConfig, r)
+			}
+			urls = append(urls, u)
+		}
+		opts.LeafNode.Remotes = []*server.RemoteLeafOpts{{URLs: urls}}
 	}
 	if cfg.Monitor != "" {
 		host, p, err := hostPort(cfg.Monitor)

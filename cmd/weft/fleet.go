@@ -29,6 +29,8 @@ func serverCommand(g *globals) *cobra.Command {
 		syncAlways              bool
 		keep                    time.Duration
 		name, monitor           string
+		domain, leafListen      string
+		leaf                    []string
 		cluster                 bus.Cluster
 		replicas                int
 	)
@@ -55,6 +57,11 @@ nothing, and clients given every member's URL (--server a,b,c) carry on.
 The server waits for the cluster to elect a JetStream leader (a majority
 of members up) before it provisions.
 
+Edge: a hub (--leaf-listen ADDR --domain hub) takes leaf nodes; an edge
+site runs weft server --leaf nats://hub:7422 --domain edge, and its agents
+join it locally with --js-domain hub: their jobs, events and logs cross
+the leaf link to the hub's streams. A leaf provisions nothing.
+
 ` + retentionHelp + exitCodesHelp,
 		Example: "  weft server --state /var/lib/weft --listen 0.0.0.0:4222\n" +
 			"  weft server --server-name n1 --state /var/lib/weft --listen 0.0.0.0:4222 \\\n" +
@@ -65,6 +72,7 @@ of members up) before it provisions.
 			cfg := bus.Config{
 				StoreDir: filepath.Join(state, "jetstream"), Listen: listen, SyncAlways: syncAlways,
 				ServerName: name, Name: "weft server", Logger: g.logger(), Monitor: monitor,
+				Domain: domain, LeafListen: leafListen, Leaf: leaf,
 			}
 			size := 1
 			if cluster.Name != "" || cluster.Listen != "" || len(cluster.Routes) > 0 {
@@ -91,7 +99,10 @@ of members up) before it provisions.
 					fmt.Fprintf(g.stderr, "weft: warning: with %d copies the loss of a member stops JetStream or loses what it held; 3 members are needed to survive one\n", replicas)
 				}
 			}
-			if err := provisionWhenReady(ctx, g, b, keep, replicas); err != nil {
+			if len(leaf) > 0 {
+				// weft's streams and buckets are the hub's.
+				fmt.Fprintf(g.stderr, "weft: leaf node of %s (JetStream domain %q); clients here reach the hub's streams with --js-domain HUB-DOMAIN\n", strings.Join(leaf, ","), domain)
+			} else if err := provisionWhenReady(ctx, g, b, keep, replicas); err != nil {
 				return withCode(exitInfra, err)
 			}
 			if u := b.MonitorURL(); u != "" {
@@ -116,6 +127,9 @@ of members up) before it provisions.
 	f.BoolVar(&syncAlways, "sync-always", false, "fsync every write (see Durability)")
 	f.StringVar(&name, "server-name", os.Getenv("WEFT_SERVER_NAME"), "this server's name, its own in a cluster (env WEFT_SERVER_NAME; default weft-embedded)")
 	f.StringVar(&monitor, "http-monitor", os.Getenv("WEFT_HTTP_MONITOR"), "serve NATS's monitoring endpoints (/varz, /jsz, /healthz; what KEDA's nats-jetstream scaler reads) on this address, e.g. 0.0.0.0:8222; port 0 picks a free one (env WEFT_HTTP_MONITOR)")
+	f.StringVar(&domain, "domain", os.Getenv("WEFT_DOMAIN"), "this server's JetStream domain (see Edge); a leaf that runs JetStream needs one other than its hub's (env WEFT_DOMAIN)")
+	f.StringVar(&leafListen, "leaf-listen", "", "take leaf node connections from edge servers on this address, e.g. 0.0.0.0:7422 (a hub)")
+	f.StringSliceVar(&leaf, "leaf", nil, "run as a leaf node of the hub at these URLs, nats://hub:7422,... (see Edge)")
 	f.StringVar(&cluster.Name, "cluster", "", "join the NATS cluster of this name (see Cluster)")
 	f.StringVar(&cluster.Listen, "cluster-listen", "", "address the other members' routes connect to, e.g. 0.0.0.0:6222")
 	f.StringSliceVar(&cluster.Routes, "routes", nil, "the members' cluster URLs, nats://host:port,... (this one's may be among them)")
@@ -183,6 +197,7 @@ and restarted at any time.
 func agentCommand(g *globals) *cobra.Command {
 	var (
 		join, creds, workDir, containerd string
+		jsDomain                         string
 		cfg                              agent.Config
 	)
 	cmd := &cobra.Command{
@@ -202,7 +217,7 @@ stopped and their jobs handed back.
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			fleet := fleetFlags{server: join, creds: creds, flag: "--join", unbuffered: true}
+			fleet := fleetFlags{server: join, creds: creds, jsDomain: jsDomain, flag: "--join", unbuffered: true}
 			b, err := fleet.open(ctx, g, "weft agent")
 			if err != nil {
 				return err
@@ -237,6 +252,7 @@ stopped and their jobs handed back.
 	f := cmd.Flags()
 	f.StringVar(&join, "join", os.Getenv("WEFT_SERVER"), "NATS URL of the fleet (env WEFT_SERVER); required")
 	f.StringVar(&creds, "creds", os.Getenv("WEFT_CREDS"), "NATS credentials file (env WEFT_CREDS)")
+	jsDomainFlag(f, &jsDomain)
 	f.StringVar(&cfg.ID, "id", "", "agent id (default: a new ULID)")
 	f.StringSliceVar(&cfg.Queues, "queue", []string{"default"}, "queue to serve (repeatable)")
 	f.IntVar(&cfg.Slots, "slots", 1, "stages run at once")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/subjects"
@@ -18,6 +19,8 @@ import (
 // fleetFlags are the flags of commands that talk to a fleet's NATS.
 type fleetFlags struct {
 	server, creds string
+	// jsDomain is the JetStream domain of weft's streams (--js-domain).
+	jsDomain string
 	// flag names the URL flag in messages; default --server.
 	flag string
 	// unbuffered makes publishes fail while disconnected (agents).
@@ -27,6 +30,13 @@ type fleetFlags struct {
 func (f *fleetFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.server, "server", os.Getenv("WEFT_SERVER"), "NATS URL of the weft fleet (env WEFT_SERVER); required")
 	cmd.Flags().StringVar(&f.creds, "creds", os.Getenv("WEFT_CREDS"), "NATS credentials file (env WEFT_CREDS)")
+	jsDomainFlag(cmd.Flags(), &f.jsDomain)
+}
+
+// jsDomainFlag adds --js-domain, the JetStream domain weft's streams are
+// in, for clients of an edge leaf node.
+func jsDomainFlag(f *pflag.FlagSet, domain *string) {
+	f.StringVar(domain, "js-domain", os.Getenv("WEFT_JS_DOMAIN"), "JetStream domain of the fleet's streams: the hub's, when --server is an edge leaf node with a domain of its own (env WEFT_JS_DOMAIN)")
 }
 
 // open connects to the fleet; exit 2 without a server, 3 when unreachable.
@@ -38,7 +48,7 @@ func (f *fleetFlags) open(ctx context.Context, g *globals, name string) (*bus.Bu
 		}
 		return nil, withCode(exitUsage, fmt.Errorf("%s (or WEFT_SERVER) is required", flag))
 	}
-	b, err := bus.Open(ctx, bus.Config{URL: f.server, CredsFile: f.creds, Name: name, Unbuffered: f.unbuffered, Logger: g.logger()})
+	b, err := bus.Open(ctx, bus.Config{URL: f.server, CredsFile: f.creds, JSDomain: f.jsDomain, Name: name, Unbuffered: f.unbuffered, Logger: g.logger()})
 	if err != nil {
 		return nil, withCode(exitInfra, err)
 	}
