@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,7 +24,7 @@ func agentsCommand(g *globals) *cobra.Command {
 		Use:   "agents",
 		Short: "List the agents of the fleet",
 		Long: `agents lists the agents in the fleet's registry (KV weft_agents): id, host,
-weft version, queues, slots in use, idle, busy or draining, the stages each runs
+weft version, queues, labels, slots in use, idle, busy or draining, the stages each runs
 now (RUN/STAGE) and when it last renewed its entry. An agent renews it
 every few seconds; one that stops renewing (killed, cut off) drops out
 after the registry's TTL.
@@ -47,7 +49,7 @@ after the registry's TTL.
 				return json.NewEncoder(g.stdout).Encode(agents)
 			}
 			w := tabwriter.NewWriter(g.stdout, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tHOST\tVERSION\tQUEUES\tSLOTS\tSTATE\tSTAGES\tSEEN")
+			fmt.Fprintln(w, "ID\tHOST\tVERSION\tQUEUES\tLABELS\tSLOTS\tSTATE\tSTAGES\tSEEN")
 			for _, a := range agents {
 				state := "idle"
 				switch {
@@ -56,8 +58,12 @@ after the registry's TTL.
 				case a.Busy > 0:
 					state = "busy"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s ago\n", a.ID, dash(a.Hostname), dash(a.Version), strings.Join(a.Queues, ","),
-					a.Busy, a.Slots, state, dash(strings.Join(a.Stages, " ")), time.Since(a.Seen).Round(time.Second))
+				var labels []string
+				for _, k := range slices.Sorted(maps.Keys(a.Labels)) {
+					labels = append(labels, k+"="+a.Labels[k])
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s ago\n", a.ID, dash(a.Hostname), dash(a.Version), strings.Join(a.Queues, ","),
+					dash(strings.Join(labels, ",")), a.Busy, a.Slots, state, dash(strings.Join(a.Stages, " ")), time.Since(a.Seen).Round(time.Second))
 			}
 			return w.Flush()
 		},
