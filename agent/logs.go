@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 	"github.com/rs/zerolog"
 
 	"github.com/weft-ci/weft/internal/bytesize"
@@ -68,6 +69,9 @@ type logStream struct {
 	lines   chan wire.LogLine
 	cap     *logCap       // owned by run
 	seq     atomic.Uint64 // stream sequence of the last published batch
+	// id makes the message ids of this stream's batches its own: another
+	// delivery of the same attempt numbers its batches from 1 again.
+	id string
 }
 
 // newLogStream returns the log stream of an attempt whose output is
@@ -75,7 +79,7 @@ type logStream struct {
 func newLogStream(js jetstream.JetStream, subject string, attempt int, flush time.Duration, limit int64, log zerolog.Logger) *logStream {
 	return &logStream{
 		js: js, subject: subject, attempt: attempt, flush: flush, log: log,
-		lines: make(chan wire.LogLine, maxBatchLines), cap: newLogCap(limit),
+		lines: make(chan wire.LogLine, maxBatchLines), cap: newLogCap(limit), id: ulid.Make().String(),
 	}
 }
 
@@ -115,7 +119,7 @@ func (l *logStream) run(ctx context.Context) {
 		if err == nil {
 			var ack *jetstream.PubAck
 			ack, _, err = publishRetrying(ctx, l.js, l.subject, data, logPublishTimeout,
-				jetstream.WithMsgID(fmt.Sprintf("log.%s.%d.%d", l.subject, l.attempt, n)))
+				jetstream.WithMsgID(fmt.Sprintf("log.%s.%d", l.id, n)))
 			if err == nil {
 				l.seq.Store(ack.Sequence)
 			}
