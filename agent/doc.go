@@ -174,4 +174,17 @@
 //     passes on one for each job it hands back. The queue-group and
 //     notice names belong in package subjects; they sit in scan.go until
 //     it takes them.
+//   - Labels (Config.Labels): an agent serves, besides its queues, the
+//     label queue (subjects.LabelQueue) of every subset of its labels,
+//     which is where the dispatcher sends the jobs of stages that ask for
+//     those labels; at most subjects.MaxLabels, so 16 queues per queue.
+//   - Drain (Drain, SIGTERM in the CLI, a request on
+//     subjects.AgentDrain): the agent stops taking jobs, finishes those it
+//     runs (stopping them after Config.DrainTimeout), leaves the registry
+//     and Run returns nil; Config.ExitWhenIdle drains an agent that held
+//     no job for that long.
+//   - Events and log batches are published with publishRetrying, which
+//     tries again while the server cannot be reached (a cluster electing
+//     a leader, a leaf link coming back), each with a message id so a
+//     retry after a lost acknowledgement is stored once.
 package agent

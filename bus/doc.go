@@ -16,4 +16,13 @@
 //   - Failing to reach NATS (or to start the embedded server) returns an
 //     error wrapping ErrUnavailable, so the CLI can exit with the
 //     infrastructure code.
+//   - The embedded server may be a cluster member (Config.Cluster), a
+//     hub taking leaf nodes (Config.LeafListen) or a leaf node
+//     (Config.Leaf), with a JetStream domain (Config.Domain) and its
+//     monitoring port (Config.Monitor). ProvisionReplicated gives every
+//     stream and bucket the cluster's replicas; Provision keeps what an
+//     existing one has, so a dispatcher never lowers them.
+//   - A JetStream cluster drops the API requests it gets while it elects
+//     a leader, and a client would wait for its whole context: Establish
+//     makes a watcher or consumer with 5 s attempts until it answers.
 package bus
