@@ -83,4 +83,3 @@ that had already ended is left as it was.
 	f.BoolVar(&asJSON, "json", false, "print the run as one JSON document once it ended")
 	return cmd
 }
-
