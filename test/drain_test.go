@@ -11,18 +11,6 @@ import (
 	"github.com/weft-ci/weft/wire"
 )
 
-// waitExit waits for a weft process to exit and returns its error.
-func waitExit(t *testing.T, p *proc, d time.Duration) error {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(d):
-		t.Fatalf("weft %v still runs after %s; stderr:\n%s", p.cmd.Args[1:], d, strings.Join(p.stderr.all(), "\n"))
-		return nil
-	}
-}
-
 // SIGTERM drains an agent: it takes no new job, finishes its running
 // stage, leaves the registry and exits 0; weft agent drain does the same
 // to another agent.
@@ -48,8 +36,8 @@ func TestADrainedAgentFinishesItsStageAndExits(t *testing.T) {
 	second := f.s.Submit(t, "name: short\nstages:\n  - key: s\n    commands: [echo quick]\n")
 	waitFor(t, f.s, second, "queued", func(r *wire.Run) bool { return r.Stage("s").State == wire.StageQueued })
 	g.open(t)
-	if err := waitExit(t, a, 30*time.Second); err != nil {
-		t.Fatalf("the drained agent exited with %v, want 0; stderr:\n%s", err, strings.Join(a.stderr.all(), "\n"))
+	if code := a.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("the drained agent exited %d, want 0; stderr:\n%s", code, strings.Join(a.stderr.all(), "\n"))
 	}
 	r, _ := f.s.Wait(t, first)
 	if st := r.Stage("s"); r.State != wire.RunSucceeded || st.Agent != "agent-a" || st.Attempt != 1 {
@@ -68,8 +56,8 @@ func TestADrainedAgentFinishesItsStageAndExits(t *testing.T) {
 	if res.Code != 0 || !strings.Contains(res.Stdout, "agent agent-b draining") {
 		t.Fatalf("weft agent drain agent-b exited %d: %s%s", res.Code, res.Stdout, res.Stderr)
 	}
-	if err := waitExit(t, b, 30*time.Second); err != nil {
-		t.Errorf("agent-b exited with %v after weft agent drain, want 0", err)
+	if code := b.wait(t, 30*time.Second); code != 0 {
+		t.Errorf("agent-b exited %d after weft agent drain, want 0", code)
 	}
 	if res := RunWeft(t, weftBin, t.TempDir(), nil, "agent", "drain", "--server", f.url, "agent-gone"); res.Code != 3 {
 		t.Errorf("weft agent drain of no agent exited %d, want 3: %s", res.Code, res.Stderr)
@@ -87,8 +75,8 @@ func TestAnIdleAgentExits(t *testing.T) {
 	if st := r.Stage("s"); r.State != wire.RunSucceeded || st.Agent != "agent-idle" {
 		t.Fatalf("run %s on %s; want succeeded on agent-idle, which was busy longer than its idle limit", r.State, st.Agent)
 	}
-	if err := waitExit(t, a, 30*time.Second); err != nil {
-		t.Fatalf("the idle agent exited with %v, want 0", err)
+	if code := a.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("the idle agent exited %d, want 0", code)
 	}
 	if ids := agentsSeen(t, f.url); slices.Contains(ids, "agent-idle") {
 		t.Errorf("agent-idle is still in the registry: %v", ids)
