@@ -143,15 +143,15 @@ type Agent struct {
 	lastChange atomic.Int64  // when busy last changed, in Unix ns
 	changed    chan struct{} // signalled when busy changes
 
-	mu    sync.Mutex        // guards active, cancelled and lanes
-	lanes map[string]string // workspace by run id, of runs holding one here
+	mu        sync.Mutex                   // guards active, cancelled and lanes
+	lanes     map[string]string            // workspace by run id, of runs holding one here
+	active    map[string]map[*job]struct{} // running jobs by run id
+	cancelled map[string]time.Time         // runs cancelled recently, by notice time
 
 	// draining ends when the agent is to drain (Drain): take no job,
 	// finish those it runs, leave the registry, return.
-	draining  context.Context
-	drain     context.CancelFunc
-	active    map[string]map[*job]struct{} // running jobs by run id
-	cancelled map[string]time.Time         // runs cancelled recently, by notice time
+	draining context.Context
+	drain    context.CancelFunc
 }
 
 // New returns an agent on b. It validates cfg and fills defaults; it starts
@@ -346,26 +346,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopTaking()
 	jobCtx, stopJobs := context.WithCancel(ctx)
 	defer stopJobs()
-	var drainTimer *time.Timer
+	// The drain's timeout stops the jobs; armed when the drain starts.
+	drainTimer := time.AfterFunc(time.Hour, func() {
+		a.log.Warn().Strs("stages", a.runningStages()).Msg("drain timed out: handing the running stages back")
+		stopJobs()
+	})
+	drainTimer.Stop()
+	defer drainTimer.Stop()
 	defer context.AfterFunc(a.draining, func() {
 		a.log.Info().Dur("timeout", a.cfg.DrainTimeout).Msg("draining: taking no more jobs, finishing those running")
 		stopTaking()
 		if a.cfg.DrainTimeout > 0 {
-			a.mu.Lock()
-			drainTimer = time.AfterFunc(a.cfg.DrainTimeout, func() {
-				a.log.Warn().Strs("stages", a.runningStages()).Msg("drain timed out: handing the running stages back")
-				stopJobs()
-			})
-			a.mu.Unlock()
+			drainTimer.Reset(a.cfg.DrainTimeout)
 		}
 	})()
-	defer func() {
-		a.mu.Lock()
-		if drainTimer != nil {
-			drainTimer.Stop()
-		}
-		a.mu.Unlock()
-	}()
 	defer func() {
 		wg.Wait()
 		a.removeWorkspaces()

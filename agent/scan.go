@@ -242,9 +242,9 @@ func (s *scanner) released() {
 	s.signal()
 }
 
-// pause pauses or resumes the sources of name and of its label queues. A resume sweeps the queue
-// soon (soonLocked), so the fleet's idle agents do not all sweep it at
-// once.
+// pause pauses or resumes the sources of name and of its label queues.
+// A resume sweeps the queue soon (soonLocked), so the fleet's idle agents
+// do not all sweep it at once.
 func (s *scanner) pause(name string, paused bool) {
 	s.mu.Lock()
 	for _, q := range s.queues {
