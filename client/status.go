@@ -224,16 +224,17 @@ func stageReason(queue string, labels map[string]string, agents []wire.Agent, pa
 		}
 		return StagePaused, fmt.Sprintf("queue %s is paused: %s", base, why)
 	}
+	name := queue // as the messages say it
 	if len(labels) > 0 {
 		var pairs []string
 		for _, k := range slices.Sorted(maps.Keys(labels)) {
 			pairs = append(pairs, k+"="+labels[k])
 		}
-		queue = base + " with labels " + strings.Join(pairs, ",")
+		name = base + " with labels " + strings.Join(pairs, ",")
 	}
 	serving, busy := 0, 0
 	for _, a := range agents {
-		if slices.Contains(subjects.ServedQueues(a.Queues, a.Labels), subjects.LabelQueue(base, labels)) {
+		if slices.Contains(subjects.ServedQueues(a.Queues, a.Labels), queue) {
 			serving++
 			if a.Busy >= a.Slots {
 				busy++
@@ -242,13 +243,13 @@ func stageReason(queue string, labels map[string]string, agents []wire.Agent, pa
 	}
 	switch {
 	case serving == 0 && len(labels) > 0:
-		return StageNoAgent, fmt.Sprintf("no agent has these labels: none serves queue %s", queue)
+		return StageNoAgent, fmt.Sprintf("no agent has these labels: none serves queue %s", name)
 	case serving == 0:
-		return StageNoAgent, fmt.Sprintf("no agent serves queue %s", queue)
+		return StageNoAgent, fmt.Sprintf("no agent serves queue %s", name)
 	case busy == serving:
-		return StageAgentsBusy, fmt.Sprintf("all %d agents serving queue %s are busy", serving, queue)
+		return StageAgentsBusy, fmt.Sprintf("all %d agents serving queue %s are busy", serving, name)
 	}
-	return StageDispatching, fmt.Sprintf("%d of %d agents serving queue %s have a free slot", serving-busy, serving, queue)
+	return StageDispatching, fmt.Sprintf("%d of %d agents serving queue %s have a free slot", serving-busy, serving, name)
 }
 
 // Agents returns the agents in the registry (KV subjects.AgentsBucket),
