@@ -8,6 +8,7 @@ import (
 	"net"
 	neturl "net/url"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -202,14 +203,22 @@ func (c *Cluster) options(opts *server.Options) error {
 		return fmt.Errorf("%w: cluster listen %q: %v", ErrInvalidConfig, c.Listen, err)
 	}
 	opts.Cluster = server.ClusterOpts{Name: c.Name, Host: host, Port: port}
-	for _, r := range c.Routes {
+	opts.Routes, err = natsURLs("route", c.Routes, "nats")
+	return err
+}
+
+// natsURLs parses urls (what names them in errors), each
+// scheme://host:port with one of schemes.
+func natsURLs(what string, urls []string, schemes ...string) ([]*neturl.URL, error) {
+	out := make([]*neturl.URL, 0, len(urls))
+	for _, r := range urls {
 		u, err := neturl.Parse(r)
-		if err != nil || u.Scheme != "nats" || u.Host == "" {
-			return fmt.Errorf("%w: route %q: want nats://host:port", ErrInvalidConfig, r)
+		if err != nil || !slices.Contains(schemes, u.Scheme) || u.Host == "" {
+			return nil, fmt.Errorf("%w: %s %q: want nats://host:port", ErrInvalidConfig, what, r)
 		}
-		opts.Routes = append(opts.Routes, u)
+		out = append(out, u)
 	}
-	return nil
+	return out, nil
 }
 
 // hostPort splits a listen address; port 0 is a free one.
@@ -272,13 +281,9 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 		opts.LeafNode.Host, opts.LeafNode.Port = host, p
 	}
 	if len(cfg.Leaf) > 0 {
-		var urls []*neturl.URL
-		for _, r := range cfg.Leaf {
-			u, err := neturl.Parse(r)
-			if err != nil || (u.Scheme != "nats" && u.Scheme != "nats-leaf") || u.Host == "" {
-				return nil, fmt.Errorf("%w: leaf hub %q: want nats://host:port", ErrInvalidConfig, r)
-			}
-			urls = append(urls, u)
+		urls, err := natsURLs("leaf hub", cfg.Leaf, "nats", "nats-leaf")
+		if err != nil {
+			return nil, err
 		}
 		opts.LeafNode.Remotes = []*server.RemoteLeafOpts{{URLs: urls}}
 	}
