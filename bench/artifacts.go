@@ -103,12 +103,8 @@ func (o *ArtifactsOptions) defaults() error {
 	if o.Progress == nil {
 		o.Progress = func(string, ...any) {}
 	}
-	if o.Weft == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("bench artifacts: find the weft binary: %w", err)
-		}
-		o.Weft = exe
+	if err := weftBinary(&o.Weft, "bench artifacts"); err != nil {
+		return err
 	}
 	return nil
 }

@@ -133,3 +133,17 @@ func Percentile(d []time.Duration, p float64) time.Duration {
 	slices.Sort(s)
 	return s[min(len(s)-1, int(float64(len(s))*p))]
 }
+
+// weftBinary sets *bin, when empty, to this executable: the weft binary
+// the process scenarios start. what names the scenario in the error.
+func weftBinary(bin *string, what string) error {
+	if *bin != "" {
+		return nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("%s: find the weft binary: %w", what, err)
+	}
+	*bin = exe
+	return nil
+}

@@ -148,12 +148,8 @@ func (o *ChaosOptions) defaults() error {
 	if o.Progress == nil {
 		o.Progress = func(string, ...any) {}
 	}
-	if o.Binary == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("chaos: weft binary: %w", err)
-		}
-		o.Binary = exe
+	if err := weftBinary(&o.Binary, "chaos"); err != nil {
+		return err
 	}
 	switch {
 	case o.Runs < 0 || o.Repos < 1 || o.WIP < 1 || o.Agents < 1 || o.Slots < 1 || o.Rate < 0:

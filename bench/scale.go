@@ -108,12 +108,8 @@ func (o *ScaleOptions) defaults() error {
 	if o.Progress == nil {
 		o.Progress = func(string, ...any) {}
 	}
-	if o.Weft == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("bench scale: find the weft binary: %w", err)
-		}
-		o.Weft = exe
+	if err := weftBinary(&o.Weft, "bench scale"); err != nil {
+		return err
 	}
 	return nil
 }
