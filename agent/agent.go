@@ -19,7 +19,6 @@ import (
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/internal/bytesize"
 	"github.com/weft-ci/weft/objectstore"
-	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -85,6 +84,12 @@ type Config struct {
 	// the stage ends). The agent's memory stays bounded whatever a stage
 	// prints.
 	LogCap int64
+	// OpenByDispatcher says the agent may not create the job consumers of
+	// its queues (its credentials forbid it): where they are missing it
+	// asks a dispatcher to (subjects.QueueOpen) and waits until one
+	// does. Without it the agent creates them itself when no dispatcher
+	// answers.
+	OpenByDispatcher bool
 	// AckWait is the AckWait of the job consumers this agent creates
 	// (existing ones keep theirs); default subjects.DefaultAckWait. A job
 	// is heartbeated every third of the actual AckWait of the consumer it
@@ -127,12 +132,13 @@ type Agent struct {
 	// before any job starts.
 	containers    *container.Runtime
 	containerdErr error
-	// runs reads the stage documents that judge every job, at every
-	// heartbeat and before every ack, and the run documents the
-	// workspace sweep reads. Set by Run before any job starts.
-	runs *runstore.Store
+	// stages is the stages bucket, whose documents judge every job, at
+	// every heartbeat and before every ack. An agent reads no run
+	// document. Set by Run before any job starts.
+	stages jetstream.KeyValue
 	// events is the events stream, read for the stored finish of a
-	// redelivered job. Set by Run before any job starts.
+	// redelivered job and the end of a run whose workspace is left. Set
+	// by Run before any job starts.
 	events jetstream.Stream
 
 	storeMu sync.Mutex         // guards store and cache
@@ -248,11 +254,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.WorkDir, 0o750); err != nil {
 		return fmt.Errorf("agent: work dir: %w", err)
 	}
-	runs, err := runstore.Open(ctx, a.js)
+	stages, err := a.js.KeyValue(ctx, subjects.StagesBucket)
 	if err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return fmt.Errorf("agent: bucket %s: %w", subjects.StagesBucket, err)
 	}
-	a.runs = runs
+	a.stages = stages
 	events, err := a.js.Stream(ctx, subjects.EventsStream)
 	if err != nil {
 		return fmt.Errorf("agent: stream %s: %w", subjects.EventsStream, err)
@@ -268,7 +274,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// The queues, and the label queues of every subset of the labels.
 	served := subjects.ServedQueues(a.cfg.Queues, a.cfg.Labels)
 	for _, q := range served {
-		if err := bus.EnsureJobConsumers(ctx, a.js, q, a.cfg.AckWait, a.cfg.MaxDeliver); err != nil {
+		if err := a.openQueue(ctx, q); err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
 	}

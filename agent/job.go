@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 	"github.com/rs/zerolog"
 
 	"github.com/weft-ci/weft/runstore"
@@ -496,37 +497,55 @@ func (a *Agent) finishedAlready(ctx context.Context, j *job, s *wire.StageRun) (
 }
 
 // readStage reads the document of a stage from the stages bucket,
-// waiting at most timeout, and says how the read went. A stage with no
-// document is pending if its run exists (read from the runs bucket then).
+// waiting at most timeout, and says how the read went. Its job was
+// published after its document was written, so a job without one is of a
+// run that is gone.
 func (a *Agent) readStage(ctx context.Context, runID, key string, timeout time.Duration) (*wire.StageRun, docRead) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	st, _, err := a.runs.Stage(ctx, runID, key)
+	st, _, err := runstore.ReadStage(ctx, a.stages, runID, key)
 	if err != nil {
 		a.log.Debug().Err(err).Str("run_id", runID).Str("stage", key).Msg("read stage document")
 		return nil, docUnreadable
 	}
-	if st != nil {
-		return st, docFound
-	}
-	if _, read := a.readRun(ctx, runID, timeout); read != docFound {
-		return nil, read
-	}
-	return &wire.StageRun{Key: key, State: wire.StagePending, ExitCode: -1}, docFound
-}
-
-// readRun reads a run document from the runs bucket, waiting at most
-// timeout, and says how the read went.
-func (a *Agent) readRun(ctx context.Context, runID string, timeout time.Duration) (*wire.Run, docRead) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	r, _, err := a.runs.Header(ctx, runID)
-	if errors.Is(err, runstore.ErrNoRun) {
+	if st == nil {
 		return nil, docMissing
 	}
-	if err != nil {
-		a.log.Debug().Err(err).Str("run_id", runID).Msg("read run document")
-		return nil, docUnreadable
+	return st, docFound
+}
+
+// readRunEnd reads what the events stream says of the end of the run
+// holding a lane, waiting at most timeout: its last run event (agents do
+// not read run documents). A run with none has not ended if the document
+// of the stage that took the lane exists, and is gone if it does not;
+// for a marker that names no stage, if the run is younger than the
+// events' retention (its age is in its id).
+func (a *Agent) readRunEnd(ctx context.Context, h laneHolder, timeout time.Duration) runEnd {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	m, err := a.events.GetLastMsgForSubject(ctx, subjects.RunEvent(h.run))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound) && h.stage != "":
+		switch _, read := a.readStage(ctx, h.run, h.stage, timeout); read {
+		case docMissing:
+			return runGone
+		case docFound:
+			return runLive
+		}
+		return runUnknown
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		id, _ := ulid.Parse(h.run)
+		if keep := a.events.CachedInfo().Config.MaxAge; keep > 0 && time.Since(ulid.Time(id.Time())) > keep {
+			return runGone
+		}
+		return runLive
+	case err != nil:
+		a.log.Debug().Err(err).Str("run_id", h.run).Msg("read run events")
+		return runUnknown
 	}
-	return r, docFound
+	var ev wire.Event
+	if json.Unmarshal(m.Data, &ev) == nil && ev.Type == wire.RunFinished {
+		return runEnded
+	}
+	return runLive
 }

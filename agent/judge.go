@@ -20,10 +20,10 @@ import (
 type docRead int
 
 const (
-	// docFound: the document was read. A stage with no document of a run
-	// that exists is found, pending.
+	// docFound: the document was read.
 	docFound docRead = iota
-	// docMissing: the run does not exist.
+	// docMissing: the stage has no document: its job was published after
+	// the document was written, so the run is gone.
 	docMissing
 	// docUnreadable: the read failed (timeout, connection, decoding).
 	docUnreadable
@@ -74,7 +74,7 @@ func judge(s *wire.StageRun, read docRead, job wire.Job, delivered int, msgSeq u
 	switch read {
 	case docMissing:
 		// Runs are created before their jobs are published.
-		return decision{verdict: drop, why: "its run does not exist"}
+		return decision{verdict: drop, why: "its stage has no document: its run is gone"}
 	case docUnreadable:
 		return decision{verdict: later, delay: unreadableDelay, why: "its stage's document is unreadable"}
 	}
@@ -249,18 +249,25 @@ func infraBackoff(n int) time.Duration {
 	return min(time.Second<<min(n-1, 6), time.Minute)
 }
 
+// runEnd is what the events stream says of a run's end.
+type runEnd int
+
+const (
+	// runLive: the run has not ended (its last run event is not a finish,
+	// or it has none and is younger than the events' retention).
+	runLive runEnd = iota
+	// runEnded: its last run event is its finish.
+	runEnded
+	// runGone: it has no run event and is older than the events'
+	// retention: whatever it was, it is over.
+	runGone
+	// runUnknown: the read failed.
+	runUnknown
+)
+
 // sweepable reports whether a workspace may be removed: no job of its run
-// is active here, and its run has ended or is gone from the runs bucket.
-// A run whose document cannot be read keeps its workspace.
-func sweepable(active bool, doc *wire.Run, read docRead) bool {
-	if active {
-		return false
-	}
-	switch read {
-	case docMissing:
-		return true
-	case docFound:
-		return doc.State.Terminal()
-	}
-	return false
+// is active here, and its run has ended or is gone. A run whose end
+// cannot be read keeps its workspace.
+func sweepable(active bool, end runEnd) bool {
+	return !active && (end == runEnded || end == runGone)
 }

@@ -153,25 +153,22 @@ func TestConclude(t *testing.T) {
 }
 
 func TestSweepable(t *testing.T) {
-	ended := &wire.Run{State: wire.RunSucceeded}
-	live := &wire.Run{State: wire.RunRunning}
 	tests := []struct {
 		name   string
 		active bool
-		doc    *wire.Run
-		read   docRead
+		end    runEnd
 		want   bool
 	}{
-		{"ended", false, ended, docFound, true},
-		{"gone", false, nil, docMissing, true},
-		{"live", false, live, docFound, false},
-		{"unreadable", false, nil, docUnreadable, false},
-		{"ended, a job still runs here", true, ended, docFound, false},
-		{"gone, a job still runs here", true, nil, docMissing, false},
+		{"ended", false, runEnded, true},
+		{"gone", false, runGone, true},
+		{"live", false, runLive, false},
+		{"unreadable", false, runUnknown, false},
+		{"ended, a job still runs here", true, runEnded, false},
+		{"gone, a job still runs here", true, runGone, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := sweepable(tt.active, tt.doc, tt.read); got != tt.want {
+			if got := sweepable(tt.active, tt.end); got != tt.want {
 				t.Errorf("sweepable(%s) = %v, want %v", tt.name, got, tt.want)
 			}
 		})

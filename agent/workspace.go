@@ -40,7 +40,8 @@ import (
 
 // Workspace layout names.
 const (
-	// laneMarker is the suffix of the file naming the run that holds a lane.
+	// laneMarker is the suffix of the file naming the run that holds a
+	// lane, and the stage that took it: "RUN STAGE" (see parseMarker).
 	laneMarker = ".run"
 	// trashPrefix marks a workspace being removed: it is renamed to
 	// <WorkDir>/<trashPrefix><ULID> first (under a.mu, so no job can
@@ -48,8 +49,19 @@ const (
 	trashPrefix = ".removing-"
 )
 
-// sweepReadTimeout bounds the sweep's read of one run document.
+// sweepReadTimeout bounds the sweep's read of one run's end.
 const sweepReadTimeout = 5 * time.Second
+
+// laneHolder is what a lane marker names: a run, and the stage of it that
+// took the lane (whose document says the run exists).
+type laneHolder struct{ run, stage string }
+
+// parseMarker reads a lane marker's content: "RUN STAGE", or "RUN" as
+// agents before the stage was recorded wrote it.
+func parseMarker(data []byte) (laneHolder, bool) {
+	run, stage, _ := strings.Cut(strings.TrimSpace(string(data)), " ")
+	return laneHolder{run: run, stage: stage}, isRunID(run)
+}
 
 // isRunID reports whether name is a run id (a ULID).
 func isRunID(name string) bool {
@@ -102,7 +114,7 @@ func (a *Agent) workspaceFor(j *job) (string, error) {
 	for n := 0; lane < 0; n++ {
 		if _, taken := held[n]; !taken {
 			lane = n
-			if err := os.WriteFile(filepath.Join(parent, strconv.Itoa(n)+laneMarker), []byte(j.RunID), 0o640); err != nil {
+			if err := os.WriteFile(filepath.Join(parent, strconv.Itoa(n)+laneMarker), []byte(j.RunID+" "+j.Stage.Key), 0o640); err != nil {
 				return "", fmt.Errorf("workspace: %w", err)
 			}
 		}
@@ -136,11 +148,12 @@ func heldLanes(parent string) (map[int]string, error) {
 		if !ok || err != nil || n < 0 || !e.Type().IsRegular() {
 			continue
 		}
-		run, err := os.ReadFile(filepath.Join(parent, e.Name()))
+		data, err := os.ReadFile(filepath.Join(parent, e.Name()))
 		if err != nil {
 			return nil, err
 		}
-		held[n] = string(run)
+		h, _ := parseMarker(data)
+		held[n] = h.run
 	}
 	return held, nil
 }
@@ -228,21 +241,21 @@ func (a *Agent) sweepWorkspaces(ctx context.Context) {
 	}
 }
 
-// markers returns the lane markers under the work directory, with the
-// runs they name.
-func (a *Agent) markers() (map[string]string, error) {
+// markers returns the lane markers under the work directory, with what
+// they name.
+func (a *Agent) markers() (map[string]laneHolder, error) {
 	paths, err := filepath.Glob(filepath.Join(a.cfg.WorkDir, "*", "*", "*"+laneMarker))
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]string, len(paths))
+	out := make(map[string]laneHolder, len(paths))
 	for _, p := range paths {
-		run, err := os.ReadFile(p)
+		data, err := os.ReadFile(p)
 		if err != nil {
 			continue // released meanwhile
 		}
-		if id := string(run); isRunID(id) {
-			out[p] = id
+		if h, ok := parseMarker(data); ok {
+			out[p] = h
 		}
 	}
 	return out, nil
@@ -273,16 +286,15 @@ func (a *Agent) sweep(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		runID := markers[marker]
+		h := markers[marker]
 		a.mu.Lock()
-		active := a.runActive(runID)
+		active := a.runActive(h.run)
 		a.mu.Unlock()
 		if active {
 			continue
 		}
-		doc, read := a.readRun(ctx, runID, sweepReadTimeout)
-		if sweepable(active, doc, read) {
-			a.releaseWorkspace(runID, marker, "swept: its run ended or is gone")
+		if sweepable(active, a.readRunEnd(ctx, h, sweepReadTimeout)) {
+			a.releaseWorkspace(h.run, marker, "swept: its run ended or is gone")
 		}
 	}
 }
@@ -296,7 +308,7 @@ func (a *Agent) removeWorkspaces() {
 		a.log.Warn().Err(err).Msg("list workspaces")
 		return
 	}
-	for marker, runID := range markers {
-		a.releaseWorkspace(runID, marker, "agent stopping")
+	for marker, h := range markers {
+		a.releaseWorkspace(h.run, marker, "agent stopping")
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+
+	"github.com/weft-ci/weft/auth"
 )
 
 // ErrUnavailable is wrapped by errors that mean NATS cannot be reached or
@@ -61,6 +63,14 @@ type Config struct {
 	// Leaf makes the embedded server a leaf node of the hub at these
 	// URLs (nats://host:port of the hub's leaf port).
 	Leaf []string
+	// Auth turns on the embedded server's authentication: only users with
+	// credentials its authority signed get in, with their role's
+	// permissions (package auth). The in-process connection gets a
+	// dispatcher's. Nil takes anyone.
+	Auth *auth.Authority
+	// LeafCreds are the credentials a leaf node presents to its hub (Leaf)
+	// when the hub has auth on.
+	LeafCreds string
 	// Monitor is the embedded server's HTTP monitoring address (NATS's
 	// own /varz, /jsz, /healthz); empty opens none.
 	Monitor string
@@ -135,13 +145,25 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		}
 		b.server = ns
 		opts = append(opts, nats.InProcessServer(ns))
+		if cfg.Auth != nil {
+			creds, err := cfg.Auth.Mint(auth.Grant{Role: auth.Dispatcher, Name: cfg.Name}, 0)
+			if err != nil {
+				b.shutdownServer()
+				return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
+			opts = append(opts, nats.UserJWTAndSeed(creds.JWT, string(creds.Seed)))
+		}
 	} else if cfg.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+		id, err := auth.ReadCreds(cfg.CredsFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+		}
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile), nats.CustomInboxPrefix(id.InboxPrefix()))
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		b.shutdownServer()
-		return nil, fmt.Errorf("%w: connect %s: %v", ErrUnavailable, displayURL(url), err)
+		return nil, connectError(url, cfg.CredsFile, err)
 	}
 	b.Conn = nc
 	var js jetstream.JetStream
@@ -166,6 +188,18 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		return nil, fmt.Errorf("%w: jetstream on %s: %v", ErrUnavailable, displayURL(url), err)
 	}
 	return b, nil
+}
+
+// connectError explains a failed connection, an authentication failure
+// in words that say what to do.
+func connectError(url, creds string, err error) error {
+	switch {
+	case errors.Is(err, nats.ErrAuthorization) && creds == "":
+		return fmt.Errorf("%w: connect %s: the server requires credentials and none were given: pass --creds FILE (env WEFT_CREDS), made with weft creds on the server's machine: %v", ErrUnavailable, displayURL(url), err)
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
+		return fmt.Errorf("%w: connect %s: the server refused the credentials in %s (another server's, expired or revoked): %v", ErrUnavailable, displayURL(url), creds, err)
+	}
+	return fmt.Errorf("%w: connect %s: %v", ErrUnavailable, displayURL(url), err)
 }
 
 // Cluster is the embedded server's place in a NATS cluster, whose
@@ -244,6 +278,10 @@ func displayURL(url string) string {
 	return url
 }
 
+// maxControlLine bounds a protocol line the embedded server reads: room
+// for the credentials of an agent of 16 queues with 4 labels.
+const maxControlLine = 256 << 10
+
 func startEmbedded(cfg Config) (*server.Server, error) {
 	if cfg.StoreDir == "" {
 		return nil, fmt.Errorf("%w: embedded server needs a store directory", ErrInvalidConfig)
@@ -259,6 +297,9 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 		NoSigs:     true,
 		SyncAlways: cfg.SyncAlways,
 		MaxPayload: 1 << 20,
+		// An agent's credentials list each job consumer of its queues:
+		// its CONNECT line outgrows the default 4 KiB.
+		MaxControlLine: maxControlLine,
 	}
 	if cfg.Listen != "" {
 		host, p, err := hostPort(cfg.Listen)
@@ -285,7 +326,12 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		opts.LeafNode.Remotes = []*server.RemoteLeafOpts{{URLs: urls}}
+		opts.LeafNode.Remotes = []*server.RemoteLeafOpts{{URLs: urls, Credentials: cfg.LeafCreds}}
+	}
+	if cfg.Auth != nil {
+		if err := cfg.Auth.Configure(opts); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+		}
 	}
 	if cfg.Monitor != "" {
 		host, p, err := hostPort(cfg.Monitor)

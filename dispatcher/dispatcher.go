@@ -193,6 +193,11 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dispatcher: dead-letter consumer: %w", err)
 	}
+	opens, openCh, err := d.subscribeQueueOpens()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = opens.Unsubscribe() }()
 	d.log.Info().Msg("dispatcher started")
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.consumeWith(gctx, triggers, d.triggerHandling()) })
@@ -200,6 +205,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	g.Go(func() error { return d.consume(gctx, deadLetters, d.handleDeadLetter) })
 	g.Go(func() error { return d.watchReleases(gctx) })
 	g.Go(func() error { return d.maintain(gctx) })
+	g.Go(func() error { return d.serveQueueOpens(gctx, openCh) })
 	err = g.Wait()
 	if ctx.Err() != nil {
 		return nil

@@ -68,7 +68,8 @@ type Stack struct {
 }
 
 // Start opens the bus, provisions weft's streams and buckets (in memory
-// for an ephemeral bus, see bus.Config.Ephemeral), and starts the
+// for an ephemeral bus, see bus.Config.Ephemeral; only for an embedded
+// server or a stack with dispatchers), and starts the
 // configured dispatchers and agents. Errors opening the bus wrap
 // bus.ErrUnavailable; configuration errors wrap the components'
 // ErrInvalidConfig.
@@ -78,9 +79,13 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := b.Provision(ctx, cfg.Retention); err != nil {
-		b.Close()
-		return nil, fmt.Errorf("%w: %w", bus.ErrUnavailable, err)
+	// A client of a fleet's server (no dispatcher of its own) finds them
+	// provisioned, and its credentials may not.
+	if b.Embedded() || cfg.Dispatchers > 0 {
+		if err := b.Provision(ctx, cfg.Retention); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("%w: %w", bus.ErrUnavailable, err)
+		}
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	failed, failNow := context.WithCancelCause(context.Background())

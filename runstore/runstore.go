@@ -203,7 +203,13 @@ func DecodeRun(data []byte) (*wire.Run, error) {
 // document (pending, or of a run that does not exist) is nil with
 // revision 0.
 func (s *Store) Stage(ctx context.Context, runID, key string) (*wire.StageRun, uint64, error) {
-	e, err := s.stages.Get(ctx, subjects.StageKey(runID, key))
+	return ReadStage(ctx, s.stages, runID, key)
+}
+
+// ReadStage reads one stage document from the stages bucket, as
+// Store.Stage does, for a reader (an agent) that may read no other.
+func ReadStage(ctx context.Context, stages jetstream.KeyValue, runID, key string) (*wire.StageRun, uint64, error) {
+	e, err := stages.Get(ctx, subjects.StageKey(runID, key))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, nil
 	}

@@ -105,6 +105,7 @@ const (
 	waitingPrefix  = "weft.waiting"
 	scannedPrefix  = "weft.scanned"
 	agentsPrefix   = "weft.agents"
+	queuesPrefix   = "weft.queues"
 
 	// AllJobs matches every job subject.
 	AllJobs = jobsPrefix + ".>"
@@ -132,7 +133,24 @@ const (
 	TriggerMaxDeliveries = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + TriggersStream + "." + DispatcherTriggers
 	// RunEvents matches run-level events of every run (weft.events.<run>).
 	RunEvents = eventsPrefix + ".*"
+	// AllStageEvents matches the stage events of every run
+	// (weft.events.<run>.<stage>), an agent's.
+	AllStageEvents = eventsPrefix + ".*.*"
+	// AllDrains matches every agent's drain requests.
+	AllDrains = agentsPrefix + ".*.drain"
+	// AllQueueOpens matches every queue's open requests (QueueOpen).
+	AllQueueOpens = queuesPrefix + ".*.open"
 )
+
+// QueueOpenGroup is the queue group of the dispatchers' subscriptions to
+// queue open requests: one dispatcher answers each.
+const QueueOpenGroup = "weft_dispatchers"
+
+// QueueOpen is the subject an agent asks on for the job consumers of a
+// job queue to be created (core NATS request-reply, a wire.QueueOpen
+// answered with a wire.QueueOpenReply): agents with credentials may not
+// create consumers, dispatchers may.
+func QueueOpen(queue string) string { return queuesPrefix + "." + queue + ".open" }
 
 // Job returns the subject a stage job for queue and tier is published on:
 // weft.jobs.<queue>.<tier>.

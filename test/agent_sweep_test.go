@@ -24,7 +24,7 @@ func TestTheSweepRemovesTheWorkspacesOfEndedAndUnknownRuns(t *testing.T) {
 	live := s.Submit(t, "name: live\nqueue: nobody\nstages:\n  - key: s\n    commands: [true]\n")
 	waitFor(t, s, live, "queued", stageIs("s", wire.StageQueued))
 	// mkWorkspace makes a lane of a pipeline held by run (none when run
-	// is ""), with a file in it.
+	// is ""), taken by its stage s, with a file in it.
 	mkWorkspace := func(pipeline, run string) string {
 		p := filepath.Join(dir, "_", pipeline, "0")
 		if err := os.MkdirAll(filepath.Join(p, "sub"), 0o750); err != nil {
@@ -34,7 +34,7 @@ func TestTheSweepRemovesTheWorkspacesOfEndedAndUnknownRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 		if run != "" {
-			if err := os.WriteFile(p+".run", []byte(run), 0o600); err != nil {
+			if err := os.WriteFile(p+".run", []byte(run+" s"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -42,7 +42,7 @@ func TestTheSweepRemovesTheWorkspacesOfEndedAndUnknownRuns(t *testing.T) {
 	}
 	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
 	// Workspaces whose run-finished notice the agent missed (it was made
-	// again after the notice), of a run the bucket no longer has, of a live
+	// again after the notice), of a run whose stage has no document, of a live
 	// run, one no marker names, and what a removal cut short left.
 	keep := []string{mkWorkspace("live", live), mkWorkspace("unmarked", ""), filepath.Join(dir, "not-a-run")}
 	if err := os.MkdirAll(keep[2], 0o750); err != nil {

@@ -23,26 +23,59 @@ import (
 
 // fleet is a weft server process and a client connection to it.
 type fleet struct {
-	url string
-	srv *proc  // the weft server process
-	s   *Stack // Bus only: no in-process components
+	url   string
+	state string // the server's --state
+	srv   *proc  // the weft server process
+	s     *Stack // Bus only: no in-process components
+	// creds are the operator credentials s connects with when the server
+	// has auth on; empty when it has not.
+	creds string
 }
 
 // startFleet starts `weft server` on a free port, with args added, and
 // connects to it.
 func startFleet(t *testing.T, args ...string) *fleet {
 	t.Helper()
-	srv := startWeft(t, nil, append([]string{"server", "--state", t.TempDir(), "--listen", "127.0.0.1:0"}, args...)...)
-	line := srv.waitLine(t, &srv.stderr, 30*time.Second, "the server's URL", func(l string) bool { return strings.Contains(l, "listening on ") })
-	url := strings.Fields(strings.SplitN(line, "listening on ", 2)[1])[0]
+	return launchFleet(t, false, args...)
+}
+
+// startAuthFleet starts `weft server` with auth on, on a free port of
+// loopback, and connects to it with operator credentials.
+func startAuthFleet(t *testing.T, args ...string) *fleet {
+	t.Helper()
+	return launchFleet(t, true, append([]string{"--auth", "on"}, args...)...)
+}
+
+func launchFleet(t *testing.T, auth bool, args ...string) *fleet {
+	t.Helper()
+	f := &fleet{state: t.TempDir()}
+	f.srv = startWeft(t, nil, append([]string{"server", "--state", f.state, "--listen", "127.0.0.1:0"}, args...)...)
+	line := f.srv.waitLine(t, &f.srv.stderr, 30*time.Second, "the server's URL", func(l string) bool { return strings.Contains(l, "listening on ") })
+	f.url = strings.Fields(strings.SplitN(line, "listening on ", 2)[1])[0]
+	if auth {
+		f.creds = f.mint(t, "operator")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	b, err := bus.Open(ctx, bus.Config{URL: url})
+	b, err := bus.Open(ctx, bus.Config{URL: f.url, CredsFile: f.creds})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
-	return &fleet{url: url, srv: srv, s: &Stack{Bus: b, t: t}}
+	f.s = &Stack{Bus: b, t: t}
+	return f
+}
+
+// mint runs weft creds role with args for the fleet's server and returns
+// the credentials file.
+func (f *fleet) mint(t *testing.T, role string, args ...string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), role+".creds")
+	res := RunWeft(t, weftBin, "", nil, append([]string{"creds", role, "--state", f.state, "-o", out}, args...)...)
+	if res.Code != 0 {
+		t.Fatalf("weft creds %s: exit %d\n%s", role, res.Code, res.Stderr)
+	}
+	return out
 }
 
 // agent starts `weft agent` with id and waits until it is registered.

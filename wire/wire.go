@@ -279,3 +279,18 @@ type DrainReply struct {
 	Agent   string   `json:"agent"`
 	Running []string `json:"running"`
 }
+
+// QueueOpen asks a dispatcher to create the job consumers of a job
+// queue where they are missing (subjects.QueueOpen). AckWait and
+// MaxDeliver set those of the consumers it creates; 0 is the default.
+type QueueOpen struct {
+	Queue      string        `json:"queue"`
+	AckWait    time.Duration `json:"ack_wait,omitempty"`
+	MaxDeliver int           `json:"max_deliver,omitempty"`
+}
+
+// QueueOpenReply is a dispatcher's answer to a QueueOpen: Error is empty
+// when every consumer of the queue exists.
+type QueueOpenReply struct {
+	Error string `json:"error,omitempty"`
+}

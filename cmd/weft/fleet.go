@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/weft-ci/weft/agent"
+	"github.com/weft-ci/weft/auth"
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
@@ -33,6 +34,8 @@ func serverCommand(g *globals) *cobra.Command {
 		leaf                    []string
 		cluster                 bus.Cluster
 		replicas                int
+		authMode, authDir       string
+		leafCreds               string
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -62,7 +65,7 @@ site runs weft server --leaf nats://hub:7422 --domain edge, and its agents
 join it locally with --js-domain hub: their jobs, events and logs cross
 the leaf link to the hub's streams. A leaf provisions nothing.
 
-` + retentionHelp + exitCodesHelp,
+` + authHelp + retentionHelp + exitCodesHelp,
 		Example: "  weft server --state /var/lib/weft --listen 0.0.0.0:4222\n" +
 			"  weft server --server-name n1 --state /var/lib/weft --listen 0.0.0.0:4222 \\\n" +
 			"    --cluster weft --cluster-listen 0.0.0.0:6222 --routes nats://n1:6222,nats://n2:6222,nats://n3:6222",
@@ -72,7 +75,19 @@ the leaf link to the hub's streams. A leaf provisions nothing.
 			cfg := bus.Config{
 				StoreDir: filepath.Join(state, "jetstream"), Listen: listen, SyncAlways: syncAlways,
 				ServerName: name, Name: "weft server", Logger: g.logger(), Monitor: monitor,
-				Domain: domain, LeafListen: leafListen, Leaf: leaf,
+				Domain: domain, LeafListen: leafListen, Leaf: leaf, LeafCreds: leafCreds,
+			}
+			on, err := authOn(authMode, listen, leafListen)
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			if on {
+				if authDir == "" {
+					authDir = filepath.Join(state, "auth")
+				}
+				if cfg.Auth, err = auth.Init(authDir); err != nil {
+					return withCode(exitInfra, err)
+				}
 			}
 			size := 1
 			if cluster.Name != "" || cluster.Listen != "" || len(cluster.Routes) > 0 {
@@ -108,6 +123,11 @@ the leaf link to the hub's streams. A leaf provisions nothing.
 			if u := b.MonitorURL(); u != "" {
 				fmt.Fprintf(g.stderr, "weft: nats monitoring on %s (/varz, /jsz, /healthz)\n", u)
 			}
+			if cfg.Auth != nil {
+				fmt.Fprintf(g.stderr, "weft: auth on: clients need credentials from weft creds --auth-dir %s ROLE; account %s\n", authDir, cfg.Auth.Account())
+			} else if beyond, _ := authOn("auto", listen, leafListen); beyond {
+				fmt.Fprintln(g.stderr, "weft: warning: auth off (--auth off) on a port beyond loopback: anyone who reaches it may publish jobs")
+			}
 			fmt.Fprintf(g.stderr, "weft: nats server listening on %s (state in %s)\n", b.ClientURL(), state)
 			if httpAddr != "" {
 				stop, err := serveArtifacts(ctx, g, b, httpAddr, keep)
@@ -133,6 +153,9 @@ the leaf link to the hub's streams. A leaf provisions nothing.
 	f.StringVar(&cluster.Name, "cluster", "", "join the NATS cluster of this name (see Cluster)")
 	f.StringVar(&cluster.Listen, "cluster-listen", "", "address the other members' routes connect to, e.g. 0.0.0.0:6222")
 	f.StringSliceVar(&cluster.Routes, "routes", nil, "the members' cluster URLs, nats://host:port,... (this one's may be among them)")
+	f.StringVar(&authMode, "auth", envOr("WEFT_AUTH", "auto"), "auto (on when listening beyond loopback), on or off (see Auth; env WEFT_AUTH)")
+	f.StringVar(&authDir, "auth-dir", os.Getenv("WEFT_AUTH_DIR"), "directory of the auth keys (default STATE/auth; env WEFT_AUTH_DIR)")
+	f.StringVar(&leafCreds, "leaf-creds", os.Getenv("WEFT_LEAF_CREDS"), "credentials this leaf node presents to a hub with auth on, e.g. weft creds operator (env WEFT_LEAF_CREDS)")
 	f.IntVar(&replicas, "replicas", 0, "copies of every stream and bucket (default: the members the routes name, up to 3)")
 	f.StringVar(&httpAddr, "http", os.Getenv("WEFT_HTTP_LISTEN"), "serve signed artifact downloads (weft artifacts url) on this address, e.g. 127.0.0.1:8080; port 0 picks a free one (env WEFT_HTTP_LISTEN)")
 	f.DurationVar(&keep, "retention", 0, "how long runs, events, logs, dead letters and artifacts are kept (see Retention); 0 keeps what the streams have, 720h (30 days) for new ones")
@@ -217,6 +240,11 @@ stopped and their jobs handed back.
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if creds != "" {
+				if err := agentFromCreds(cmd, creds, &cfg, &jsDomain); err != nil {
+					return withCode(exitUsage, err)
+				}
+			}
 			fleet := fleetFlags{server: join, creds: creds, jsDomain: jsDomain, flag: "--join", unbuffered: true}
 			b, err := fleet.open(ctx, g, "weft agent")
 			if err != nil {
@@ -251,10 +279,10 @@ stopped and their jobs handed back.
 	}
 	f := cmd.Flags()
 	f.StringVar(&join, "join", os.Getenv("WEFT_SERVER"), "NATS URL of the fleet (env WEFT_SERVER); required")
-	f.StringVar(&creds, "creds", os.Getenv("WEFT_CREDS"), "NATS credentials file (env WEFT_CREDS)")
+	f.StringVar(&creds, "creds", os.Getenv("WEFT_CREDS"), "NATS credentials file (env WEFT_CREDS; weft creds agent makes one, which also gives the queues and labels)")
 	jsDomainFlag(f, &jsDomain)
 	f.StringVar(&cfg.ID, "id", "", "agent id (default: a new ULID)")
-	f.StringSliceVar(&cfg.Queues, "queue", []string{"default"}, "queue to serve (repeatable)")
+	f.StringSliceVar(&cfg.Queues, "queue", []string{"default"}, "queue to serve (repeatable; default an agent's credentials' queues, else default)")
 	f.IntVar(&cfg.Slots, "slots", 1, "stages run at once")
 	f.StringVar(&workDir, "work-dir", "", "directory of the run workspaces (default: a temporary one)")
 	f.BoolVar(&cfg.KeepWorkspaces, "keep-workspaces", false, "keep a run's workspace when it ends, for the next run of its pipeline (one path per repository, pipeline and lane under --work-dir)")

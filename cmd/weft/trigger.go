@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,6 +50,9 @@ func (f *fleetFlags) open(ctx context.Context, g *globals, name string) (*bus.Bu
 		return nil, withCode(exitUsage, fmt.Errorf("%s (or WEFT_SERVER) is required", flag))
 	}
 	b, err := bus.Open(ctx, bus.Config{URL: f.server, CredsFile: f.creds, JSDomain: f.jsDomain, Name: name, Unbuffered: f.unbuffered, Logger: g.logger()})
+	if errors.Is(err, bus.ErrInvalidConfig) {
+		return nil, withCode(exitUsage, err)
+	}
 	if err != nil {
 		return nil, withCode(exitInfra, err)
 	}
