@@ -18,9 +18,6 @@ import (
 // no authority (made by Init).
 var ErrNoAuthority = errors.New("auth: no authority")
 
-// AccountName is the name of the NATS account weft's streams live in.
-const AccountName = "WEFT"
-
 // Files of an authority directory: the seeds of its three identities.
 const (
 	operatorFile = "operator.nk"
@@ -146,7 +143,9 @@ func (a *Authority) Configure(opts *server.Options) error {
 		return fmt.Errorf("auth: system account: %w", err)
 	}
 	acc := jwt.NewAccountClaims(accPub)
-	acc.Name = AccountName
+	// Named by its key: the monitoring endpoints take the key (/jsz?acc=)
+	// and show the name, which KEDA's scaler matches against the key.
+	acc.Name = accPub
 	acc.Limits.JetStreamLimits = jwt.JetStreamLimits{
 		MemoryStorage: jwt.NoLimit, DiskStorage: jwt.NoLimit, Streams: jwt.NoLimit,
 		Consumer: jwt.NoLimit, MaxAckPending: jwt.NoLimit,

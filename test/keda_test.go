@@ -66,16 +66,23 @@ func jszLag(t *testing.T, monitor, account, stream string) map[string]int {
 // is that tier's depth: the jobs waiting on the queue, by tier.
 func TestJszGivesEachQueueTiersDepth(t *testing.T) {
 	t.Parallel()
-	f := startFleet(t, "--http-monitor", "127.0.0.1:0")
+	f := startAuthFleet(t, "--http-monitor", "127.0.0.1:0")
 	line := f.srv.waitLine(t, &f.srv.stderr, 10*time.Second, "the monitoring URL", func(l string) bool { return strings.Contains(l, "nats monitoring on ") })
 	monitor := strings.Fields(strings.SplitN(line, "monitoring on ", 2)[1])[0]
+	// With auth on, the account is the weft account's key, as the server
+	// and weft creds --account print it.
+	line = f.srv.waitLine(t, &f.srv.stderr, 10*time.Second, "the account", func(l string) bool { return strings.Contains(l, "; account ") })
+	account := strings.Fields(strings.SplitN(line, "; account ", 2)[1])[0]
+	if res := RunWeft(t, weftBin, "", nil, "creds", "--account", "--state", f.state); strings.TrimSpace(res.Stdout) != account {
+		t.Errorf("weft creds --account printed %q, the server %q", res.Stdout, account)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// The consumers an agent of queue main creates; no agent takes a job.
 	if err := bus.EnsureJobConsumers(ctx, f.s.Bus.JS, "main", 0, 0); err != nil {
 		t.Fatal(err)
 	}
-	startWeft(t, nil, "dispatcher", "--server", f.url, "--wip", "100")
+	startWeft(t, nil, "dispatcher", "--server", f.url, "--creds", f.mint(t, "dispatcher"), "--wip", "100")
 	want := map[subjects.Tier]int{subjects.High: 2, subjects.Normal: 3, subjects.Low: 1}
 	n := 0
 	for tier, k := range want {
@@ -88,7 +95,7 @@ func TestJszGivesEachQueueTiersDepth(t *testing.T) {
 	}
 	var lag map[string]int
 	if !Eventually(30*time.Second, func() bool {
-		lag = jszLag(t, monitor, "$G", subjects.JobsStream)
+		lag = jszLag(t, monitor, account, subjects.JobsStream)
 		for _, tier := range subjects.Tiers {
 			if lag[subjects.JobConsumer("main", tier)] != want[tier] {
 				return false
@@ -202,7 +209,7 @@ func TestTheKEDAManifestsAreValid(t *testing.T) {
 		for _, tr := range spec.Triggers {
 			m := tr.Metadata
 			host, _, _ := strings.Cut(m["natsServerMonitoringEndpoint"], ".")
-			if tr.Type != "nats-jetstream" || m["account"] != "$G" || m["stream"] != subjects.JobsStream || !services[host] {
+			if tr.Type != "nats-jetstream" || m["account"] != "WEFT_ACCOUNT" || m["stream"] != subjects.JobsStream || !services[host] {
 				t.Errorf("ScaledObject %s: trigger %+v", o.Metadata.Name, tr)
 			}
 			consumers = append(consumers, m["consumer"])

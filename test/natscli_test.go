@@ -17,10 +17,21 @@ import (
 // against url and returns its output.
 func natsCLI(t *testing.T, url string, args ...string) string {
 	t.Helper()
+	return natsCLIAs(t, url, "", args...)
+}
+
+// natsCLIAs runs the nats CLI against url with the credentials in creds
+// ("" for none).
+func natsCLIAs(t *testing.T, url, creds string, args ...string) string {
+	t.Helper()
 	// The first go tool run compiles natscli, which takes minutes.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", append([]string{"tool", "-modfile=" + filepath.Join(Root(), "tools", "go.mod"), "nats", "--server", url}, args...)...)
+	base := []string{"tool", "-modfile=" + filepath.Join(Root(), "tools", "go.mod"), "nats", "--server", url}
+	if creds != "" {
+		base = append(base, "--creds", creds)
+	}
+	cmd := exec.CommandContext(ctx, "go", append(base, args...)...)
 	cmd.Dir = Root()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -29,17 +40,18 @@ func natsCLI(t *testing.T, url string, args ...string) string {
 	return string(out)
 }
 
-// The README's nats CLI commands show weft's streams, its queues' tier
-// consumers with their depth, its runs and its artifacts.
+// The README's nats CLI commands, with operator credentials against a
+// server with auth on, show weft's streams, its queues' tier consumers
+// with their depth, its runs and its artifacts.
 func TestTheREADMEsNatsCommandsShowTheQueues(t *testing.T) {
 	t.Parallel()
-	f := startFleet(t)
+	f := startAuthFleet(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := bus.EnsureJobConsumers(ctx, f.s.Bus.JS, "main", 0, 0); err != nil {
 		t.Fatal(err)
 	}
-	startWeft(t, nil, "dispatcher", "--server", f.url)
+	startWeft(t, nil, "dispatcher", "--server", f.url, "--creds", f.mint(t, "dispatcher"))
 	id := f.s.Submit(t, "name: q\nstages:\n  - key: s\n    queue: main\n    commands: [true]\n", func(tr *wire.Trigger) { tr.Priority = subjects.High })
 	waitFor(t, f.s, id, "queued on main", func(r *wire.Run) bool { return r.Stage("s").State == wire.StageQueued })
 
@@ -54,7 +66,7 @@ func TestTheREADMEsNatsCommandsShowTheQueues(t *testing.T) {
 		{[]string{"stream", "ls", "--names"}, []string{subjects.JobsStream, subjects.EventsStream, subjects.LogsStream, "OBJ_" + subjects.ArtifactsBucket}},
 	}
 	for _, c := range checks {
-		out := natsCLI(t, f.url, c.args...)
+		out := natsCLIAs(t, f.url, f.creds, c.args...)
 		for _, w := range c.want {
 			if !strings.Contains(out, w) {
 				t.Errorf("nats %s printed no %q:\n%s", strings.Join(c.args, " "), w, out)

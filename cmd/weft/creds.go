@@ -41,9 +41,10 @@ func credsCommand(g *globals) *cobra.Command {
 		queues                        []string
 		labels                        map[string]string
 		expires                       time.Duration
+		account, initKeys             bool
 	)
 	cmd := &cobra.Command{
-		Use:   "creds ROLE",
+		Use:   "creds ROLE | --account",
 		Short: "Mint the NATS credentials of a weft user (dispatcher, agent, trigger, operator, viewer)",
 		Long: `creds mints a NATS credentials file (a user JWT and its nkey seed) for a
 user of a weft server with auth on, signed with the keys in --auth-dir.
@@ -52,19 +53,38 @@ agent's credentials also carry its queues and labels, so
 weft agent --join URL --creds FILE needs nothing else. Anyone holding
 the file has the role: keep it like a password.
 
+--account prints the weft account's public key instead (what /jsz?acc=
+and KEDA's scaler name weft's streams by). --init makes the keys where
+there are none yet, for a deployment that hands the same directory to
+every server (a cluster's members) before the first start.
+
 ` + authHelp + exitCodesHelp,
 		Example: "  weft creds agent --queue main --queue pr --label os=linux -o agent.creds\n" +
-			"  weft creds operator --name alice -o alice.creds",
-		Args: usageArgs(cobra.ExactArgs(1)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			role, err := auth.ParseRole(args[0])
-			if err != nil {
-				return withCode(exitUsage, err)
+			"  weft creds operator --name alice -o alice.creds\n" +
+			"  weft creds --init --auth-dir ./weft-auth --account",
+		Args: usageArgs(func(cmd *cobra.Command, args []string) error {
+			if account {
+				return cobra.NoArgs(cmd, args)
 			}
+			return cobra.ExactArgs(1)(cmd, args)
+		}),
+		RunE: func(cmd *cobra.Command, args []string) error {
 			if dir == "" {
 				dir = filepath.Join(state, "auth")
 			}
-			a, err := auth.Load(dir)
+			open := auth.Load
+			if initKeys {
+				open = auth.Init
+			}
+			a, err := open(dir)
+			if err != nil {
+				return withCode(exitUsage, err)
+			}
+			if account {
+				_, err := fmt.Fprintln(g.stdout, a.Account())
+				return err
+			}
+			role, err := auth.ParseRole(args[0])
 			if err != nil {
 				return withCode(exitUsage, err)
 			}
@@ -112,6 +132,8 @@ the file has the role: keep it like a password.
 	f.StringToStringVar(&labels, "label", nil, "an agent's label, K=V (repeatable, at most 4)")
 	f.StringVar(&domain, "js-domain", "", "JetStream domain of weft's streams, for a user of an edge leaf node")
 	f.DurationVar(&expires, "expires", 0, "how long the credentials are valid; 0 is until the keys change")
+	f.BoolVar(&account, "account", false, "print the weft account's public key, and mint nothing")
+	f.BoolVar(&initKeys, "init", false, "make the keys in the directory if it has none")
 	f.StringVarP(&out, "output", "o", "", "file to write (mode 0600, never overwritten); default stdout")
 	return cmd
 }
