@@ -19,6 +19,7 @@ import (
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/internal/bytesize"
 	"github.com/weft-ci/weft/objectstore"
+	"github.com/weft-ci/weft/stagenet"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -99,6 +100,15 @@ type Config struct {
 	// creates: after that many deliveries a job is dead-lettered. Default
 	// subjects.DefaultMaxDeliver.
 	MaxDeliver int
+	// StageNetwork is NetworkHost (default: stages share the agent's
+	// network) or NetworkIsolated: each stage gets a network of its own
+	// (package stagenet) that reaches the outside but no port of this
+	// machine, unless it asks for network: host. Isolating needs root,
+	// ip and iptables; New's caller learns at Run when they are missing.
+	StageNetwork string
+	// StageSubnet is the IPv4 range of isolated stage networks; default
+	// stagenet.DefaultSubnet.
+	StageSubnet string
 	// Executor is ExecutorAuto (default), ExecutorProcess or
 	// ExecutorContainerd.
 	Executor string
@@ -136,6 +146,9 @@ type Agent struct {
 	// every heartbeat and before every ack. An agent reads no run
 	// document. Set by Run before any job starts.
 	stages jetstream.KeyValue
+	// nets makes the stages' own networks; nil when stages run in the
+	// agent's. Set by Run before any job starts.
+	nets *stagenet.Manager
 	// events is the events stream, read for the stored finish of a
 	// redelivered job and the end of a run whose workspace is left. Set
 	// by Run before any job starts.
@@ -220,6 +233,9 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 	if err := checkEnvAllow(cfg.EnvAllow); err != nil {
 		return nil, err
 	}
+	if err := checkStageNetwork(&cfg); err != nil {
+		return nil, err
+	}
 	if len(cfg.Labels) > subjects.MaxLabels {
 		return nil, fmt.Errorf("%w: %d labels, at most %d", ErrInvalidConfig, len(cfg.Labels), subjects.MaxLabels)
 	}
@@ -264,6 +280,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: stream %s: %w", subjects.EventsStream, err)
 	}
 	a.events = events
+	if err := a.setupNetworks(ctx); err != nil {
+		return err
+	}
 	if err := a.openContainerd(ctx); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weft-ci/weft/container"
+	"github.com/weft-ci/weft/stagenet"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -48,6 +49,7 @@ func (c containerExecutor) run(ctx context.Context, spec execSpec, started func(
 		Script:    "exec 2>&1\n" + script(spec.commands),
 		Env:       spec.env,
 		Workspace: spec.dir,
+		NetNS:     netPath(spec.net),
 		CPUs:      j.Stage.Resources.CPUs,
 		Memory:    j.Stage.Resources.Memory,
 		Labels: map[string]string{
@@ -90,4 +92,13 @@ func (a *Agent) executorFor(j *wire.Job) (executor, string) {
 		return nil, fmt.Sprintf("stage needs image %q and containerd is not available to this agent: %v", j.Stage.Image, a.containerdErr)
 	}
 	return containerExecutor{rt: a.containers, agent: a.cfg.ID}, ""
+}
+
+// netPath is the network namespace file of a stage's network; "" for the
+// agent's own.
+func netPath(n *stagenet.Net) string {
+	if n == nil {
+		return ""
+	}
+	return n.Path
 }

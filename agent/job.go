@@ -251,7 +251,19 @@ func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) 
 		res = artifactFailure("restore artifacts", err)
 	} else {
 		cache = a.restoreCache(runCtx, j, dir, note)
-		res = ex.run(runCtx, execSpec{job: &j.Job, delivery: j.delivered, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}, started, logs.write)
+		spec := execSpec{job: &j.Job, delivery: j.delivered, commands: j.Stage.Commands, env: envList(j.Env), dir: dir, image: j.Stage.Image}
+		netw, err := a.stageNet(runCtx, j)
+		if err != nil {
+			res = result{exitCode: -1, category: wire.CategoryInfra, message: fmt.Sprintf("stage network: %v", err)}
+		} else {
+			spec.net = netw
+			res = ex.run(runCtx, spec, started, logs.write)
+			if netw != nil {
+				if err := netw.Close(); err != nil {
+					j.log.Warn().Err(err).Msg("remove stage network")
+				}
+			}
+		}
 	}
 	if res.exitCode == 0 && res.category == wire.CategoryNone {
 		arts, err := a.storeArtifacts(runCtx, j, dir, note)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/weft-ci/weft/container"
+	"github.com/weft-ci/weft/stagenet"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -45,6 +46,8 @@ type execSpec struct {
 	dir string
 	// image is the stage's image; empty for a host stage.
 	image string
+	// net is the stage's own network; nil runs it in the agent's.
+	net *stagenet.Net
 }
 
 // result is how a stage ended.
@@ -94,7 +97,11 @@ func (p processExecutor) run(ctx context.Context, spec execSpec, started func(ti
 	// Pdeathsig: the shell dies with the agent, so a killed agent does not
 	// leave the stage's script running (its children may outlive it).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	err = cmd.Start()
+	if spec.net != nil {
+		err = spec.net.Start(cmd)
+	} else {
+		err = cmd.Start()
+	}
 	outW.Close()
 	if err != nil {
 		outR.Close()

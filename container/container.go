@@ -118,6 +118,9 @@ type Spec struct {
 	Env []string
 	// Workspace is the host directory mounted at /workspace.
 	Workspace string
+	// NetNS is the network namespace (its file) the container joins; empty
+	// shares the host's network.
+	NetNS string
 	// CPUs is the CFS quota in CPUs; 0 is unlimited.
 	CPUs float64
 	// Memory is the memory limit in bytes; 0 is unlimited.
@@ -170,7 +173,7 @@ func (r *Runtime) Run(ctx context.Context, spec Spec, started func(time.Time), o
 			// themselves by their limits (JVMs, nproc-style probes) see them.
 			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"}},
 		}),
-		oci.WithHostNamespace(specs.NetworkNamespace),
+		withNetwork(spec.NetNS),
 		oci.WithHostHostsFile,
 		oci.WithHostResolvconf,
 		oci.WithPidsLimit(r.cfg.PidsLimit),
@@ -376,4 +379,13 @@ func (r *Runtime) ensureImage(ctx context.Context, ref string, out io.Writer) (c
 		}
 	}
 	return img, nil
+}
+
+// withNetwork puts the container in the network namespace at path, or in
+// the host's when path is empty.
+func withNetwork(path string) oci.SpecOpts {
+	if path == "" {
+		return oci.WithHostNamespace(specs.NetworkNamespace)
+	}
+	return oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path})
 }

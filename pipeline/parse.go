@@ -37,7 +37,7 @@ var (
 var (
 	pipelineFields    = []string{"name", "queue", "priority", "env", "concurrency", "stages"}
 	concurrencyFields = []string{"group", "cancel_in_progress"}
-	stageFields       = []string{"key", "name", "image", "commands", "depends_on", "queue", "agents", "env", "timeout", "retry", "resources", "artifacts", "cache", "allow_failure"}
+	stageFields       = []string{"key", "name", "image", "commands", "depends_on", "queue", "agents", "network", "env", "timeout", "retry", "resources", "artifacts", "cache", "allow_failure"}
 	retryFields       = []string{"automatic", "exit_status"}
 	resourcesFields   = []string{"cpus", "memory"}
 )
@@ -419,6 +419,14 @@ func (p *parser) stage(n *yaml.Node, field string, i int, defaultQueue string) *
 	}
 	if e, ok := f["agents"]; ok {
 		st.Agents = p.agentLabels(e.val, sub("agents"))
+	}
+	if e, ok := f["network"]; ok {
+		if s, ok := p.str(e.val, sub("network")); ok {
+			if s != NetworkHost {
+				p.errorf(e.val, sub("network"), "%q: the only network a stage may ask for is host (the agent's own); omit it for the agent's default", s)
+			}
+			st.Network = s
+		}
 	}
 	if e, ok := f["env"]; ok {
 		st.Env = p.env(e.val, sub("env"))

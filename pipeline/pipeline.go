@@ -51,6 +51,10 @@ type Concurrency struct {
 	CancelInProgress bool `json:"cancel_in_progress,omitempty"`
 }
 
+// NetworkHost is the Network of a stage that opts into the agent's own
+// network (network: host).
+const NetworkHost = "host"
+
 // Stage is one node of the pipeline's DAG.
 type Stage struct {
 	// Key identifies the stage within the pipeline and in subjects.
@@ -69,6 +73,10 @@ type Stage struct {
 	// Agents are the labels an agent must have to run the stage
 	// (weft agent --label k=v); none is any agent of the queue.
 	Agents map[string]string `json:"agents,omitempty"`
+	// Network is NetworkHost for a stage that shares the agent's network
+	// (its loopback and the ports on it); empty is the agent's default,
+	// a network of the stage's own on agents that isolate stages.
+	Network string `json:"network,omitempty"`
 	// Env is added to the pipeline's Env, overriding it.
 	Env map[string]string `json:"env,omitempty"`
 	// Timeout bounds one attempt; zero is no limit.

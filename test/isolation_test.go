@@ -1,9 +1,14 @@
 package test
 
 import (
+	"fmt"
+	"net"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/weft-ci/weft/internal/busybox"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -46,6 +51,65 @@ func TestAHostStageGetsACleanEnvironment(t *testing.T) {
 		res := RunWeft(t, weftBin, t.TempDir(), nil, "agent", "--join", f.url, "--env-allow", bad)
 		if res.Code != 2 || !strings.Contains(res.Stderr, "env allow") {
 			t.Errorf("--env-allow %s: exit %d, stderr %q; want 2 naming it", bad, res.Code, res.Stderr)
+		}
+	}
+}
+
+// probeScript prints "open T" or "closed T" for each "HOST PORT" target,
+// trying a TCP connection with busybox's nc (on the host and in the test
+// image alike).
+func probeScript(targets ...string) []string {
+	var cmds []string
+	for _, tg := range targets {
+		cmds = append(cmds, fmt.Sprintf(`if busybox nc -w 3 %s </dev/null >/dev/null 2>&1; then echo "open %s"; else echo "closed %s"; fi`, tg, tg, tg))
+	}
+	return cmds
+}
+
+// On an agent that isolates stages (weft agent's default), neither a host
+// stage nor a container stage can open the NATS port, on loopback or on
+// another of the machine's addresses, while both reach the outside; a
+// stage that asks for network: host shares the agent's network.
+func TestNoStageReachesTheNATSPortByDefault(t *testing.T) {
+	t.Parallel()
+	Containerd(t)
+	out := startOutside(t)
+	f := startAuthFleet(t, "--listen", "0.0.0.0:0")
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(f.url, "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	startWeft(t, nil, "dispatcher", "--server", f.url, "--creds", f.mint(t, "dispatcher"))
+	agent := startWeft(t, nil, "agent", "--join", f.url, "--creds", f.mint(t, "agent", "--queue", "default"),
+		"--containerd-address", ContainerdAddress(), "--slots", "3")
+	agent.waitLine(t, &agent.stderr, 30*time.Second, "agent joined", func(l string) bool { return strings.Contains(l, "joined ") })
+
+	loop, host, far := "127.0.0.1 "+port, out.HostAddr+" "+port, fmt.Sprintf("%s %d", out.FarAddr, out.Port())
+	probe := probeScript(loop, host, far)
+	quoted := func(cmds []string) string {
+		var b strings.Builder
+		for _, c := range cmds {
+			fmt.Fprintf(&b, "      - %q\n", c)
+		}
+		return b.String()
+	}
+	pipeline := "name: reach\nstages:\n" +
+		"  - key: host-stage\n    commands:\n" + quoted(probe) +
+		"  - key: container-stage\n    image: " + busybox.Ref + "\n    commands:\n" + quoted(probe) +
+		"  - key: host-network\n    network: host\n    commands:\n" + quoted(probeScript(loop))
+	r, updates := f.s.Run(t, pipeline)
+	if r.State != wire.RunSucceeded {
+		t.Fatalf("run %s: %v", r.State, stageLines(updates))
+	}
+	lines := stageLines(updates)
+	want := map[string][]string{
+		"host-stage":      {"closed " + loop, "closed " + host, "open " + far},
+		"container-stage": {"closed " + loop, "closed " + host, "open " + far},
+		"host-network":    {"open " + loop},
+	}
+	for stage, w := range want {
+		if !slices.Equal(lines[stage], w) {
+			t.Errorf("stage %s printed %q, want %q", stage, lines[stage], w)
 		}
 	}
 }

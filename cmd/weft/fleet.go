@@ -20,6 +20,7 @@ import (
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
+	"github.com/weft-ci/weft/stagenet"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -287,6 +288,8 @@ stopped and their jobs handed back.
 	f.StringVar(&workDir, "work-dir", "", "directory of the run workspaces (default: a temporary one)")
 	f.BoolVar(&cfg.KeepWorkspaces, "keep-workspaces", false, "keep a run's workspace when it ends, for the next run of its pipeline (one path per repository, pipeline and lane under --work-dir)")
 	f.StringVar(&cfg.Executor, "executor", envOr("WEFT_EXECUTOR", agent.ExecutorAuto), "auto, process or containerd (env WEFT_EXECUTOR)")
+	f.StringVar(&cfg.StageNetwork, "stage-network", envOr("WEFT_STAGE_NETWORK", agent.NetworkIsolated), "isolated: every stage, host or container, gets a network of its own that reaches out but not this machine's ports (root, ip and iptables); host: stages share the agent's network (env WEFT_STAGE_NETWORK)")
+	f.StringVar(&cfg.StageSubnet, "stage-subnet", envOr("WEFT_STAGE_SUBNET", stagenet.DefaultSubnet), "IPv4 range of isolated stage networks, a /30 per stage, the same for every agent of a machine (env WEFT_STAGE_SUBNET)")
 	f.StringVar(&containerd, "containerd-address", envOr("WEFT_CONTAINERD_ADDRESS", defaultContainerd), "containerd socket (env WEFT_CONTAINERD_ADDRESS)")
 	f.DurationVar(&cfg.KillGrace, "kill-grace", 10*time.Second, "time a stopped stage gets between SIGTERM and SIGKILL")
 	f.DurationVar(&cfg.AckWait, "ack-wait", 30*time.Second, "AckWait of job consumers this agent creates; it heartbeats every third")
