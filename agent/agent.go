@@ -325,9 +325,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := sc.start(); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	s, err := a.nc.Subscribe(subjects.AllCancel, func(m *nats.Msg) {
-		a.cancelRun(subjects.CancelRun(m.Subject))
-	})
+	s, err := a.nc.Subscribe(subjects.AllCancel, a.onCancel)
 	if err != nil {
 		return fmt.Errorf("agent: subscribe cancels: %w", err)
 	}

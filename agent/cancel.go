@@ -1,10 +1,48 @@
 package agent
 
-import "time"
+import (
+	"encoding/json"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/weft-ci/weft/subjects"
+	"github.com/weft-ci/weft/wire"
+)
 
 // This file holds the agent's registry of running jobs by run, which the
 // cancel notices (subjects.Cancel), the workspace removal and the sweep
 // consult.
+
+// onCancel handles a cancel notice (subjects.Cancel): the run's stages it
+// names, or the whole run.
+func (a *Agent) onCancel(m *nats.Msg) {
+	runID := subjects.CancelRun(m.Subject)
+	var n wire.CancelNotice
+	if len(m.Data) > 0 {
+		if err := json.Unmarshal(m.Data, &n); err != nil {
+			a.log.Warn().Err(err).Str("run_id", runID).Msg("malformed cancel notice")
+			return
+		}
+	}
+	if len(n.Stages) == 0 {
+		a.cancelRun(runID)
+		return
+	}
+	a.cancelStages(runID, n.Stages)
+}
+
+// cancelStages cancels the running jobs of some stages of a run. A job of
+// them fetched later finds its stage cancelling in its document.
+func (a *Agent) cancelStages(runID string, stages []string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for j := range a.active[runID] {
+		if slices.Contains(stages, j.Stage.Key) {
+			j.cancel(errStageCancelled)
+		}
+	}
+}
 
 // cancelRun cancels the running jobs of a run and remembers the run, so a
 // job of it fetched later is not started.

@@ -177,8 +177,9 @@ func standingOf(s *wire.StageRun, read docRead, job wire.Job, attempt int, agent
 
 // Causes of a stage's context ending early; the first one wins.
 var (
-	errTimeout      = errors.New("agent: stage timed out")
-	errRunCancelled = errors.New("agent: run cancelled")
+	errTimeout        = errors.New("agent: stage timed out")
+	errRunCancelled   = errors.New("agent: run cancelled")
+	errStageCancelled = errors.New("agent: stage cancelled")
 	// The causes of an attempt that is no longer this agent's wrap
 	// container.ErrNoGrace: its processes are killed at once.
 	errSuperseded = fmt.Errorf("agent: another attempt took the stage over: %w", container.ErrNoGrace)
@@ -233,6 +234,8 @@ func conclude(res result, cause error, stopping bool, delivered, maxDeliver int,
 		res.category, res.message = wire.CategoryTimeout, "timed out after "+timeout.String()
 	case errors.Is(cause, errRunCancelled):
 		res.category, res.message = wire.CategoryCancelled, "run cancelled"
+	case errors.Is(cause, errStageCancelled):
+		res.category, res.message = wire.CategoryCancelled, "stage cancelled"
 	case stopping && (res.category != wire.CategoryNone || res.exitCode != 0):
 		// The agent's stop ended the stage: another agent runs it. A stage
 		// that succeeded all the same is reported.

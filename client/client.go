@@ -163,11 +163,22 @@ func Submit(ctx context.Context, js jetstream.JetStream, t wire.Trigger) (string
 
 // Cancel asks the dispatcher to cancel a run, giving reason.
 func Cancel(ctx context.Context, js jetstream.JetStream, runID, reason string) error {
-	data, err := json.Marshal(wire.Event{Type: wire.CancelRequested, RunID: runID, Time: time.Now(), Message: reason})
+	return CancelStage(ctx, js, runID, "", reason)
+}
+
+// CancelStage asks the dispatchers to cancel one stage of a run (the
+// whole run for stage ""): pending or queued, it is cancelled at once;
+// running, its agent stops it. Its dependents are skipped, the other
+// stages go on, and the run ends cancelled unless a stage failed.
+func CancelStage(ctx context.Context, js jetstream.JetStream, runID, stage, reason string) error {
+	data, err := json.Marshal(wire.Event{Type: wire.CancelRequested, RunID: runID, Stage: stage, Time: time.Now(), Message: reason})
 	if err != nil {
 		return err
 	}
 	if _, err := js.Publish(ctx, subjects.RunEvent(runID), data); err != nil {
+		if stage != "" {
+			return fmt.Errorf("cancel stage %s of run %s: %w", stage, runID, err)
+		}
 		return fmt.Errorf("cancel run %s: %w", runID, err)
 	}
 	return nil

@@ -76,6 +76,13 @@ func Follow(ctx context.Context, js jetstream.JetStream, runID string, fn func(U
 	return follow(ctx, js, runID, "", fn)
 }
 
+// FollowStage is Follow of one stage of the run: its document's changes
+// and its output, until it is terminal; it returns the run as it was
+// then. A stage the run's pipeline does not have wraps ErrNoStage.
+func FollowStage(ctx context.Context, js jetstream.JetStream, runID, stage string, fn func(Update)) (*wire.Run, error) {
+	return follow(ctx, js, runID, stage, fn)
+}
+
 // follow is Follow, or with a stage key Follow of that stage alone: its
 // document's changes and its output, until the stage is terminal (a
 // finish followed by a retry leaves it queued, not terminal) and all of

@@ -61,7 +61,11 @@ func (d *Dispatcher) applyEvent(ctx context.Context, msg jetstream.Msg, ev wire.
 	var err error
 	switch ev.Type {
 	case wire.CancelRequested:
-		err = d.cancel(ctx, ev)
+		if ev.Stage != "" {
+			err = d.cancelStage(ctx, ev)
+		} else {
+			err = d.cancel(ctx, ev)
+		}
 	case wire.Started, wire.Heartbeat, wire.Finished:
 		err = d.stageEvents(ctx, []wire.Event{ev})
 	case wire.ReplayRequested:
@@ -129,15 +133,17 @@ func (d *Dispatcher) stageEvents(ctx context.Context, evs []wire.Event) error {
 			scope = append(scope, ev.Stage)
 		}
 	}
-	resend := false // a cancel notice
+	var resend []string // stages whose cancel notice goes again
 	after, w, err := d.runs.update(ctx, runID, scope, func(r *wire.Run) bool {
-		resend = false
+		resend = resend[:0]
 		changed, more := false, false
 		now := d.cfg.Now()
 		for _, ev := range evs {
 			v := apply(r, ev, now)
 			changed = changed || v == applied
-			resend = resend || v == recancel
+			if v == recancel && !slices.Contains(resend, ev.Stage) {
+				resend = append(resend, ev.Stage)
+			}
 			// A start makes nothing ready; anything else (or a start
 			// redone on fresh documents) may.
 			more = more || ev.Type != wire.Started || v != applied
@@ -150,8 +156,8 @@ func (d *Dispatcher) stageEvents(ctx context.Context, evs []wire.Event) error {
 	if err != nil {
 		return err
 	}
-	if resend {
-		if err := d.notifyCancel(runID); err != nil {
+	if len(resend) > 0 {
+		if err := d.notifyCancel(runID, resend...); err != nil {
 			return err
 		}
 	}
@@ -184,6 +190,31 @@ func (d *Dispatcher) cancel(ctx context.Context, ev wire.Event) error {
 	return d.afterUpdate(ctx, after, w)
 }
 
+// cancelStage cancels one stage of a run (ev.Stage): a running one's agent
+// is told to stop it.
+func (d *Dispatcher) cancelStage(ctx context.Context, ev wire.Event) error {
+	reason := ev.Message
+	if reason == "" {
+		reason = "cancel requested"
+	}
+	running := false
+	after, w, err := d.runs.update(ctx, ev.RunID, nil, func(r *wire.Run) bool {
+		s := r.Stage(ev.Stage)
+		running = s != nil && s.State == wire.StageRunning
+		return cancelStage(r, ev.Stage, reason, d.cfg.Now())
+	})
+	if err != nil || after == nil {
+		return err
+	}
+	d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Str("reason", reason).Msg("stage cancelling")
+	if running {
+		if err := d.notifyCancel(ev.RunID, ev.Stage); err != nil {
+			return err
+		}
+	}
+	return d.afterUpdate(ctx, after, w)
+}
+
 // afterUpdate publishes what an update of a run wrote calls for: the jobs
 // of the stages it queued, and the run's end.
 func (d *Dispatcher) afterUpdate(ctx context.Context, after *wire.Run, w wrote) error {
@@ -201,8 +232,14 @@ func (d *Dispatcher) afterUpdate(ctx context.Context, after *wire.Run, w wrote) 
 	return nil
 }
 
-func (d *Dispatcher) notifyCancel(runID string) error {
-	if err := d.nc.Publish(subjects.Cancel(runID), nil); err != nil {
+// notifyCancel tells the agents to stop the running stages of a run
+// (core NATS, subjects.Cancel): those named, or every one.
+func (d *Dispatcher) notifyCancel(runID string, stages ...string) error {
+	var body []byte
+	if len(stages) > 0 {
+		body, _ = json.Marshal(wire.CancelNotice{Stages: stages})
+	}
+	if err := d.nc.Publish(subjects.Cancel(runID), body); err != nil {
 		return fmt.Errorf("cancel notice %s: %w", runID, err)
 	}
 	return nil

@@ -172,6 +172,7 @@ func queueAttempt(s *wire.StageRun, now time.Time) {
 // finish sets the run's terminal state once every stage is terminal.
 func finish(r *wire.Run, now time.Time) {
 	state := wire.RunSucceeded
+	requested := r.CancelReason != "" // a cancel someone asked for
 	for i, s := range r.Stages {
 		if !s.State.Terminal() {
 			return
@@ -179,13 +180,17 @@ func finish(r *wire.Run, now time.Time) {
 		switch {
 		case s.State == wire.StageFailed && !r.Pipeline.Stages[i].AllowFailure:
 			state = wire.RunFailed
+		case s.State == wire.StageCancelled && s.Cancelling:
+			requested = true
 		case s.State == wire.StageCancelled && r.CancelReason == "":
 			// A stage cancelled outside a run cancel (an agent gave it up)
 			// did not do its work: the run did not succeed.
 			state = wire.RunFailed
 		}
 	}
-	if r.CancelReason != "" {
+	// A run cancelled is cancelled; one with a stage cancelled on its own
+	// is, unless something failed.
+	if r.CancelReason != "" || (requested && state == wire.RunSucceeded) {
 		state = wire.RunCancelled
 	}
 	r.State, r.Finished = state, now
@@ -279,7 +284,7 @@ func apply(r *wire.Run, ev wire.Event, now time.Time) verdict {
 			}
 		case ev.Category == wire.CategoryCancelled:
 			s.State = wire.StageCancelled
-		case r.CancelReason == "" && retryable(r.Pipeline.Stage(s.Key), s, ev):
+		case r.CancelReason == "" && !s.Cancelling && retryable(r.Pipeline.Stage(s.Key), s, ev):
 			queueAttempt(s, now)
 			s.NotBefore = now.Add(retryDelay(r.ID, s.Key, s.Job))
 		default:
@@ -343,6 +348,28 @@ func cancel(r *wire.Run, reason string, now time.Time) bool {
 		}
 	}
 	finish(r, now)
+	return true
+}
+
+// cancelStage starts cancelling one stage of a run: pending or queued, it
+// is cancelled now; running, when its agent reports back. Its dependents
+// are skipped; the other stages go on. It returns false when the run has
+// ended, or the stage has or is being cancelled already.
+func cancelStage(r *wire.Run, key, reason string, now time.Time) bool {
+	i := r.Pipeline.Index(key)
+	if r.State.Terminal() || i < 0 {
+		return false
+	}
+	s := r.Stages[i]
+	if s.State.Terminal() || s.Cancelling {
+		return false
+	}
+	e := r.Edit(i)
+	e.Cancelling = true
+	if s.State != wire.StageRunning {
+		e.State, e.Message, e.Finished = wire.StageCancelled, clip("cancelled: "+reason), now
+		advance(r, now)
+	}
 	return true
 }
 

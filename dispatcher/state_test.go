@@ -1101,3 +1101,65 @@ func TestRetryDelay(t *testing.T) {
 		}
 	}
 }
+
+func TestCancelStage(t *testing.T) {
+	t.Run("running: it ends cancelled when its agent reports, dependents skipped, never retried", func(t *testing.T) {
+		r := startRun(t, "name: r\nstages:\n  - key: a\n    retry: {automatic: 2}\n    commands: [x]\n  - key: b\n    depends_on: [a]\n    commands: [x]\n  - key: c\n    commands: [x]\n")
+		applyAt(r, started("a", 1), at(1))
+		applyAt(r, started("c", 1), at(1))
+		if !cancelStage(r, "a", "user", at(2)) {
+			t.Fatal("cancelStage(a) = false on a running stage")
+		}
+		if s := r.Stage("a"); s.State != wire.StageRunning || !s.Cancelling {
+			t.Fatalf("a after cancelStage: %s cancelling=%v, want running and cancelling", s.State, s.Cancelling)
+		}
+		if cancelStage(r, "a", "user", at(2)) {
+			t.Error("cancelStage(a) twice = true")
+		}
+		// The agent's stop fails the command: it is no retry.
+		applyAt(r, finished("a", 1, 143, wire.CategoryCommand), at(3))
+		if s := r.Stage("a"); s.State != wire.StageFailed || s.Job != 1 {
+			t.Errorf("a after a failed finish while cancelling: %s job %d, want failed, not retried", s.State, s.Job)
+		}
+		applyAt(r, finished("c", 1, 0, wire.CategoryNone), at(4))
+		if r.Stage("b").State != wire.StageSkipped {
+			t.Errorf("b %s, want skipped", r.Stage("b").State)
+		}
+		if r.State != wire.RunFailed {
+			t.Errorf("run %s, want failed (a stage failed)", r.State)
+		}
+	})
+	t.Run("running, reported cancelled: the run ends cancelled", func(t *testing.T) {
+		r := startRun(t, "name: r\nstages:\n  - key: a\n    commands: [x]\n  - key: c\n    commands: [x]\n")
+		applyAt(r, started("a", 1), at(1))
+		cancelStage(r, "a", "user", at(2))
+		applyAt(r, finished("a", 1, -1, wire.CategoryCancelled), at(3))
+		applyAt(r, started("c", 1), at(3))
+		applyAt(r, finished("c", 1, 0, wire.CategoryNone), at(4))
+		if r.Stage("a").State != wire.StageCancelled || r.State != wire.RunCancelled {
+			t.Errorf("a %s, run %s; want both cancelled", r.Stage("a").State, r.State)
+		}
+	})
+	t.Run("pending: cancelled at once, the others go on", func(t *testing.T) {
+		r := startRun(t, diamond)
+		if !cancelStage(r, "package", "user", at(1)) {
+			t.Fatal("cancelStage(package) = false on a pending stage")
+		}
+		if s := r.Stage("package"); s.State != wire.StageCancelled || s.Message != "cancelled: user" {
+			t.Errorf("package %s %q, want cancelled at once", s.State, s.Message)
+		}
+		if r.State.Terminal() || r.Stage("build").State != wire.StageQueued {
+			t.Errorf("run %s, build %s: want the run going on", r.State, r.Stage("build").State)
+		}
+		if cancelStage(r, "nosuch", "user", at(1)) {
+			t.Error("cancelStage of an unknown stage = true")
+		}
+	})
+	t.Run("a run that ended", func(t *testing.T) {
+		r := startRun(t, "name: r\nstages:\n  - key: a\n    commands: [x]\n")
+		applyAt(r, finished("a", 1, 0, wire.CategoryNone), at(1))
+		if cancelStage(r, "a", "user", at(2)) || r.State != wire.RunSucceeded {
+			t.Errorf("cancelStage on a %s run changed it", r.State)
+		}
+	})
+}

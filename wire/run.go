@@ -161,8 +161,10 @@ type StageRun struct {
 	// succeed, so that no writer holding an older copy of one can write
 	// it over the replay.
 	Epoch int `json:"epoch,omitempty"`
-	// Cancelling is set on a running stage of a run being cancelled: the
-	// attempt is to stop, and a redelivery of its job is not run.
+	// Cancelling is set on a running stage of a run being cancelled, and
+	// on a stage cancelled on its own (weft cancel RUN STAGE) whatever its
+	// state: the attempt is to stop, a redelivery of its job is not run,
+	// and it is not retried. It stays set on the stage it ended.
 	Cancelling bool `json:"cancelling,omitempty"`
 	// LogSeq is the stream sequence of the stage's last log batch.
 	LogSeq uint64 `json:"log_seq,omitempty"`

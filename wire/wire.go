@@ -294,3 +294,9 @@ type QueueOpen struct {
 type QueueOpenReply struct {
 	Error string `json:"error,omitempty"`
 }
+
+// CancelNotice is the body of a cancel notice (subjects.Cancel): the
+// stages to stop, by key; none is every stage of the run.
+type CancelNotice struct {
+	Stages []string `json:"stages,omitempty"`
+}
