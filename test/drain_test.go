@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -80,5 +82,39 @@ func TestAnIdleAgentExits(t *testing.T) {
 	}
 	if ids := agentsSeen(t, f.url); slices.Contains(ids, "agent-idle") {
 		t.Errorf("agent-idle is still in the registry: %v", ids)
+	}
+}
+
+// A drain that outlasts --drain-timeout stops the stage still running and
+// hands its job back: the agent exits 0, and another agent runs the
+// stage as its next attempt.
+func TestADrainTimeoutHandsTheStageBack(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url)
+	a := f.agent(t, "agent-d", "--drain-timeout", "1s", "--kill-grace", "200ms")
+	g := newGate(t)
+	id := f.s.Submit(t, fmt.Sprintf("name: stuck\nenv: {GATE: %q}\nstages:\n  - key: s\n    commands: ['while [ ! -f \"$GATE\" ]; do sleep 0.02; done', echo finished]\n", string(g)))
+	waitFor(t, f.s, id, "running on agent-d", func(r *wire.Run) bool {
+		return r.Stage("s").State == wire.StageRunning && r.Stage("s").Agent == "agent-d"
+	})
+	drained := time.Now()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := a.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("the drained agent exited %d, want 0; stderr:\n%s", code, strings.Join(a.stderr.all(), "\n"))
+	}
+	if took := time.Since(drained); took < time.Second {
+		t.Errorf("the agent exited %s after SIGTERM, before its 1s drain timeout", took)
+	}
+	if r, err := client.Get(context.Background(), f.s.Bus.JS, id); err != nil || r.State.Terminal() {
+		t.Fatalf("run after the drain timeout: %v, %v; want it still going", r, err)
+	}
+	f.agent(t, "agent-e")
+	g.open(t)
+	r, _ := f.s.Wait(t, id)
+	if st := r.Stage("s"); r.State != wire.RunSucceeded || st.Agent != "agent-e" {
+		t.Errorf("run %s, stage on %s; want succeeded on agent-e after agent-d handed it back", r.State, st.Agent)
 	}
 }
