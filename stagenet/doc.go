@@ -7,7 +7,9 @@
 // server's among them, whether the server listens on loopback or on every
 // address.
 //
-// It drives the ip (iproute2) and iptables binaries, and needs root. A
+// It makes namespaces and links over netlink (vishvananda/netlink, what
+// CNI and containerd's ecosystem use), adds the firewall rules with the
+// iptables binary once per agent, and needs root. A
 // host process joins the namespace through Net.Start (the thread that
 // forks it enters the namespace for the fork); a container gets it as its
 // OCI network namespace (Net.Path).

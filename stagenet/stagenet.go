@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -15,11 +17,13 @@ import (
 	"syscall"
 
 	"github.com/rs/zerolog"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // ErrUnavailable is wrapped by the errors of Setup when stages cannot be
-// isolated here: not root, or ip or iptables missing.
+// isolated here: not root, or iptables missing.
 var ErrUnavailable = errors.New("stagenet: isolated stage networks unavailable")
 
 // DefaultSubnet is the IPv4 range stage networks take their addresses
@@ -32,7 +36,7 @@ const (
 	// pair; the firewall rules match it (iptables' "weftv+").
 	linkPrefix = "weftv"
 	// nsPrefix starts the name of every stage's network namespace
-	// (ip netns, /run/netns/<name>).
+	// (as ip netns names them: /run/netns/<name>).
 	nsPrefix = "weft-stage-"
 	// stateDir holds the claims of the /30s in use, one file per index
 	// naming the process that holds it, and the lock that serialises
@@ -73,10 +77,8 @@ func Setup(ctx context.Context, cfg Config) (*Manager, error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("%w: it needs root (network namespaces, veth pairs, firewall rules)", ErrUnavailable)
 	}
-	for _, bin := range []string{"ip", "iptables"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return nil, fmt.Errorf("%w: %s not found (install iproute2 and iptables)", ErrUnavailable, bin)
-		}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		return nil, fmt.Errorf("%w: iptables not found (install iptables)", ErrUnavailable)
 	}
 	m := &Manager{subnet: subnet, blocks: 1 << (30 - subnet.Bits()), log: cfg.Logger}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
@@ -145,52 +147,106 @@ func (m *Manager) Open(ctx context.Context) (*Net, error) {
 		return nil, err
 	}
 	n := &Net{Name: nsPrefix + strconv.Itoa(index), m: m, index: index}
-	n.Path = filepath.Join("/run/netns", n.Name)
+	n.Path = filepath.Join(netnsDir, n.Name)
 	base := m.subnet.Addr().As4()
-	off := uint32(index) * 4
 	v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-	v += off
+	v += uint32(index) * 4
 	n.Gateway = netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v + 1)})
 	n.Addr = n.Gateway.Next()
-	host := linkPrefix + strconv.Itoa(index)
-	// A namespace of this index left by a killed agent goes first.
-	_ = exec.CommandContext(ctx, "ip", "netns", "del", n.Name).Run()
-	steps := [][]string{
-		{"netns", "add", n.Name},
-		{"link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", n.Name},
+	// Made on a thread of its own, which enters the new namespace to
+	// make it and is thrown away after (never unlocked), whatever
+	// happened: no other goroutine ever runs in it.
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		errc <- n.make(linkPrefix + strconv.Itoa(index))
+	}()
+	if err := <-errc; err != nil {
+		n.Close()
+		return nil, err
 	}
-	for _, s := range steps {
-		if err := ip(ctx, s...); err != nil {
-			n.Close()
-			return nil, err
-		}
+	return n, nil
+}
+
+// netnsDir is where named network namespaces are (ip netns).
+const netnsDir = "/run/netns"
+
+// make makes the namespace and its veth pair, host end named host. It
+// runs on a locked thread that is discarded after.
+func (n *Net) make(host string) error {
+	// What a killed agent left under this index goes first.
+	_ = netns.DeleteNamed(n.Name)
+	if l, err := netlink.LinkByName(host); err == nil {
+		_ = netlink.LinkDel(l)
+	}
+	origin, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("stagenet: %w", err)
+	}
+	defer origin.Close()
+	ns, err := netns.NewNamed(n.Name) // the thread is in it now
+	if err != nil {
+		return fmt.Errorf("stagenet: make %s: %w", n.Name, err)
+	}
+	defer ns.Close()
+	if err := netns.Set(origin); err != nil {
+		return fmt.Errorf("stagenet: leave %s: %w", n.Name, err)
+	}
+	in, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("stagenet: %s: %w", n.Name, err)
+	}
+	defer in.Close()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(ns))}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("stagenet: veth %s: %w", host, err)
 	}
 	// No IPv6 on the host end: no link-local address for a stage to reach
 	// the host by.
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+host+"/disable_ipv6", []byte("1\n"), 0o644)
-	steps = [][]string{
-		{"addr", "add", n.Gateway.String() + "/30", "dev", host},
-		{"link", "set", host, "up"},
-		{"-n", n.Name, "addr", "add", n.Addr.String() + "/30", "dev", "eth0"},
-		{"-n", n.Name, "link", "set", "lo", "up"},
-		{"-n", n.Name, "link", "set", "eth0", "up"},
-		{"-n", n.Name, "route", "add", "default", "via", n.Gateway.String()},
+	hostLink, err := netlink.LinkByName(host)
+	if err != nil {
+		return fmt.Errorf("stagenet: veth %s: %w", host, err)
 	}
-	for _, s := range steps {
-		if err := ip(ctx, s...); err != nil {
-			n.Close()
-			return nil, err
+	if err := netlink.AddrAdd(hostLink, addr(n.Gateway)); err != nil {
+		return fmt.Errorf("stagenet: address of %s: %w", host, err)
+	}
+	if err := netlink.LinkSetUp(hostLink); err != nil {
+		return fmt.Errorf("stagenet: %s up: %w", host, err)
+	}
+	for _, name := range []string{"lo", "eth0"} {
+		l, err := in.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("stagenet: %s in %s: %w", name, n.Name, err)
+		}
+		if name == "eth0" {
+			if err := in.AddrAdd(l, addr(n.Addr)); err != nil {
+				return fmt.Errorf("stagenet: address in %s: %w", n.Name, err)
+			}
+		}
+		if err := in.LinkSetUp(l); err != nil {
+			return fmt.Errorf("stagenet: %s up in %s: %w", name, n.Name, err)
+		}
+		if name == "eth0" {
+			if err := in.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: n.Gateway.AsSlice()}); err != nil {
+				return fmt.Errorf("stagenet: default route in %s: %w", n.Name, err)
+			}
 		}
 	}
-	return n, nil
+	return nil
+}
+
+// addr is a's address on its /30.
+func addr(a netip.Addr) *netlink.Addr {
+	return &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(30, 32)}}
 }
 
 // Close removes the namespace (and with it the veth pair) and frees its
 // addresses.
 func (n *Net) Close() error {
-	err := exec.Command("ip", "netns", "del", n.Name).Run()
+	err := netns.DeleteNamed(n.Name)
 	n.m.release(n.index)
-	if err != nil {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("stagenet: remove %s: %w", n.Name, err)
 	}
 	return nil
@@ -222,13 +278,6 @@ func (n *Net) Start(cmd *exec.Cmd) error {
 		return errors.Join(startErr, fmt.Errorf("stagenet: leave %s: %w", n.Name, err))
 	}
 	return startErr
-}
-
-func ip(ctx context.Context, args ...string) error {
-	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("stagenet: ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return nil
 }
 
 // claim takes the lowest free /30 of the subnet for this process, under
