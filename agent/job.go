@@ -508,11 +508,29 @@ func (a *Agent) finishedAlready(ctx context.Context, j *job, s *wire.StageRun) (
 	return json.Unmarshal(m.Data, &ev) == nil && finishOf(ev, j.Job.Job, s.Attempt), nil
 }
 
-// readStage reads the document of a stage from the stages bucket,
-// waiting at most timeout, and says how the read went. Its job was
-// published after its document was written, so a job without one is of a
-// run that is gone.
+// readStage reads the document of a stage from the stages bucket for
+// judging its job, waiting at most timeout, and says how the read went. A
+// job is published after its stage's document is written, so a stage
+// with no document is either one whose document the read lags behind
+// (pending, as far as the job can tell) or one of a run that is gone,
+// which its run's events tell apart (agents read no run document).
 func (a *Agent) readStage(ctx context.Context, runID, key string, timeout time.Duration) (*wire.StageRun, docRead) {
+	st, read := a.readStageDoc(ctx, runID, key, timeout)
+	if read != docMissing {
+		return st, read
+	}
+	switch a.lastRunEvent(ctx, runID, timeout) {
+	case runEnded, runGone:
+		return nil, docMissing
+	case runUnknown:
+		return nil, docUnreadable
+	}
+	return &wire.StageRun{Key: key, State: wire.StagePending, ExitCode: -1}, docFound
+}
+
+// readStageDoc reads the document of a stage, waiting at most timeout:
+// docMissing when it has none.
+func (a *Agent) readStageDoc(ctx context.Context, runID, key string, timeout time.Duration) (*wire.StageRun, docRead) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	st, _, err := runstore.ReadStage(ctx, a.stages, runID, key)
@@ -526,38 +544,44 @@ func (a *Agent) readStage(ctx context.Context, runID, key string, timeout time.D
 	return st, docFound
 }
 
-// readRunEnd reads what the events stream says of the end of the run
-// holding a lane, waiting at most timeout: its last run event (agents do
-// not read run documents). A run with none has not ended if the document
-// of the stage that took the lane exists, and is gone if it does not;
-// for a marker that names no stage, if the run is younger than the
-// events' retention (its age is in its id).
-func (a *Agent) readRunEnd(ctx context.Context, h laneHolder, timeout time.Duration) runEnd {
+// lastRunEvent reads what the events stream says of a run's end, waiting
+// at most timeout: its last run event, and when it has none its age (in
+// its id) against the events' retention.
+func (a *Agent) lastRunEvent(ctx context.Context, runID string, timeout time.Duration) runEnd {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	m, err := a.events.GetLastMsgForSubject(ctx, subjects.RunEvent(h.run))
+	m, err := a.events.GetLastMsgForSubject(ctx, subjects.RunEvent(runID))
 	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound) && h.stage != "":
-		switch _, read := a.readStage(ctx, h.run, h.stage, timeout); read {
-		case docMissing:
-			return runGone
-		case docFound:
-			return runLive
-		}
-		return runUnknown
 	case errors.Is(err, jetstream.ErrMsgNotFound):
-		id, _ := ulid.Parse(h.run)
+		id, _ := ulid.Parse(runID)
 		if keep := a.events.CachedInfo().Config.MaxAge; keep > 0 && time.Since(ulid.Time(id.Time())) > keep {
 			return runGone
 		}
 		return runLive
 	case err != nil:
-		a.log.Debug().Err(err).Str("run_id", h.run).Msg("read run events")
+		a.log.Debug().Err(err).Str("run_id", runID).Msg("read run events")
 		return runUnknown
 	}
 	var ev wire.Event
 	if json.Unmarshal(m.Data, &ev) == nil && ev.Type == wire.RunFinished {
 		return runEnded
+	}
+	return runLive
+}
+
+// readRunEnd says whether the run holding a lane has ended, waiting at
+// most timeout: its run events say (lastRunEvent), and a run they call
+// live whose stage that took the lane has no document is gone.
+func (a *Agent) readRunEnd(ctx context.Context, h laneHolder, timeout time.Duration) runEnd {
+	end := a.lastRunEvent(ctx, h.run, timeout)
+	if end != runLive || h.stage == "" {
+		return end
+	}
+	switch _, read := a.readStageDoc(ctx, h.run, h.stage, timeout); read {
+	case docMissing:
+		return runGone
+	case docUnreadable:
+		return runUnknown
 	}
 	return runLive
 }

@@ -22,8 +22,7 @@ type docRead int
 const (
 	// docFound: the document was read.
 	docFound docRead = iota
-	// docMissing: the stage has no document: its job was published after
-	// the document was written, so the run is gone.
+	// docMissing: the stage has no document and its run is gone.
 	docMissing
 	// docUnreadable: the read failed (timeout, connection, decoding).
 	docUnreadable
@@ -73,8 +72,8 @@ type decision struct {
 func judge(s *wire.StageRun, read docRead, job wire.Job, delivered int, msgSeq uint64) decision {
 	switch read {
 	case docMissing:
-		// Runs are created before their jobs are published.
-		return decision{verdict: drop, why: "its stage has no document: its run is gone"}
+		// Its run ended or expired (readStage asked its events).
+		return decision{verdict: drop, why: "its run is gone"}
 	case docUnreadable:
 		return decision{verdict: later, delay: unreadableDelay, why: "its stage's document is unreadable"}
 	}

@@ -63,6 +63,13 @@ type Config struct {
 	// Leaf makes the embedded server a leaf node of the hub at these
 	// URLs (nats://host:port of the hub's leaf port).
 	Leaf []string
+	// ConfigFile is a nats-server configuration file the embedded server
+	// is made from, for what Config does not say (TLS, its own accounts):
+	// it overrides Listen, Cluster, Leaf, Domain, Monitor and Auth, which
+	// must be empty; JetStream is on, in StoreDir unless the file names
+	// its own store_dir. CredsFile then authenticates the in-process
+	// connection when the file requires it.
+	ConfigFile string
 	// Auth turns on the embedded server's authentication: only users with
 	// credentials its authority signed get in, with their role's
 	// permissions (package auth). The in-process connection gets a
@@ -145,6 +152,9 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 		}
 		b.server = ns
 		opts = append(opts, nats.InProcessServer(ns))
+		if cfg.CredsFile != "" {
+			opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+		}
 		if cfg.Auth != nil {
 			creds, err := cfg.Auth.Mint(auth.Grant{Role: auth.Dispatcher, Name: cfg.Name}, 0)
 			if err != nil {
@@ -289,6 +299,9 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
 		return nil, fmt.Errorf("%w: store dir: %v", ErrUnavailable, err)
 	}
+	if cfg.ConfigFile != "" {
+		return startFromFile(cfg)
+	}
 	opts := &server.Options{
 		ServerName: cmp.Or(cfg.ServerName, "weft-embedded"),
 		JetStream:  true,
@@ -340,6 +353,34 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 		}
 		opts.HTTPHost, opts.HTTPPort = host, p
 	}
+	return startServer(cfg, opts)
+}
+
+// startFromFile starts the embedded server from cfg.ConfigFile.
+func startFromFile(cfg Config) (*server.Server, error) {
+	if cfg.Listen != "" || cfg.Cluster != nil || len(cfg.Leaf) > 0 || cfg.LeafListen != "" || cfg.Domain != "" || cfg.Monitor != "" || cfg.Auth != nil {
+		return nil, fmt.Errorf("%w: %s configures the server: listen, cluster, leaf, domain, monitoring and auth go in it", ErrInvalidConfig, cfg.ConfigFile)
+	}
+	opts, err := server.ProcessConfigFile(cfg.ConfigFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	opts.JetStream, opts.NoSigs = true, true
+	if opts.StoreDir == "" {
+		opts.StoreDir = cfg.StoreDir
+	}
+	if opts.ServerName == "" {
+		opts.ServerName = cmp.Or(cfg.ServerName, "weft-embedded")
+	}
+	opts.SyncAlways = opts.SyncAlways || cfg.SyncAlways
+	if opts.MaxControlLine == 0 {
+		opts.MaxControlLine = maxControlLine
+	}
+	return startServer(cfg, opts)
+}
+
+// startServer starts and waits for the embedded server of opts.
+func startServer(cfg Config, opts *server.Options) (*server.Server, error) {
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: embedded server: %v", ErrUnavailable, err)
@@ -353,7 +394,7 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 	// Start has enabled JetStream by now, or logged why it could not.
 	if !ns.JetStreamEnabled() {
 		ns.Shutdown()
-		return nil, fmt.Errorf("%w: embedded server: jetstream did not start in %s", ErrUnavailable, cfg.StoreDir)
+		return nil, fmt.Errorf("%w: embedded server: jetstream did not start in %s", ErrUnavailable, opts.StoreDir)
 	}
 	return ns, nil
 }

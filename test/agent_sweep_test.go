@@ -48,8 +48,12 @@ func TestTheSweepRemovesTheWorkspacesOfEndedAndUnknownRuns(t *testing.T) {
 	if err := os.MkdirAll(keep[2], 0o750); err != nil {
 		t.Fatal(err)
 	}
-	trash := filepath.Join(dir, ".removing-"+ulidString())
-	if err := os.MkdirAll(filepath.Join(trash, "sub"), 0o750); err != nil {
+	// Made aside and moved in whole: the sweep may run in between.
+	trash, staged := filepath.Join(dir, ".removing-"+ulidString()), t.TempDir()
+	if err := os.MkdirAll(filepath.Join(staged, "sub"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(staged, trash); err != nil {
 		t.Fatal(err)
 	}
 	gone := []string{mkWorkspace("ended", ended.ID), mkWorkspace("unknown", ulidString()), trash}

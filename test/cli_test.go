@@ -1,16 +1,20 @@
 package test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/internal/busybox"
+	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
 
@@ -226,4 +230,32 @@ func TestTriggerRefusedExitsWithRetryAfter(t *testing.T) {
 		t.Errorf("second trigger = %d %q, want 3 with a retry-after", res.Code, res.Stderr)
 	}
 	g.open(t)
+}
+
+// weft server -c FILE makes the server from a nats-server configuration
+// file and provisions weft's streams in it; the flags that configure the
+// server are refused with it.
+func TestWeftServerFromAConfigFile(t *testing.T) {
+	t.Parallel()
+	port := freePorts(t, 1)[0]
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "nats.conf")
+	text := fmt.Sprintf("listen: 127.0.0.1:%d\nserver_name: from-file\njetstream { store_dir: %q }\n", port, filepath.Join(dir, "js"))
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startWeft(t, nil, "server", "-c", conf, "--state", t.TempDir())
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	srv.waitLine(t, &srv.stderr, 30*time.Second, "listening", func(l string) bool { return strings.Contains(l, "listening on "+url) })
+	b := BusWith(t, bus.Config{URL: url})
+	if _, err := b.JS.Stream(context.Background(), subjects.JobsStream); err != nil {
+		t.Errorf("stream %s on the server from %s: %v", subjects.JobsStream, conf, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "js")); err != nil {
+		t.Errorf("the file's store_dir was not used: %v", err)
+	}
+	res := RunWeft(t, weftBin, "", nil, "server", "-c", conf, "--listen", "127.0.0.1:0")
+	if res.Code != 2 || !strings.Contains(res.Stderr, "--listen: with -c "+conf+" the file configures the server") {
+		t.Errorf("weft server -c with --listen: exit %d: %s", res.Code, res.Stderr)
+	}
 }

@@ -37,6 +37,7 @@ func serverCommand(g *globals) *cobra.Command {
 		replicas                int
 		authMode, authDir       string
 		leafCreds               string
+		configFile, ownCreds    string
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -66,6 +67,14 @@ site runs weft server --leaf nats://hub:7422 --domain edge, and its agents
 join it locally with --js-domain hub: their jobs, events and logs cross
 the leaf link to the hub's streams. A leaf provisions nothing.
 
+Config file: -c FILE makes the server from a nats-server configuration
+file (the nats-server syntax: listen, cluster, leafnodes, tls,
+authorization or operator and resolver, http for monitoring ...), for
+what the flags do not cover. JetStream is turned on, in --state unless
+the file sets store_dir; the flags that configure the server are refused
+with it, and weft's own auth is off (the file's applies). Give --creds
+when the file requires this process to authenticate.
+
 ` + authHelp + retentionHelp + exitCodesHelp,
 		Example: "  weft server --state /var/lib/weft --listen 0.0.0.0:4222\n" +
 			"  weft server --server-name n1 --state /var/lib/weft --listen 0.0.0.0:4222 \\\n" +
@@ -78,7 +87,18 @@ the leaf link to the hub's streams. A leaf provisions nothing.
 				ServerName: name, Name: "weft server", Logger: g.logger(), Monitor: monitor,
 				Domain: domain, LeafListen: leafListen, Leaf: leaf, LeafCreds: leafCreds,
 			}
-			on, err := authOn(authMode, listen, leafListen)
+			if configFile != "" {
+				for _, name := range []string{"listen", "cluster", "cluster-listen", "routes", "leaf", "leaf-listen", "domain", "http-monitor"} {
+					if cmd.Flags().Changed(name) {
+						return withCode(exitUsage, fmt.Errorf("--%s: with -c %s the file configures the server", name, configFile))
+					}
+				}
+				if authMode == "on" {
+					return withCode(exitUsage, fmt.Errorf("--auth on: with -c %s the file configures authentication", configFile))
+				}
+				cfg.ConfigFile, cfg.CredsFile, cfg.Listen, cfg.Cluster, authMode = configFile, ownCreds, "", nil, "off"
+			}
+			on, err := authOn(authMode, cfg.Listen, leafListen)
 			if err != nil {
 				return withCode(exitUsage, err)
 			}
@@ -98,7 +118,7 @@ the leaf link to the hub's streams. A leaf provisions nothing.
 			if replicas == 0 {
 				replicas = min(size, 3)
 			}
-			if replicas < 1 || replicas > 5 || replicas > size {
+			if replicas < 1 || replicas > 5 || (replicas > size && configFile == "") {
 				return withCode(exitUsage, fmt.Errorf("--replicas %d: want 1 to %d, at most the %d members the routes name", replicas, min(size, 5), size))
 			}
 			b, err := bus.Open(ctx, cfg)
@@ -154,6 +174,8 @@ the leaf link to the hub's streams. A leaf provisions nothing.
 	f.StringVar(&cluster.Name, "cluster", "", "join the NATS cluster of this name (see Cluster)")
 	f.StringVar(&cluster.Listen, "cluster-listen", "", "address the other members' routes connect to, e.g. 0.0.0.0:6222")
 	f.StringSliceVar(&cluster.Routes, "routes", nil, "the members' cluster URLs, nats://host:port,... (this one's may be among them)")
+	f.StringVarP(&configFile, "config", "c", "", "make the server from this nats-server configuration file instead (TLS, accounts of your own, anything else); weft still provisions its streams in it (see Config file)")
+	f.StringVar(&ownCreds, "creds", "", "with -c: credentials this process connects to its own server with, when the file requires them")
 	f.StringVar(&authMode, "auth", envOr("WEFT_AUTH", "auto"), "auto (on when listening beyond loopback), on or off (see Auth; env WEFT_AUTH)")
 	f.StringVar(&authDir, "auth-dir", os.Getenv("WEFT_AUTH_DIR"), "directory of the auth keys (default STATE/auth; env WEFT_AUTH_DIR)")
 	f.StringVar(&leafCreds, "leaf-creds", os.Getenv("WEFT_LEAF_CREDS"), "credentials this leaf node presents to a hub with auth on, e.g. weft creds operator (env WEFT_LEAF_CREDS)")
