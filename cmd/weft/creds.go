@@ -170,17 +170,17 @@ func authOn(mode string, addrs ...string) (bool, error) {
 
 // agentFromCreds configures an agent from its credentials: an agent's
 // queues, labels and JetStream domain unless the flags name their own,
-// which must be among the credentials'. An agent with credentials asks a
-// dispatcher to create its queues' consumers.
+// which must be among the credentials'. An agent's credentials may not
+// create consumers: it asks a dispatcher to.
 func agentFromCreds(cmd *cobra.Command, path string, cfg *agent.Config, jsDomain *string) error {
 	id, err := auth.ReadCreds(path)
 	if err != nil {
 		return err
 	}
-	cfg.OpenByDispatcher = true
 	if id.Grant.Role != auth.Agent {
 		return nil
 	}
+	cfg.OpenByDispatcher = true
 	flags := cmd.Flags()
 	if !flags.Changed("queue") {
 		cfg.Queues = id.Grant.Queues
