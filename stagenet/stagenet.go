@@ -103,7 +103,44 @@ func Setup(ctx context.Context, cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 	}
+	m.reap()
 	return m, nil
+}
+
+// reap removes the networks that killed agents left: those whose claim
+// names a process that is gone.
+func (m *Manager) reap() {
+	unlock, err := lock()
+	if err != nil {
+		m.log.Warn().Err(err).Msg("reap stage networks")
+		return
+	}
+	defer unlock()
+	entries, _ := os.ReadDir(stateDir)
+	for _, e := range entries {
+		index, err := strconv.Atoi(e.Name())
+		if err != nil || claimLive(filepath.Join(stateDir, e.Name())) {
+			continue
+		}
+		if err := removeNamed(filepath.Join(netnsDir, nsPrefix+e.Name())); err != nil {
+			m.log.Warn().Err(err).Msg("reap stage network")
+			continue
+		}
+		if l, err := netlink.LinkByName(linkPrefix + strconv.Itoa(index)); err == nil {
+			_ = netlink.LinkDel(l)
+		}
+		_ = os.Remove(filepath.Join(stateDir, e.Name()))
+	}
+}
+
+// claimLive reports whether the claim file at path names a live process.
+func claimLive(path string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	return pid > 0 && syscall.Kill(pid, 0) == nil
 }
 
 // ensureRule inserts an iptables rule unless it is there: r is
@@ -175,7 +212,9 @@ const netnsDir = "/run/netns"
 // runs on a locked thread that is discarded after.
 func (n *Net) make(host string) error {
 	// What a killed agent left under this index goes first.
-	_ = netns.DeleteNamed(n.Name)
+	if err := removeNamed(n.Path); err != nil {
+		return err
+	}
 	if l, err := netlink.LinkByName(host); err == nil {
 		_ = netlink.LinkDel(l)
 	}
@@ -244,10 +283,20 @@ func addr(a netip.Addr) *netlink.Addr {
 // Close removes the namespace (and with it the veth pair) and frees its
 // addresses.
 func (n *Net) Close() error {
-	err := netns.DeleteNamed(n.Name)
+	err := removeNamed(n.Path)
 	n.m.release(n.index)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("stagenet: remove %s: %w", n.Name, err)
+	return err
+}
+
+// removeNamed removes a named namespace's file: unmounted first if it is
+// mounted (a process killed between making and mounting it leaves a bare
+// file, which netns.DeleteNamed cannot remove).
+func removeNamed(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("stagenet: unmount %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("stagenet: remove %s: %w", path, err)
 	}
 	return nil
 }
@@ -294,11 +343,8 @@ func (m *Manager) claim(ctx context.Context) (int, error) {
 			return 0, ctx.Err()
 		}
 		path := filepath.Join(stateDir, strconv.Itoa(i))
-		if data, err := os.ReadFile(path); err == nil {
-			pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-			if pid > 0 && syscall.Kill(pid, 0) == nil {
-				continue
-			}
+		if claimLive(path) {
+			continue
 		}
 		if err := os.WriteFile(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
 			return 0, fmt.Errorf("stagenet: claim: %w", err)
