@@ -39,6 +39,9 @@ const (
 	// HeartbeatsStream keeps the last heartbeat of every running stage
 	// (one message per subject), read only when a stage's job is gone.
 	HeartbeatsStream = "WEFT_HEARTBEATS"
+	// DeliveriesStream holds the webhook deliveries the bridge accepted,
+	// until its resolver has turned each into a trigger.
+	DeliveriesStream = "WEFT_DELIVERIES"
 )
 
 // KV and object bucket names.
@@ -64,6 +67,9 @@ const (
 	// KeysBucket holds the fleet's keys: the artifact URL signing keys
 	// (ArtifactURLKey, ArtifactURLPreviousKey).
 	KeysBucket = "weft_keys"
+	// ReposBucket holds the repositories' settings, one key per
+	// repository token (RepoToken).
+	ReposBucket = "weft_repos"
 	// ArtifactURLKey is the current signing key of artifact download
 	// URLs in KeysBucket; ArtifactURLPreviousKey the one it replaced,
 	// still accepted.
@@ -106,6 +112,7 @@ const (
 	scannedPrefix  = "weft.scanned"
 	agentsPrefix   = "weft.agents"
 	queuesPrefix   = "weft.queues"
+	deliveryPrefix = "weft.deliveries"
 
 	// AllJobs matches every job subject.
 	AllJobs = jobsPrefix + ".>"
@@ -133,6 +140,8 @@ const (
 	TriggerMaxDeliveries = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + TriggersStream + "." + DispatcherTriggers
 	// RunEvents matches run-level events of every run (weft.events.<run>).
 	RunEvents = eventsPrefix + ".*"
+	// AllDeliveries matches every accepted webhook delivery.
+	AllDeliveries = deliveryPrefix + ".>"
 	// AllStageEvents matches the stage events of every run
 	// (weft.events.<run>.<stage>), an agent's.
 	AllStageEvents = eventsPrefix + ".*.*"
@@ -141,6 +150,18 @@ const (
 	// AllQueueOpens matches every queue's open requests (QueueOpen).
 	AllQueueOpens = queuesPrefix + ".*.open"
 )
+
+// Delivery returns the subject of an accepted webhook delivery for repo.
+func Delivery(repo string) string { return deliveryPrefix + "." + RepoToken(repo) }
+
+// DeliveryResolver is the durable consumer of the webhook bridge's
+// resolvers on the deliveries stream.
+const DeliveryResolver = "webhook_resolver"
+
+// DeliveryDuplicates is the deliveries stream's duplicate window: the
+// same delivery (its X-GitHub-Delivery id) posted again within it is
+// stored once.
+const DeliveryDuplicates = time.Hour
 
 // QueueOpenGroup is the queue group of the dispatchers' subscriptions to
 // queue open requests: one dispatcher answers each.
@@ -508,6 +529,13 @@ func Streams(keep time.Duration) []Stream {
 			MaxMsgsPerSubject: 1,
 		},
 		{
+			Name:        DeliveriesStream,
+			Description: "webhook deliveries accepted by the bridge, weft.deliveries.<repo>, until resolved into triggers",
+			Subjects:    []string{AllDeliveries},
+			Retention:   WorkQueue,
+			Duplicates:  DeliveryDuplicates,
+		},
+		{
 			Name:              HeartbeatsStream,
 			Description:       "weft heartbeats of running stages: weft.heartbeats.<run>.<stage>, the last one of each",
 			Subjects:          []string{AllHeartbeats},
@@ -531,6 +559,7 @@ func Buckets(keep time.Duration) []Bucket {
 		{Name: DedupBucket, Description: "weft trigger dedup keys and outcomes", History: 1, PerKeyTTL: time.Minute},
 		{Name: AgentsBucket, Description: "weft agent registry: one key per agent id, renewed while it runs", History: 1, TTL: AgentTTL},
 		{Name: KeysBucket, Description: "weft keys: artifact-url.current and .previous sign artifact download URLs", History: 1},
+		{Name: ReposBucket, Description: "weft repository settings: one key per repository (clone URL, webhook secret, pipeline path, rules)", History: 5},
 		{Name: CacheIndexBucket, Description: "weft cache index: <repo>.<key hash> names a cache entry, created once; rewritten when used", History: 1, TTL: keep},
 	}
 }

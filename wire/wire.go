@@ -300,3 +300,36 @@ type QueueOpenReply struct {
 type CancelNotice struct {
 	Stages []string `json:"stages,omitempty"`
 }
+
+// Delivery is a webhook delivery the bridge accepted (stream
+// WEFT_DELIVERIES), as much of it as a trigger needs: the payload itself
+// can be up to 25 MB, far over a message's limit.
+type Delivery struct {
+	// ID is the delivery's X-GitHub-Delivery GUID: the same on a
+	// redelivery.
+	ID string `json:"id"`
+	// Event is X-GitHub-Event (push, pull_request); Action the payload's
+	// action for a pull request.
+	Event  string `json:"event"`
+	Action string `json:"action,omitempty"`
+	// Repo is the repository's full name (owner/name).
+	Repo string `json:"repo"`
+	// Kind is the kind of event the repository's rules know (package
+	// repos: default_branch, branch, tag, pull_request).
+	Kind string `json:"kind"`
+	// Ref is the full ref built (refs/heads/x, refs/tags/v1, or the pull
+	// request's head branch); Branch the branch (or tag) name.
+	Ref    string `json:"ref"`
+	Branch string `json:"branch"`
+	// Commit is the sha built.
+	Commit string `json:"commit"`
+	// PullRequest is the pull request's number; 0 for a push.
+	PullRequest int `json:"pull_request,omitempty"`
+	// Fork says the pull request's head is in another repository: its
+	// runs get none of the repository's secrets.
+	Fork bool `json:"fork,omitempty"`
+	// Sender is who caused the delivery (the payload's sender.login).
+	Sender string `json:"sender,omitempty"`
+	// Time is when the bridge accepted it.
+	Time time.Time `json:"time"`
+}

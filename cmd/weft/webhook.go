@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/weft-ci/weft/repos"
+	"github.com/weft-ci/weft/webhook"
+)
+
+func webhookCommand(g *globals) *cobra.Command {
+	var (
+		fleet          fleetFlags
+		listen, gitDir string
+	)
+	cmd := &cobra.Command{
+		Use:   "webhook",
+		Short: "Turn GitHub webhook deliveries into runs",
+		Long: `webhook serves GitHub's webhook deliveries on --listen (path /webhook) and
+turns each push and pull request of a repository weft knows (weft repo
+add) into a run of the pipeline file at that commit.
+
+A delivery is answered as soon as it is stored in the fleet's deliveries
+stream: 202 accepted (200 for the same delivery posted again, which
+starts no second run). Then a resolver reads the pipeline file from the
+commit (a shallow git fetch into --git-cache) and publishes the trigger.
+It refuses, publishing nothing: a missing or bad X-Hub-Signature-256
+(401), a body over 25 MiB (413), a body that is not JSON (400), a
+repository without settings (404). An event or action weft does not build
+is answered 202 "ignored"; a ping is answered 200.
+
+Pushes to branches and tags start runs (a deleted ref does not); pull
+requests opened, pushed to (synchronize) or reopened do, forks included.
+
+` + exitCodesHelp,
+		Example: "  weft webhook --server nats://ci:4222 --listen 0.0.0.0:8080",
+		Args:    usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			b, err := fleet.open(ctx, g, "weft webhook")
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			rs, err := repos.Open(ctx, b.JS)
+			if err != nil {
+				return withCode(exitInfra, err)
+			}
+			if gitDir == "" {
+				gitDir = filepath.Join(os.TempDir(), "weft-webhook-git")
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return withCode(exitUsage, fmt.Errorf("--listen %s: %w", listen, err))
+			}
+			mux := http.NewServeMux()
+			mux.Handle("/webhook", webhook.NewHandler(b.JS, rs, g.logger()))
+			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
+			resolver := webhook.NewResolver(b.JS, rs, gitDir, g.logger())
+			var wg sync.WaitGroup
+			errc := make(chan error, 2)
+			wg.Go(func() {
+				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					errc <- err
+				}
+			})
+			rctx, stopResolver := context.WithCancel(ctx)
+			wg.Go(func() {
+				if err := resolver.Run(rctx); err != nil {
+					errc <- err
+				}
+			})
+			fmt.Fprintf(g.stderr, "weft: webhook listening on http://%s/webhook\n", ln.Addr())
+			var runErr error
+			select {
+			case <-ctx.Done():
+			case runErr = <-errc:
+			}
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			stopResolver()
+			wg.Wait()
+			if runErr != nil {
+				return withCode(exitInfra, runErr)
+			}
+			return nil
+		},
+	}
+	fleet.add(cmd)
+	cmd.Flags().StringVar(&listen, "listen", envOr("WEFT_WEBHOOK_LISTEN", "127.0.0.1:8080"), "address to serve deliveries on; port 0 picks a free one (env WEFT_WEBHOOK_LISTEN)")
+	cmd.Flags().StringVar(&gitDir, "git-cache", "", "directory of the bare git caches the pipeline files are read from (default a temporary one)")
+	return cmd
+}
