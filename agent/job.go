@@ -15,6 +15,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/rs/zerolog"
 
+	"github.com/weft-ci/weft/gitsrc"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -247,7 +248,9 @@ func (a *Agent) attempt(ctx, jctx context.Context, j *job) (conclusion, uint64) 
 		res   result
 		cache *stageCache
 	)
-	if err := a.restoreArtifacts(runCtx, j, dir, note); err != nil {
+	if err := a.checkout(runCtx, j, dir, note); err != nil {
+		res = result{exitCode: -1, category: wire.CategoryInfra, message: err.Error()}
+	} else if err := a.restoreArtifacts(runCtx, j, dir, note); err != nil {
 		res = artifactFailure("restore artifacts", err)
 	} else {
 		cache = a.restoreCache(runCtx, j, dir, note)
@@ -584,4 +587,18 @@ func (a *Agent) readRunEnd(ctx context.Context, h laneHolder, timeout time.Durat
 		return runUnknown
 	}
 	return runLive
+}
+
+// checkout puts the job's commit in its workspace before the stage's
+// first command, when its run builds one (Job.CloneURL).
+func (a *Agent) checkout(ctx context.Context, j *job, dir string, note func(string)) error {
+	if j.CloneURL == "" {
+		return nil
+	}
+	start := time.Now()
+	if err := gitsrc.Checkout(ctx, j.CloneURL, "", j.Commit, dir); err != nil {
+		return fmt.Errorf("check out %s: %w", j.Commit, err)
+	}
+	note(fmt.Sprintf("weft: workspace at %s (%s)", j.Commit, time.Since(start).Round(time.Millisecond)))
+	return nil
 }

@@ -34,6 +34,7 @@ func newRun(id string, t wire.Trigger, p *pipeline.Pipeline, seq uint64, now tim
 		Repo:         t.Repo,
 		Branch:       t.Branch,
 		Commit:       t.Commit,
+		CloneURL:     t.CloneURL,
 		File:         t.File,
 		Pipeline:     p,
 		PipelineName: p.Name,
@@ -399,6 +400,8 @@ func queuedJobs(r *wire.Run, keys []string) []wire.Job {
 			Stage:         *st,
 			Env:           wire.JobEnv(r.Pipeline, st, r.ID, r.Branch, r.Commit, s.Attempt),
 			NotBefore:     s.NotBefore,
+			CloneURL:      r.CloneURL,
+			Commit:        r.Commit,
 		})
 	}
 	return jobs

@@ -134,3 +134,31 @@ func git(ctx context.Context, dir string, env []string, args ...string) ([]byte,
 	}
 	return out, nil
 }
+
+// Checkout makes dir a work tree of the repository at cloneURL at exactly
+// commit: fetched (depth 1) unless dir has it, HEAD detached at it, the
+// tracked files as the commit has them. A work tree already at commit is
+// left as it is, so the stages of a run on one agent share one checkout
+// and what an earlier stage made in it.
+func Checkout(ctx context.Context, cloneURL, token, commit, dir string) error {
+	if !commitRE.MatchString(commit) {
+		return fmt.Errorf("%w: %q", ErrBadCommit, commit)
+	}
+	if head, err := git(ctx, dir, nil, "rev-parse", "--verify", "--quiet", "HEAD"); err == nil && strings.TrimSpace(string(head)) == commit {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".git")); err != nil {
+		if _, err := git(ctx, "", nil, "init", "--quiet", dir); err != nil {
+			return err
+		}
+	}
+	if _, err := git(ctx, dir, nil, "cat-file", "-e", commit+"^{commit}"); err != nil {
+		if _, err := git(ctx, dir, authEnv(token), "fetch", "--quiet", "--depth", "1", "--no-tags", cloneURL, commit); err != nil {
+			return fmt.Errorf("gitsrc: fetch %s from %s: %w", commit[:12], redact(cloneURL), err)
+		}
+	}
+	if _, err := git(ctx, dir, nil, "checkout", "--quiet", "--force", "--detach", commit); err != nil {
+		return fmt.Errorf("gitsrc: check out %s: %w", commit[:12], err)
+	}
+	return nil
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -104,10 +105,15 @@ func triggerRun(t *testing.T, s *Stack, triggerID string) string {
 
 // The same push delivery posted three times to weft webhook starts one
 // run, of the pipeline file at the pushed commit, on the queue the
-// default branch's rule gives.
+// default branch's rule gives; its stages run in a workspace holding the
+// repository at exactly that commit.
 func TestAPushDeliveredThreeTimesStartsOneRun(t *testing.T) {
 	t.Parallel()
-	repoDir, sha := gitRepo(t, map[string]string{".weft.yml": "name: app\nstages:\n  - key: build\n    commands: [echo built $WEFT_COMMIT on $WEFT_BRANCH]\n"})
+	repoDir, sha := gitRepo(t, map[string]string{
+		".weft.yml": "name: app\nstages:\n  - key: build\n    commands: [echo built $WEFT_COMMIT on $WEFT_BRANCH, git rev-parse HEAD, cat src.txt]\n" +
+			"  - key: test\n    depends_on: [build]\n    commands: [git rev-parse HEAD]\n",
+		"src.txt": "the source at the commit\n",
+	})
 	f := startFleet(t)
 	startWeft(t, nil, "dispatcher", "--server", f.url)
 	f.agent(t, "agent-main", "--queue", "main")
@@ -136,8 +142,15 @@ func TestAPushDeliveredThreeTimesStartsOneRun(t *testing.T) {
 	if r.State != wire.RunSucceeded || r.Commit != sha || r.Branch != "main" || r.Repo != "acme/app" {
 		t.Fatalf("run %s: %s commit %s branch %s repo %s", runID, r.State, r.Commit, r.Branch, r.Repo)
 	}
-	if got := stageLines(updates)["build"]; len(got) != 1 || got[0] != "built "+sha+" on main" {
-		t.Errorf("build printed %q", got)
+	// The workspace holds the repository at exactly the pushed commit,
+	// for the second stage too (the same checkout).
+	lines := stageLines(updates)
+	for stage, want := range map[string][]string{"build": {"built " + sha + " on main", sha, "the source at the commit"}, "test": {sha}} {
+		for _, w := range want {
+			if !slices.Contains(lines[stage], w) {
+				t.Errorf("stage %s printed %q, want a line %q", stage, lines[stage], w)
+			}
+		}
 	}
 	if st := r.Stage("build"); st.Agent != "agent-main" || r.Pipeline.Stage("build").Queue != "main" {
 		t.Errorf("build ran on %s, queue %s; want queue main (the default branch's rule)", st.Agent, r.Pipeline.Stage("build").Queue)

@@ -62,6 +62,9 @@ type Run struct {
 	Repo   string `json:"repo,omitempty"`
 	Branch string `json:"branch,omitempty"`
 	Commit string `json:"commit,omitempty"`
+	// CloneURL is where the stages fetch Commit from; empty runs them on
+	// an empty workspace.
+	CloneURL string `json:"clone_url,omitempty"`
 	// File is the pipeline file's name.
 	File string `json:"file"`
 	// PipelineName is the pipeline's name.

@@ -24,6 +24,10 @@ type Trigger struct {
 	// Branch and Commit are what the run builds.
 	Branch string `json:"branch,omitempty"`
 	Commit string `json:"commit,omitempty"`
+	// CloneURL, when set, is where the stages fetch Commit from: their
+	// workspace holds the repository at exactly that commit before their
+	// first command.
+	CloneURL string `json:"clone_url,omitempty"`
 	// Priority overrides the pipeline's priority when set.
 	Priority subjects.Tier `json:"priority,omitempty"`
 	// Queue, when set, replaces the pipeline's queue for the stages that
@@ -97,6 +101,10 @@ type Job struct {
 	// ArtifactBytes is what the artifacts in Restore take: the per-run
 	// limit bounds them with what the stage stores.
 	ArtifactBytes int64 `json:"artifact_bytes,omitempty"`
+	// CloneURL and Commit, when CloneURL is set, are the repository and
+	// commit the workspace holds before the stage's first command.
+	CloneURL string `json:"clone_url,omitempty"`
+	Commit   string `json:"commit,omitempty"`
 }
 
 // JobEnv returns the environment of a stage attempt: the pipeline's env,
