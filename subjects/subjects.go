@@ -42,6 +42,9 @@ const (
 	// DeliveriesStream holds the webhook deliveries the bridge accepted,
 	// until its resolver has turned each into a trigger.
 	DeliveriesStream = "WEFT_DELIVERIES"
+	// StatusesStream holds the latest commit status to post for each
+	// repository, commit and context.
+	StatusesStream = "WEFT_STATUSES"
 )
 
 // KV and object bucket names.
@@ -113,6 +116,7 @@ const (
 	agentsPrefix   = "weft.agents"
 	queuesPrefix   = "weft.queues"
 	deliveryPrefix = "weft.deliveries"
+	statusPrefix   = "weft.statuses"
 
 	// AllJobs matches every job subject.
 	AllJobs = jobsPrefix + ".>"
@@ -153,6 +157,27 @@ const (
 
 // Delivery returns the subject of an accepted webhook delivery for repo.
 func Delivery(repo string) string { return deliveryPrefix + "." + RepoToken(repo) }
+
+// Status returns the subject of the commit status of repo, commit and
+// context: one message each, the latest (the stream keeps one per
+// subject, so updates that pile up coalesce).
+func Status(repo, commit, context string) string {
+	sum := sha256.Sum256([]byte(repo + "\x00" + commit + "\x00" + context))
+	return statusPrefix + "." + hex.EncodeToString(sum[:12])
+}
+
+// AllStatuses matches every commit status subject.
+const AllStatuses = statusPrefix + ".>"
+
+// StatusSender and StatusEvents are the durable consumers of the commit
+// status reporter: on the statuses stream, and on the events stream.
+const (
+	StatusSender = "github_status_sender"
+	StatusEvents = "github_status_events"
+)
+
+// StatusRetention is how long a commit status not yet sent is kept.
+const StatusRetention = 72 * time.Hour
 
 // DeliveryResolver is the durable consumer of the webhook bridge's
 // resolvers on the deliveries stream.
@@ -534,6 +559,13 @@ func Streams(keep time.Duration) []Stream {
 			Subjects:    []string{AllDeliveries},
 			Retention:   WorkQueue,
 			Duplicates:  DeliveryDuplicates,
+		},
+		{
+			Name:              StatusesStream,
+			Description:       "commit statuses to post to GitHub: weft.statuses.<hash of repo, commit, context>, the latest of each",
+			Subjects:          []string{AllStatuses},
+			MaxAge:            StatusRetention,
+			MaxMsgsPerSubject: 1,
 		},
 		{
 			Name:              HeartbeatsStream,

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -86,6 +88,26 @@ func deliver(t *testing.T, url, event, id, secret string, body []byte) int {
 	return resp.StatusCode
 }
 
+// startBridge adds repo (cloned from dir, its statuses posted to api) and
+// starts weft webhook; it returns the delivery URL. The webhook secret is
+// s3cr3t and the token gh-token.
+func startBridge(t *testing.T, f *fleet, repo, dir, api string) string {
+	t.Helper()
+	secrets := t.TempDir()
+	for name, v := range map[string]string{"hook.secret": "s3cr3t\n", "token": "gh-token\n"} {
+		if err := os.WriteFile(filepath.Join(secrets, name), []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res := RunWeft(t, weftBin, "", nil, "repo", "add", repo, "--server", f.url, "--clone-url", "file://"+dir,
+		"--secret-file", filepath.Join(secrets, "hook.secret"), "--token-file", filepath.Join(secrets, "token"), "--api-base", api); res.Code != 0 {
+		t.Fatalf("weft repo add: exit %d: %s", res.Code, res.Stderr)
+	}
+	hook := startWeft(t, nil, "webhook", "--server", f.url, "--listen", "127.0.0.1:0", "--git-cache", t.TempDir(), "--public-url", "http://weft.test")
+	line := hook.waitLine(t, &hook.stderr, 30*time.Second, "webhook listening", func(l string) bool { return strings.Contains(l, "webhook listening on ") })
+	return strings.Fields(strings.SplitN(line, "listening on ", 2)[1])[0]
+}
+
 // triggerRun waits for the run a trigger started and returns its id.
 func triggerRun(t *testing.T, s *Stack, triggerID string) string {
 	t.Helper()
@@ -117,16 +139,8 @@ func TestAPushDeliveredThreeTimesStartsOneRun(t *testing.T) {
 	f := startFleet(t)
 	startWeft(t, nil, "dispatcher", "--server", f.url)
 	f.agent(t, "agent-main", "--queue", "main")
-	secret := filepath.Join(t.TempDir(), "hook.secret")
-	if err := os.WriteFile(secret, []byte("s3cr3t\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if res := RunWeft(t, weftBin, "", nil, "repo", "add", "acme/app", "--server", f.url, "--clone-url", "file://"+repoDir, "--secret-file", secret); res.Code != 0 {
-		t.Fatalf("weft repo add: exit %d: %s", res.Code, res.Stderr)
-	}
-	hook := startWeft(t, nil, "webhook", "--server", f.url, "--listen", "127.0.0.1:0", "--git-cache", t.TempDir())
-	line := hook.waitLine(t, &hook.stderr, 30*time.Second, "webhook listening", func(l string) bool { return strings.Contains(l, "webhook listening on ") })
-	url := strings.Fields(strings.SplitN(line, "listening on ", 2)[1])[0]
+	api := startFakeGitHub(t)
+	url := startBridge(t, f, "acme/app", repoDir, api.srv.URL)
 
 	const id = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
 	body := githubPayload(t, "push.json", map[string]string{"__REPO__": "acme/app", "__SHA__": sha})
@@ -155,6 +169,21 @@ func TestAPushDeliveredThreeTimesStartsOneRun(t *testing.T) {
 	if st := r.Stage("build"); st.Agent != "agent-main" || r.Pipeline.Stage("build").Queue != "main" {
 		t.Errorf("build ran on %s, queue %s; want queue main (the default branch's rule)", st.Agent, r.Pipeline.Stage("build").Queue)
 	}
+	// GitHub got pending, then success, for that commit.
+	got := api.waitStatus(t, "success", 30*time.Second)
+	var states []string
+	for _, st := range got {
+		if st.Path != "/repos/acme/app/statuses/"+sha || st.Context != "weft/app" || st.Authorization != "Bearer gh-token" {
+			t.Errorf("status %+v: want weft/app on /repos/acme/app/statuses/%s with the repository's token", st, sha)
+		}
+		states = append(states, st.State)
+	}
+	if !slices.Equal(states, []string{"pending", "success"}) {
+		t.Errorf("statuses %v, want pending then success", states)
+	}
+	if !strings.HasSuffix(got[len(got)-1].TargetURL, "/runs/"+runID) {
+		t.Errorf("target URL %q, want the run's page", got[len(got)-1].TargetURL)
+	}
 	runs, err := f.s.Bus.JS.KeyValue(context.Background(), subjects.RunsBucket)
 	if err != nil {
 		t.Fatal(err)
@@ -166,4 +195,74 @@ func TestAPushDeliveredThreeTimesStartsOneRun(t *testing.T) {
 	if len(keys) != 1 {
 		t.Errorf("%d runs %v, want one for three posts of one delivery", len(keys), keys)
 	}
+}
+
+// fakeGitHub plays GitHub's REST API on loopback: it records the commit
+// statuses posted to it and answers each with what answer says.
+type fakeGitHub struct {
+	srv *httptest.Server
+
+	mu       sync.Mutex
+	statuses []postedStatus
+	tries    int
+	answer   func(try int, w http.ResponseWriter) bool // false: answered with a refusal
+}
+
+// postedStatus is a status request as received.
+type postedStatus struct {
+	Path          string
+	State         string `json:"state"`
+	Context       string `json:"context"`
+	Description   string `json:"description"`
+	TargetURL     string `json:"target_url"`
+	Authorization string
+	At            time.Time
+}
+
+func startFakeGitHub(t *testing.T) *fakeGitHub {
+	t.Helper()
+	g := &fakeGitHub{}
+	g.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || !strings.Contains(r.URL.Path, "/statuses/") {
+			http.NotFound(w, r)
+			return
+		}
+		var st postedStatus
+		if err := json.NewDecoder(r.Body).Decode(&st); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		st.Path, st.Authorization, st.At = r.URL.Path, r.Header.Get("Authorization"), time.Now()
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		g.tries++
+		if g.answer != nil && !g.answer(g.tries, w) {
+			return
+		}
+		g.statuses = append(g.statuses, st)
+		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write([]byte(`{"state":"` + st.State + `"}`))
+	}))
+	t.Cleanup(g.srv.Close)
+	return g
+}
+
+// posted returns the statuses accepted so far and the requests made.
+func (g *fakeGitHub) posted() ([]postedStatus, int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.statuses), g.tries
+}
+
+// waitStatus waits for an accepted status of state and returns them all.
+func (g *fakeGitHub) waitStatus(t *testing.T, state string, within time.Duration) []postedStatus {
+	t.Helper()
+	var got []postedStatus
+	if !Eventually(within, func() bool {
+		got, _ = g.posted()
+		return slices.ContainsFunc(got, func(s postedStatus) bool { return s.State == state })
+	}) {
+		t.Fatalf("no %s status within %s; got %+v", state, within, got)
+	}
+	return got
 }

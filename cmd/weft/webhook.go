@@ -21,6 +21,7 @@ func webhookCommand(g *globals) *cobra.Command {
 	var (
 		fleet          fleetFlags
 		listen, gitDir string
+		publicURL      string
 	)
 	cmd := &cobra.Command{
 		Use:   "webhook",
@@ -40,6 +41,14 @@ is answered 202 "ignored"; a ping is answered 200.
 
 Pushes to branches and tags start runs (a deleted ref does not); pull
 requests opened, pushed to (synchronize) or reopened do, forks included.
+
+Commit statuses: the context weft/PIPELINE of the run's commit is set
+pending when its first stage starts and success, failure or error when it
+ends, through the repository's API base (GitHub Enterprise too) with its
+token. Statuses wait in the statuses stream, the latest per context, so a
+restart loses none and updates that pile up are sent once; 5xx answers
+are retried with backoff and jitter, rate limits (403/429) wait for
+retry-after or x-ratelimit-reset. A slow or failing API delays no run.
 
 ` + exitCodesHelp,
 		Example: "  weft webhook --server nats://ci:4222 --listen 0.0.0.0:8080",
@@ -66,8 +75,12 @@ requests opened, pushed to (synchronize) or reopened do, forks included.
 			mux.Handle("/webhook", webhook.NewHandler(b.JS, rs, g.logger()))
 			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
 			resolver := webhook.NewResolver(b.JS, rs, gitDir, g.logger())
+			reporter, err := webhook.NewReporter(ctx, b.JS, rs, publicURL, g.logger())
+			if err != nil {
+				return withCode(exitInfra, err)
+			}
 			var wg sync.WaitGroup
-			errc := make(chan error, 2)
+			errc := make(chan error, 3)
 			wg.Go(func() {
 				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 					errc <- err
@@ -76,6 +89,11 @@ requests opened, pushed to (synchronize) or reopened do, forks included.
 			rctx, stopResolver := context.WithCancel(ctx)
 			wg.Go(func() {
 				if err := resolver.Run(rctx); err != nil {
+					errc <- err
+				}
+			})
+			wg.Go(func() {
+				if err := reporter.Run(rctx); err != nil {
 					errc <- err
 				}
 			})
@@ -98,6 +116,7 @@ requests opened, pushed to (synchronize) or reopened do, forks included.
 	}
 	fleet.add(cmd)
 	cmd.Flags().StringVar(&listen, "listen", envOr("WEFT_WEBHOOK_LISTEN", "127.0.0.1:8080"), "address to serve deliveries on; port 0 picks a free one (env WEFT_WEBHOOK_LISTEN)")
+	cmd.Flags().StringVar(&publicURL, "public-url", os.Getenv("WEFT_PUBLIC_URL"), "base URL of weft's web UI: a commit status links to URL/runs/RUN (env WEFT_PUBLIC_URL)")
 	cmd.Flags().StringVar(&gitDir, "git-cache", "", "directory of the bare git caches the pipeline files are read from (default a temporary one)")
 	return cmd
 }
