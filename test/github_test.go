@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -203,7 +205,8 @@ type fakeGitHub struct {
 	srv *httptest.Server
 
 	mu       sync.Mutex
-	statuses []postedStatus
+	statuses []postedStatus // accepted
+	all      []postedStatus // every request
 	tries    int
 	answer   func(try int, w http.ResponseWriter) bool // false: answered with a refusal
 }
@@ -236,6 +239,7 @@ func startFakeGitHub(t *testing.T) *fakeGitHub {
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		g.tries++
+		g.all = append(g.all, st)
 		if g.answer != nil && !g.answer(g.tries, w) {
 			return
 		}
@@ -265,4 +269,78 @@ func (g *fakeGitHub) waitStatus(t *testing.T, state string, within time.Duration
 		t.Fatalf("no %s status within %s; got %+v", state, within, got)
 	}
 	return got
+}
+
+// requests returns every status request of context.
+func (g *fakeGitHub) requests(context string) []postedStatus {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []postedStatus
+	for _, st := range g.all {
+		if st.Context == context {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// A status API that answers 403 with a rate-limit reset gets the status
+// after the reset, without delaying the run; 50 rapid updates of one
+// context while it refuses are sent as far fewer requests, the latest
+// last.
+func TestCommitStatusesWaitOutARateLimitAndCoalesce(t *testing.T) {
+	t.Parallel()
+	repoDir, sha := gitRepo(t, map[string]string{".weft.yml": "name: app\nstages:\n  - key: build\n    commands: [echo quick]\n"})
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url)
+	f.agent(t, "agent-rl", "--queue", "main")
+	api := startFakeGitHub(t)
+	// Refused until the reset, a few seconds off (in whole seconds, as
+	// GitHub gives it).
+	reset := time.Now().Add(3 * time.Second).Truncate(time.Second).Add(time.Second)
+	api.answer = func(_ int, w http.ResponseWriter) bool {
+		if time.Now().Before(reset) {
+			w.Header().Set("X-RateLimit-Limit", "5000")
+			w.Header().Set("X-RateLimit-Remaining", "0")
+			w.Header().Set("X-RateLimit-Reset", strconv.FormatInt(reset.Unix(), 10))
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"message":"API rate limit exceeded"}`))
+			return false
+		}
+		return true
+	}
+	url := startBridge(t, f, "acme/app", repoDir, api.srv.URL)
+	const id = "9a7a3b1e-cc78-11e3-81ab-4c9367dc0958"
+	if code := deliver(t, url, "push", id, "s3cr3t", githubPayload(t, "push.json", map[string]string{"__REPO__": "acme/app", "__SHA__": sha})); code != http.StatusAccepted {
+		t.Fatalf("delivery answered %d", code)
+	}
+	// 50 updates of one context at once, as the reporter queues them.
+	for i := range 50 {
+		data, _ := json.Marshal(webhook.Status{Repo: "acme/app", Commit: sha, Context: "weft/burst", State: "pending", Description: fmt.Sprintf("step %d", i)})
+		if _, err := f.s.Bus.JS.Publish(context.Background(), subjects.Status("acme/app", sha, "weft/burst"), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, _ := f.s.Wait(t, triggerRun(t, f.s, webhook.TriggerID(id)))
+	if r.State != wire.RunSucceeded || !r.Finished.Before(reset) {
+		t.Fatalf("run %s finished at %s; want succeeded before the rate limit's reset at %s", r.State, r.Finished.Format(time.StampMilli), reset.Format(time.StampMilli))
+	}
+	got := api.waitStatus(t, "success", 60*time.Second)
+	if first := got[0]; first.At.Before(reset) {
+		t.Errorf("a status was accepted at %s, before the reset %s", first.At.Format(time.StampMilli), reset.Format(time.StampMilli))
+	}
+	if last := got[len(got)-1]; last.Context == "weft/app" && last.State != "success" {
+		t.Errorf("the last weft/app status is %s, want success", last.State)
+	}
+	var burst []postedStatus
+	if !Eventually(30*time.Second, func() bool {
+		burst = api.requests("weft/burst")
+		return len(burst) > 0 && burst[len(burst)-1].Description == "step 49" && burst[len(burst)-1].At.After(reset)
+	}) {
+		t.Fatalf("the burst's requests %+v: want the last one, step 49, sent after the reset", burst)
+	}
+	if len(burst) > 5 {
+		t.Errorf("50 updates of one context made %d requests, want far fewer", len(burst))
+	}
+	t.Logf("rate limit reset at %s; run finished %s before it; 50 updates of one context made %d requests", reset.Format(time.StampMilli), reset.Sub(r.Finished).Round(time.Millisecond), len(burst))
 }

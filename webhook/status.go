@@ -63,6 +63,10 @@ type Reporter struct {
 	targetURL string // prefix of a run's target URL; "" for none
 	log       zerolog.Logger
 	now       func() time.Time
+
+	mu      sync.Mutex
+	blocked map[string]time.Time // until when an API base's rate limit holds
+	stream  jetstream.Stream     // the statuses stream; set by Run
 }
 
 // NewReporter returns a reporter; a run's target URL is targetURL/runs/ID
@@ -73,7 +77,7 @@ func NewReporter(ctx context.Context, js jetstream.JetStream, rs *repos.Store, t
 		return nil, err
 	}
 	return &Reporter{js: js, repos: rs, runs: runs, http: &http.Client{Timeout: statusTimeout}, targetURL: strings.TrimRight(targetURL, "/"),
-		log: log.With().Str("component", "github-status").Logger(), now: time.Now}, nil
+		log: log.With().Str("component", "github-status").Logger(), now: time.Now, blocked: map[string]time.Time{}}, nil
 }
 
 // Run follows events and sends statuses until ctx ends.
@@ -91,6 +95,9 @@ func (r *Reporter) Run(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("webhook: status sender consumer: %w", err)
+	}
+	if r.stream, err = r.js.Stream(ctx, subjects.StatusesStream); err != nil {
+		return fmt.Errorf("webhook: stream %s: %w", subjects.StatusesStream, err)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { r.consume(ctx, events, r.onEvent) })
@@ -196,10 +203,25 @@ func (r *Reporter) send(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	delivered := uint64(1)
-	if meta, err := m.Metadata(); err == nil {
+	meta, err := m.Metadata()
+	if err == nil {
 		delivered = meta.NumDelivered
+		// A status a later one replaced (the stream keeps the latest of a
+		// context) is not sent: only the latest is.
+		if last, err := r.stream.GetLastMsgForSubject(ctx, m.Subject()); err == nil && last.Sequence != meta.Sequence.Stream {
+			_ = m.Ack()
+			return
+		}
+	}
+	// While the API's rate limit holds, nothing is sent to it.
+	if until := r.blockedUntil(repo.API()); until.After(r.now()) {
+		_ = m.NakWithDelay(until.Sub(r.now()))
+		return
 	}
 	wait, err := r.post(ctx, repo, st)
+	if err != nil && wait > 0 {
+		r.block(repo.API(), r.now().Add(wait))
+	}
 	switch {
 	case err == nil:
 		log.Debug().Msg("commit status posted")
@@ -216,6 +238,20 @@ func (r *Reporter) send(ctx context.Context, m jetstream.Msg) {
 		}
 		log.Info().Err(err).Dur("retry_in", wait).Msg("commit status deferred")
 		_ = m.NakWithDelay(min(wait, statusMaxDelay))
+	}
+}
+
+func (r *Reporter) blockedUntil(api string) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.blocked[api]
+}
+
+func (r *Reporter) block(api string, until time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if until.After(r.blocked[api]) {
+		r.blocked[api] = until
 	}
 }
 
