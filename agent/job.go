@@ -596,7 +596,7 @@ func (a *Agent) checkout(ctx context.Context, j *job, dir string, note func(stri
 		return nil
 	}
 	start := time.Now()
-	if err := gitsrc.Checkout(ctx, j.CloneURL, "", j.Commit, dir); err != nil {
+	if err := gitsrc.Checkout(ctx, j.CloneURL, j.Token, j.Commit, dir); err != nil {
 		return fmt.Errorf("check out %s: %w", j.Commit, err)
 	}
 	note(fmt.Sprintf("weft: workspace at %s (%s)", j.Commit, time.Since(start).Round(time.Millisecond)))

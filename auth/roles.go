@@ -38,7 +38,8 @@ const (
 	Operator Role = "operator"
 	// Viewer: read-only; streams' and consumers' information, run and
 	// stage documents, events, logs, artifacts and the registry. It
-	// cannot read jobs or triggers, publish, or pull from a job consumer.
+	// cannot read jobs, dead letters (with the tokens and secrets jobs
+	// carry) or triggers, publish, or pull from a job consumer.
 	Viewer Role = "viewer"
 )
 
@@ -280,7 +281,9 @@ func (g Grant) viewer(p *perms) {
 	p.api("CONSUMER", "MSG", "NEXT", "*", ">")
 	p.pub = append(p.pub, "$JS.FC.>")
 	p.sub = append(p.sub, subjects.AllEvents)
-	for _, s := range []string{subjects.JobsStream, subjects.TriggersStream} {
+	// Jobs and dead letters (copies of jobs) carry tokens and secrets; the
+	// repository settings hold them.
+	for _, s := range []string{subjects.JobsStream, subjects.TriggersStream, subjects.DLQStream, kvStream(subjects.ReposBucket)} {
 		for _, a := range p.apis {
 			p.deny = append(p.deny, a+".STREAM.MSG.GET."+s, a+".DIRECT.GET."+s, a+".DIRECT.GET."+s+".>",
 				a+".CONSUMER.CREATE."+s, a+".CONSUMER.CREATE."+s+".>", a+".CONSUMER.DURABLE.CREATE."+s+".>",

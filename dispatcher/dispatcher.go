@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/repos"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 )
@@ -88,6 +89,7 @@ type Dispatcher struct {
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	runs  *store
+	repos *repos.Store
 	dedup jetstream.KeyValue
 	wip   jetstream.KeyValue
 	// waiting is the stream of the runs waiting for admission.
@@ -160,9 +162,13 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: stream %s: %w", subjects.WaitingStream, err)
 	}
+	rs, err := repos.Open(ctx, b.JS)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: %w", err)
+	}
 	log := cfg.Logger.With().Str("component", "dispatcher").Logger()
 	return &Dispatcher{
-		cfg: cfg, nc: b.Conn, js: b.JS, runs: newStore(runs, log), dedup: dedup, wip: wip, waiting: waiting, limits: limits, log: log,
+		cfg: cfg, nc: b.Conn, js: b.JS, runs: newStore(runs, log), repos: rs, dedup: dedup, wip: wip, waiting: waiting, limits: limits, log: log,
 		leases: newLeaseView(),
 	}, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/repos"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -258,6 +259,9 @@ func (d *Dispatcher) publishJobs(ctx context.Context, r *wire.Run, keys []string
 	}
 	seqs := map[string]uint64{}
 	jobs := queuedJobs(r, keys)
+	if err := d.addRepoSecrets(ctx, r, jobs); err != nil {
+		return err
+	}
 	// Published at once, then every acknowledgement awaited: a run's root
 	// stages cost one round trip, not one each.
 	futures := make([]jetstream.PubAckFuture, len(jobs))
@@ -302,4 +306,34 @@ func (d *Dispatcher) publishJobs(ctx context.Context, r *wire.Run, keys []string
 		return changed
 	})
 	return err
+}
+
+// addRepoSecrets gives the jobs of a run from a repository (a webhook's)
+// what its settings keep out of run documents: the token that fetches a
+// private repository, and the secrets of trusted runs (never a fork's
+// pull request). Runs of no repository read nothing.
+func (d *Dispatcher) addRepoSecrets(ctx context.Context, r *wire.Run, jobs []wire.Job) error {
+	if r.CloneURL == "" || r.Repo == "" {
+		return nil
+	}
+	repo, err := d.repos.Get(ctx, r.Repo)
+	if errors.Is(err, repos.ErrNotFound) {
+		return nil // removed since: the fetch is anonymous, no secrets
+	}
+	if err != nil {
+		return err
+	}
+	for i := range jobs {
+		jobs[i].Token = repo.Token
+		if r.Untrusted {
+			continue
+		}
+		for k, v := range repo.Secrets {
+			if jobs[i].Env == nil {
+				jobs[i].Env = map[string]string{}
+			}
+			jobs[i].Env[k] = v
+		}
+	}
+	return nil
 }

@@ -35,6 +35,7 @@ func newRun(id string, t wire.Trigger, p *pipeline.Pipeline, seq uint64, now tim
 		Branch:       t.Branch,
 		Commit:       t.Commit,
 		CloneURL:     t.CloneURL,
+		Untrusted:    t.Untrusted,
 		File:         t.File,
 		Pipeline:     p,
 		PipelineName: p.Name,
@@ -400,9 +401,10 @@ func queuedJobs(r *wire.Run, keys []string) []wire.Job {
 			Stage:         *st,
 			Env:           wire.JobEnv(r.Pipeline, st, r.ID, r.Branch, r.Commit, s.Attempt),
 			NotBefore:     s.NotBefore,
-			CloneURL:      r.CloneURL,
-			Commit:        r.Commit,
 		})
+		if r.CloneURL != "" {
+			jobs[len(jobs)-1].CloneURL, jobs[len(jobs)-1].Commit = r.CloneURL, r.Commit
+		}
 	}
 	return jobs
 }

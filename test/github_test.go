@@ -344,3 +344,42 @@ func TestCommitStatusesWaitOutARateLimitAndCoalesce(t *testing.T) {
 	}
 	t.Logf("rate limit reset at %s; run finished %s before it; 50 updates of one context made %d requests", reset.Format(time.StampMilli), reset.Sub(r.Finished).Round(time.Millisecond), len(burst))
 }
+
+// Pull requests run on queue pr at the head commit; the repository's
+// secrets reach the stages of one from the repository itself and never
+// those of one from a fork.
+func TestPullRequestsRunOnQueuePRAndForksGetNoSecrets(t *testing.T) {
+	t.Parallel()
+	repoDir, sha := gitRepo(t, map[string]string{".weft.yml": "name: app\nstages:\n  - key: check\n    commands: ['echo \"key=${DEPLOY_KEY:-none}\"', git rev-parse HEAD]\n"})
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url)
+	f.agent(t, "agent-pr", "--queue", "pr")
+	api := startFakeGitHub(t)
+	url := startBridge(t, f, "acme/app", repoDir, api.srv.URL)
+	key := filepath.Join(t.TempDir(), "deploy.key")
+	if err := os.WriteFile(key, []byte("hunter2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res := RunWeft(t, weftBin, "", nil, "repo", "set", "acme/app", "--server", f.url, "--secret", "DEPLOY_KEY="+key); res.Code != 0 {
+		t.Fatalf("weft repo set --secret: exit %d: %s", res.Code, res.Stderr)
+	}
+	for _, c := range []struct {
+		id, headRepo, owner, fork, want string
+	}{
+		{"1b0c7a10-cc79-11e3-81ab-4c9367dc0958", "acme/app", "acme", "false", "key=hunter2"},
+		{"2c1d8b20-cc79-11e3-81ab-4c9367dc0958", "contributor/app", "contributor", "true", "key=none"},
+	} {
+		body := githubPayload(t, "pull_request.json", map[string]string{"__REPO__": "acme/app", "__SHA__": sha, "__HEAD_REPO__": c.headRepo, "__HEAD_OWNER__": c.owner, "__FORK__": c.fork})
+		if code := deliver(t, url, "pull_request", c.id, "s3cr3t", body); code != http.StatusAccepted {
+			t.Fatalf("pull request from %s answered %d", c.headRepo, code)
+		}
+		r, updates := f.s.Wait(t, triggerRun(t, f.s, webhook.TriggerID(c.id)))
+		lines := stageLines(updates)["check"]
+		if r.State != wire.RunSucceeded || r.Stage("check").Agent != "agent-pr" || r.Pipeline.Stage("check").Queue != "pr" {
+			t.Fatalf("pull request from %s: run %s on %s, queue %s; want succeeded on queue pr", c.headRepo, r.State, r.Stage("check").Agent, r.Pipeline.Stage("check").Queue)
+		}
+		if !slices.Contains(lines, c.want) || !slices.Contains(lines, sha) || r.Branch != "feature" {
+			t.Errorf("pull request from %s printed %q on branch %s; want %q and the head commit", c.headRepo, lines, r.Branch, c.want)
+		}
+	}
+}

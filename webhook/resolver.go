@@ -124,7 +124,7 @@ func (r *Resolver) resolve(ctx context.Context, d *wire.Delivery) error {
 	rule := repo.Rule(d.Kind)
 	t := wire.Trigger{
 		ID: TriggerID(d.ID), Repo: d.Repo, File: repo.Pipeline, Pipeline: string(text),
-		Branch: d.Branch, Commit: d.Commit, CloneURL: repo.CloneURL, Priority: rule.Priority, Queue: rule.Queue, Time: d.Time,
+		Branch: d.Branch, Commit: d.Commit, CloneURL: repo.CloneURL, Untrusted: d.Fork, Priority: rule.Priority, Queue: rule.Queue, Time: d.Time,
 	}
 	data, err := json.Marshal(t)
 	if err != nil {

@@ -65,6 +65,8 @@ type Run struct {
 	// CloneURL is where the stages fetch Commit from; empty runs them on
 	// an empty workspace.
 	CloneURL string `json:"clone_url,omitempty"`
+	// Untrusted is the trigger's: its stages get no secrets.
+	Untrusted bool `json:"untrusted,omitempty"`
 	// File is the pipeline file's name.
 	File string `json:"file"`
 	// PipelineName is the pipeline's name.

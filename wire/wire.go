@@ -28,6 +28,10 @@ type Trigger struct {
 	// workspace holds the repository at exactly that commit before their
 	// first command.
 	CloneURL string `json:"clone_url,omitempty"`
+	// Untrusted marks a trigger from outside the repository (a pull
+	// request from a fork): its stages get none of the repository's
+	// secrets.
+	Untrusted bool `json:"untrusted,omitempty"`
 	// Priority overrides the pipeline's priority when set.
 	Priority subjects.Tier `json:"priority,omitempty"`
 	// Queue, when set, replaces the pipeline's queue for the stages that
@@ -105,6 +109,10 @@ type Job struct {
 	// commit the workspace holds before the stage's first command.
 	CloneURL string `json:"clone_url,omitempty"`
 	Commit   string `json:"commit,omitempty"`
+	// Token authenticates the fetch of a private repository; the
+	// dispatcher adds it from the repository's settings, so it is in no
+	// run document.
+	Token string `json:"token,omitempty"`
 }
 
 // JobEnv returns the environment of a stage attempt: the pipeline's env,
