@@ -87,6 +87,11 @@ type Repo struct {
 	// APIBase is the GitHub API's base URL; default
 	// https://api.github.com (GitHub Enterprise: https://HOST/api/v3).
 	APIBase string `json:"api_base,omitempty"`
+	// HookID is the id of the repository's webhook on GitHub, for
+	// recovering the deliveries that failed while weft was down (the
+	// REST API lists a hook's deliveries of the last 3 days); 0 recovers
+	// nothing.
+	HookID int64 `json:"hook_id,omitempty"`
 	// Rules replace DefaultRules by kind.
 	Rules map[string]Rule `json:"rules,omitempty"`
 	// Secrets are variables (NAME=value) the stages of trusted runs get:

@@ -209,6 +209,8 @@ type fakeGitHub struct {
 	all      []postedStatus // every request
 	tries    int
 	answer   func(try int, w http.ResponseWriter) bool // false: answered with a refusal
+	// hooks serves the hook deliveries API when set; false: not its path.
+	hooks func(w http.ResponseWriter, r *http.Request) bool
 }
 
 // postedStatus is a status request as received.
@@ -226,6 +228,9 @@ func startFakeGitHub(t *testing.T) *fakeGitHub {
 	t.Helper()
 	g := &fakeGitHub{}
 	g.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if g.hooks != nil && g.hooks(w, r) {
+			return
+		}
 		if r.Method != http.MethodPost || !strings.Contains(r.URL.Path, "/statuses/") {
 			http.NotFound(w, r)
 			return
@@ -381,5 +386,163 @@ func TestPullRequestsRunOnQueuePRAndForksGetNoSecrets(t *testing.T) {
 		if !slices.Contains(lines, c.want) || !slices.Contains(lines, sha) || r.Branch != "feature" {
 			t.Errorf("pull request from %s printed %q on branch %s; want %q and the head commit", c.headRepo, lines, r.Branch, c.want)
 		}
+	}
+}
+
+// hookLog plays GitHub's record of a hook's deliveries: the list
+// (GET .../hooks/ID/deliveries) and redelivery (POST
+// .../deliveries/DID/attempts), which posts the delivery again to the
+// bridge, as GitHub does, and records how that went.
+type hookLog struct {
+	mu      sync.Mutex
+	entries []hookEntry // oldest first
+	bridge  string
+	asked   []string // GUIDs asked to redeliver
+}
+
+type hookEntry struct {
+	ID         int64     `json:"id"`
+	GUID       string    `json:"guid"`
+	Delivered  time.Time `json:"delivered_at"`
+	Redelivery bool      `json:"redelivery"`
+	Status     string    `json:"status"`
+	StatusCode int       `json:"status_code"`
+	Event      string    `json:"event"`
+	body       []byte
+}
+
+// record adds a delivery made at at with its outcome.
+func (h *hookLog) record(guid, event string, body []byte, code int, at time.Time, redelivery bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	status := "OK"
+	if code/100 != 2 {
+		status = fmt.Sprintf("Invalid HTTP Response: %d", code)
+	}
+	h.entries = append(h.entries, hookEntry{ID: int64(len(h.entries) + 1), GUID: guid, Delivered: at, Redelivery: redelivery, Status: status, StatusCode: code, Event: event, body: body})
+}
+
+func (h *hookLog) serve(t *testing.T, w http.ResponseWriter, r *http.Request) bool {
+	const prefix = "/repos/acme/app/hooks/77/deliveries"
+	if !strings.HasPrefix(r.URL.Path, prefix) {
+		return false
+	}
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == prefix:
+		h.mu.Lock()
+		list := slices.Clone(h.entries)
+		h.mu.Unlock()
+		slices.Reverse(list) // newest first, as GitHub lists them
+		_ = json.NewEncoder(w).Encode(list)
+	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/attempts"):
+		id, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, prefix+"/"), "/attempts"), 10, 64)
+		h.mu.Lock()
+		var e *hookEntry
+		for i := range h.entries {
+			if h.entries[i].ID == id {
+				e = &h.entries[i]
+			}
+		}
+		h.mu.Unlock()
+		if e == nil {
+			http.NotFound(w, r)
+			return true
+		}
+		h.mu.Lock()
+		h.asked = append(h.asked, e.GUID)
+		h.mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+		guid, event, body := e.GUID, e.Event, e.body
+		go func() {
+			code := deliverQuiet(h.bridge, event, guid, "s3cr3t", body)
+			h.record(guid, event, body, code, time.Now(), true)
+		}()
+	default:
+		http.NotFound(w, r)
+	}
+	return true
+}
+
+// deliverQuiet is deliver for a goroutine: no test to fail, the code (0
+// when the post failed).
+func deliverQuiet(url, event, id, secret string, body []byte) int {
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0
+	}
+	req.Header.Set("X-GitHub-Event", event)
+	req.Header.Set("X-GitHub-Delivery", id)
+	req.Header.Set("X-Hub-Signature-256", webhook.Sign(secret, body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// Deliveries that failed while the bridge was down are redelivered by a
+// recovery pass and run once each; one that succeeded is not, and a
+// second pass redelivers nothing.
+func TestRecoveryRedeliversWhatFailedWhileTheBridgeWasDown(t *testing.T) {
+	t.Parallel()
+	repoDir, sha := gitRepo(t, map[string]string{".weft.yml": "name: app\nstages:\n  - key: s\n    commands: [echo ran]\n"})
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url)
+	f.agent(t, "agent-rec", "--queue", "main")
+	hooks := &hookLog{}
+	api := startFakeGitHub(t)
+	api.hooks = func(w http.ResponseWriter, r *http.Request) bool { return hooks.serve(t, w, r) }
+	url := startBridge(t, f, "acme/app", repoDir, api.srv.URL)
+	hooks.bridge = url
+	if res := RunWeft(t, weftBin, "", nil, "repo", "set", "acme/app", "--server", f.url, "--hook-id", "77"); res.Code != 0 {
+		t.Fatalf("weft repo set --hook-id: %d %s", res.Code, res.Stderr)
+	}
+	body := githubPayload(t, "push.json", map[string]string{"__REPO__": "acme/app", "__SHA__": sha})
+	// One delivery made it; three came while the bridge was down.
+	okID := "0a000000-cc80-11e3-81ab-4c9367dc0958"
+	hooks.record(okID, "push", body, deliver(t, url, "push", okID, "s3cr3t", body), time.Now().Add(-time.Hour), false)
+	down := []string{"1a000000-cc80-11e3-81ab-4c9367dc0958", "2a000000-cc80-11e3-81ab-4c9367dc0958", "3a000000-cc80-11e3-81ab-4c9367dc0958"}
+	for i, id := range down {
+		hooks.record(id, "push", body, http.StatusBadGateway, time.Now().Add(-time.Duration(30-i)*time.Minute), false)
+	}
+	res := RunWeft(t, weftBin, "", nil, "webhook", "--recover", "--server", f.url)
+	if res.Code != 0 || !strings.Contains(res.Stdout, "acme/app: 4 deliveries in the last 3 days, 3 redelivered") {
+		t.Fatalf("weft webhook --recover: exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
+	}
+	ids := map[string]bool{}
+	for _, id := range append([]string{okID}, down...) {
+		ids[triggerRun(t, f.s, webhook.TriggerID(id))] = true
+	}
+	if len(ids) != 4 {
+		t.Errorf("4 deliveries started %d distinct runs", len(ids))
+	}
+	for id := range ids {
+		if r, _ := f.s.Wait(t, id); r.State != wire.RunSucceeded {
+			t.Errorf("run %s %s", id, r.State)
+		}
+	}
+	hooks.mu.Lock()
+	asked := slices.Clone(hooks.asked)
+	hooks.mu.Unlock()
+	slices.Sort(asked)
+	if !slices.Equal(asked, down) {
+		t.Errorf("asked to redeliver %v, want only the failed %v", asked, down)
+	}
+	// Once the redeliveries are recorded, a second pass has nothing to do.
+	if !Eventually(10*time.Second, func() bool {
+		hooks.mu.Lock()
+		defer hooks.mu.Unlock()
+		return len(hooks.entries) == 7
+	}) {
+		t.Fatal("the redeliveries were never recorded")
+	}
+	res = RunWeft(t, weftBin, "", nil, "webhook", "--recover", "--server", f.url)
+	if res.Code != 0 || !strings.Contains(res.Stdout, "4 deliveries in the last 3 days, 0 redelivered") {
+		t.Errorf("a second pass: exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
+	}
+	runs, _ := f.s.Bus.JS.KeyValue(context.Background(), subjects.RunsBucket)
+	if keys, _ := runs.Keys(context.Background()); len(keys) != 4 {
+		t.Errorf("%d runs, want 4: each delivery once", len(keys))
 	}
 }

@@ -42,6 +42,7 @@ func repoPutCommand(g *globals, verb string) *cobra.Command {
 		fleet                       fleetFlags
 		clone, secretFile, pipeline string
 		tokenFile, api              string
+		hookID                      int64
 		rules, secrets              map[string]string
 	)
 	short := "Add a repository"
@@ -92,6 +93,9 @@ variable the stages of trusted runs get: never a fork's pull request.
 			if f.Changed("api-base") {
 				r.APIBase = api
 			}
+			if f.Changed("hook-id") {
+				r.HookID = hookID
+			}
 			if secretFile != "" {
 				if r.Secret, err = readSecret(secretFile); err != nil {
 					return withCode(exitUsage, fmt.Errorf("--secret-file: %w", err))
@@ -136,6 +140,7 @@ variable the stages of trusted runs get: never a fork's pull request.
 	f.StringVar(&pipeline, "pipeline", "", "the pipeline file's path in the repository (default .weft.yml)")
 	f.StringVar(&tokenFile, "token-file", "", "file holding a token for private clones and commit statuses (- for stdin)")
 	f.StringVar(&api, "api-base", "", "GitHub API base URL (default https://api.github.com; GitHub Enterprise: https://HOST/api/v3)")
+	f.Int64Var(&hookID, "hook-id", 0, "the repository's webhook id on GitHub, to recover deliveries that failed while weft was down")
 	f.StringToStringVar(&rules, "rule", nil, "KIND=QUEUE:PRIORITY for default_branch, branch, tag or pull_request (repeatable)")
 	f.StringToStringVar(&secrets, "secret", nil, "NAME=FILE: a variable trusted runs' stages get, read from FILE (repeatable)")
 	return cmd

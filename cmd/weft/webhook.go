@@ -22,6 +22,8 @@ func webhookCommand(g *globals) *cobra.Command {
 		fleet          fleetFlags
 		listen, gitDir string
 		publicURL      string
+		recoverOnce    bool
+		recoverEvery   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "webhook",
@@ -41,6 +43,13 @@ is answered 202 "ignored"; a ping is answered 200.
 
 Pushes to branches and tags start runs (a deleted ref does not); pull
 requests opened, pushed to (synchronize) or reopened do, forks included.
+
+Recovery: GitHub does not retry a failed delivery. For every repository
+with a hook id (weft repo set --hook-id) and a token, a pass lists the
+hook's deliveries of the last 3 days and asks GitHub to redeliver each
+whose every attempt failed (weft was down, or answered 5xx); the bridge
+stores a delivery once, so each runs once. A pass runs at start and every
+--recover-every; --recover runs one pass, prints what it did, and exits.
 
 Commit statuses: the context weft/PIPELINE of the run's commit is set
 pending when its first stage starts and success, failure or error when it
@@ -64,6 +73,24 @@ retry-after or x-ratelimit-reset. A slow or failing API delays no run.
 			if err != nil {
 				return withCode(exitInfra, err)
 			}
+			if recoverOnce {
+				recs, err := webhook.NewRecoverer(rs, g.logger()).Pass(ctx)
+				if err != nil {
+					return withCode(exitInfra, err)
+				}
+				failed := false
+				for _, rec := range recs {
+					fmt.Fprintln(g.stdout, rec.String())
+					failed = failed || rec.Error != ""
+				}
+				if len(recs) == 0 {
+					fmt.Fprintln(g.stderr, "weft: no repository has a hook id (weft repo set --hook-id): nothing to recover")
+				}
+				if failed {
+					return withCode(exitInfra, errors.New("recovery failed for some repositories"))
+				}
+				return nil
+			}
 			if gitDir == "" {
 				gitDir = filepath.Join(os.TempDir(), "weft-webhook-git")
 			}
@@ -80,13 +107,17 @@ retry-after or x-ratelimit-reset. A slow or failing API delays no run.
 				return withCode(exitInfra, err)
 			}
 			var wg sync.WaitGroup
+			rctx, stopResolver := context.WithCancel(ctx)
 			errc := make(chan error, 3)
+			if recoverEvery > 0 {
+				recoverer := webhook.NewRecoverer(rs, g.logger())
+				wg.Go(func() { recoverer.Run(rctx, recoverEvery) })
+			}
 			wg.Go(func() {
 				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 					errc <- err
 				}
 			})
-			rctx, stopResolver := context.WithCancel(ctx)
 			wg.Go(func() {
 				if err := resolver.Run(rctx); err != nil {
 					errc <- err
@@ -116,6 +147,8 @@ retry-after or x-ratelimit-reset. A slow or failing API delays no run.
 	}
 	fleet.add(cmd)
 	cmd.Flags().StringVar(&listen, "listen", envOr("WEFT_WEBHOOK_LISTEN", "127.0.0.1:8080"), "address to serve deliveries on; port 0 picks a free one (env WEFT_WEBHOOK_LISTEN)")
+	cmd.Flags().BoolVar(&recoverOnce, "recover", false, "run one recovery pass (see Recovery), print it, and exit")
+	cmd.Flags().DurationVar(&recoverEvery, "recover-every", 15*time.Minute, "how often a recovery pass runs while serving; 0 never")
 	cmd.Flags().StringVar(&publicURL, "public-url", os.Getenv("WEFT_PUBLIC_URL"), "base URL of weft's web UI: a commit status links to URL/runs/RUN (env WEFT_PUBLIC_URL)")
 	cmd.Flags().StringVar(&gitDir, "git-cache", "", "directory of the bare git caches the pipeline files are read from (default a temporary one)")
 	return cmd
