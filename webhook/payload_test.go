@@ -43,3 +43,40 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestParseKinds(t *testing.T) {
+	const sha = "7b3f2d9e4c1a5b6d8e0f1a2b3c4d5e6f7a8b9c0d"
+	push := func(ref string) []byte {
+		return []byte(`{"ref":"` + ref + `","after":"` + sha + `","repository":{"full_name":"a/b","default_branch":"main"},"sender":{"login":"o"}}`)
+	}
+	tests := []struct {
+		name, event string
+		body        []byte
+		kind        string
+		branch      string
+		err         error
+	}{
+		{"default branch", "push", push("refs/heads/main"), repos.KindDefaultBranch, "main", nil},
+		{"other branch", "push", push("refs/heads/feature/x"), repos.KindBranch, "feature/x", nil},
+		{"tag", "push", push("refs/tags/v1.2.0"), repos.KindTag, "v1.2.0", nil},
+		{"a note ref", "push", push("refs/notes/commits"), "", "", errIgnored},
+		{"short sha", "push", []byte(`{"ref":"refs/heads/main","after":"7b3f2d9","repository":{"full_name":"a/b"}}`), "", "", errMalformed},
+		{"deleted fork", "pull_request", []byte(`{"action":"reopened","number":3,"pull_request":{"head":{"ref":"f","sha":"` + sha + `","repo":null}},"repository":{"full_name":"a/b"}}`), repos.KindPullRequest, "f", nil},
+		{"labeled", "pull_request", []byte(`{"action":"labeled","number":3,"repository":{"full_name":"a/b"}}`), "", "", errIgnored},
+	}
+	for _, tt := range tests {
+		d, err := parse(tt.event, "id", tt.body)
+		if tt.err != nil {
+			if !errors.Is(err, tt.err) {
+				t.Errorf("%s: parse = %v, want %v", tt.name, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || d.Kind != tt.kind || d.Branch != tt.branch || d.Commit != sha {
+			t.Errorf("%s: parse = %+v, %v; want kind %s branch %s", tt.name, d, err, tt.kind, tt.branch)
+		}
+		if tt.name == "deleted fork" && !d.Fork {
+			t.Errorf("%s: a pull request whose head repository is gone is not marked a fork", tt.name)
+		}
+	}
+}
