@@ -26,9 +26,17 @@ const (
 	PolicyRefuse = "refuse"
 )
 
-// wipLimit returns the WIP limit of a repository token.
+// wipLimit returns the WIP limit of a repository token: the dispatcher's
+// --wip-repo for it, else its settings' (weft repo --wip), else the
+// default.
 func (d *Dispatcher) wipLimit(token string) int {
 	if n, ok := d.limits[token]; ok {
+		return n
+	}
+	d.repoMu.Lock()
+	n := d.repoWIP[token]
+	d.repoMu.Unlock()
+	if n > 0 {
 		return n
 	}
 	return d.cfg.WIPLimit

@@ -90,8 +90,12 @@ type Dispatcher struct {
 	js    jetstream.JetStream
 	runs  *store
 	repos *repos.Store
-	dedup jetstream.KeyValue
-	wip   jetstream.KeyValue
+	// repoWIP are the WIP limits repository settings give, by token;
+	// guarded by repoMu, kept by watchRepoWIP.
+	repoMu  sync.Mutex
+	repoWIP map[string]int
+	dedup   jetstream.KeyValue
+	wip     jetstream.KeyValue
 	// waiting is the stream of the runs waiting for admission.
 	waiting jetstream.Stream
 	log     zerolog.Logger
@@ -168,7 +172,7 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 	}
 	log := cfg.Logger.With().Str("component", "dispatcher").Logger()
 	return &Dispatcher{
-		cfg: cfg, nc: b.Conn, js: b.JS, runs: newStore(runs, log), repos: rs, dedup: dedup, wip: wip, waiting: waiting, limits: limits, log: log,
+		cfg: cfg, nc: b.Conn, js: b.JS, runs: newStore(runs, log), repos: rs, repoWIP: map[string]int{}, dedup: dedup, wip: wip, waiting: waiting, limits: limits, log: log,
 		leases: newLeaseView(),
 	}, nil
 }
@@ -212,6 +216,14 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	g.Go(func() error { return d.watchReleases(gctx) })
 	g.Go(func() error { return d.maintain(gctx) })
 	g.Go(func() error { return d.serveQueueOpens(gctx, openCh) })
+	g.Go(func() error {
+		return d.repos.WatchWIP(gctx, func(token string, wip int) {
+			d.repoMu.Lock()
+			d.repoWIP[token] = wip
+			d.repoMu.Unlock()
+			d.log.Debug().Str("repo_token", token).Int("wip", wip).Msg("repository WIP limit")
+		})
+	})
 	err = g.Wait()
 	if ctx.Err() != nil {
 		return nil

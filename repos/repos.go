@@ -87,6 +87,10 @@ type Repo struct {
 	// APIBase is the GitHub API's base URL; default
 	// https://api.github.com (GitHub Enterprise: https://HOST/api/v3).
 	APIBase string `json:"api_base,omitempty"`
+	// WIP is the repository's WIP limit, the runs of it in flight at
+	// once; 0 is the dispatchers' (--wip). A dispatcher's --wip-repo for
+	// it wins.
+	WIP int `json:"wip,omitempty"`
 	// HookID is the id of the repository's webhook on GitHub, for
 	// recovering the deliveries that failed while weft was down (the
 	// REST API lists a hook's deliveries of the last 3 days); 0 recovers
@@ -132,6 +136,9 @@ func (r *Repo) Validate() error {
 		if u, err := url.Parse(r.APIBase); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 			return fmt.Errorf("%w: %s: API base %q: want an http(s) URL", ErrInvalid, r.Name, r.APIBase)
 		}
+	}
+	if r.WIP < 0 {
+		return fmt.Errorf("%w: %s: WIP limit %d: want 0 (the dispatchers') or more", ErrInvalid, r.Name, r.WIP)
 	}
 	for kind, rule := range r.Rules {
 		if !slices.Contains(Kinds, kind) {
@@ -250,4 +257,34 @@ func (s *Store) List(ctx context.Context) ([]*Repo, error) {
 	}
 	slices.SortFunc(out, func(a, b *Repo) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
+}
+
+// WatchWIP calls fn with the WIP limit of each repository (by repository
+// token; 0 when its settings name none or were removed) as its settings
+// are, then as they change, until ctx ends.
+func (s *Store) WatchWIP(ctx context.Context, fn func(token string, wip int)) error {
+	w, err := s.kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("repos: watch: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil
+			}
+			if e == nil {
+				continue // the initial values are in
+			}
+			var r Repo
+			if e.Operation() != jetstream.KeyValuePut || json.Unmarshal(e.Value(), &r) != nil {
+				fn(e.Key(), 0)
+				continue
+			}
+			fn(e.Key(), r.WIP)
+		}
+	}
 }

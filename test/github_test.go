@@ -546,3 +546,60 @@ func TestRecoveryRedeliversWhatFailedWhileTheBridgeWasDown(t *testing.T) {
 		t.Errorf("%d runs, want 4: each delivery once", len(keys))
 	}
 }
+
+// weft repo manages settings (the secrets never shown, bad ones refused
+// naming the field), and a repository's WIP limit holds its second run
+// back while the first runs.
+func TestWeftRepoSettingsAndTheirWIPLimit(t *testing.T) {
+	t.Parallel()
+	g := newGate(t)
+	repoDir, sha := gitRepo(t, map[string]string{".weft.yml": "name: app\nstages:\n  - key: s\n    commands: ['while [ ! -f " + string(g) + " ]; do sleep 0.02; done']\n"})
+	f := startFleet(t)
+	startWeft(t, nil, "dispatcher", "--server", f.url, "--wip", "5")
+	f.agent(t, "agent-wip", "--queue", "main", "--slots", "2")
+	url := startBridge(t, f, "acme/app", repoDir, startFakeGitHub(t).srv.URL)
+
+	res := RunWeft(t, weftBin, "", nil, "repo", "add", "acme/bad", "--server", f.url, "--clone-url", "ftp://x", "--secret-file", "/dev/null")
+	if res.Code != 2 {
+		t.Errorf("weft repo add with an empty secret: exit %d: %s", res.Code, res.Stderr)
+	}
+	secret := filepath.Join(t.TempDir(), "s")
+	if err := os.WriteFile(secret, []byte("x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res = RunWeft(t, weftBin, "", nil, "repo", "add", "acme/bad", "--server", f.url, "--clone-url", "ftp://x", "--secret-file", secret)
+	if res.Code != 2 || !strings.Contains(res.Stderr, `clone URL "ftp://x"`) {
+		t.Errorf("weft repo add with an ftp clone URL: exit %d: %s", res.Code, res.Stderr)
+	}
+	if res := RunWeft(t, weftBin, "", nil, "repo", "set", "acme/app", "--server", f.url, "--wip", "1"); res.Code != 0 {
+		t.Fatalf("weft repo set --wip: %d %s", res.Code, res.Stderr)
+	}
+	res = RunWeft(t, weftBin, "", nil, "repo", "ls", "--server", f.url, "--json")
+	if res.Code != 0 || !strings.Contains(res.Stdout, `"name":"acme/app"`) || strings.Contains(res.Stdout, "s3cr3t") || strings.Contains(res.Stdout, "gh-token") {
+		t.Errorf("weft repo ls --json: exit %d: %s", res.Code, res.Stdout)
+	}
+
+	body := githubPayload(t, "push.json", map[string]string{"__REPO__": "acme/app", "__SHA__": sha})
+	first, second := "5a000000-cc81-11e3-81ab-4c9367dc0958", "6a000000-cc81-11e3-81ab-4c9367dc0958"
+	deliver(t, url, "push", first, "s3cr3t", body)
+	a := triggerRun(t, f.s, webhook.TriggerID(first))
+	waitFor(t, f.s, a, "running", func(r *wire.Run) bool { return r.Stage("s").State == wire.StageRunning })
+	deliver(t, url, "push", second, "s3cr3t", body)
+	b := triggerRun(t, f.s, webhook.TriggerID(second))
+	waitFor(t, f.s, b, "waiting for the WIP limit", func(r *wire.Run) bool { return r.Pending != nil && r.Pending.Reason == wire.PendingWIP })
+	g.open(t)
+	for _, id := range []string{a, b} {
+		if r, _ := f.s.Wait(t, id); r.State != wire.RunSucceeded {
+			t.Errorf("run %s %s", id, r.State)
+		}
+	}
+	if res := RunWeft(t, weftBin, "", nil, "repo", "rm", "acme/app", "--server", f.url); res.Code != 0 {
+		t.Errorf("weft repo rm: %d %s", res.Code, res.Stderr)
+	}
+	if code := deliver(t, url, "push", "7a000000-cc81-11e3-81ab-4c9367dc0958", "s3cr3t", body); code != http.StatusNotFound {
+		t.Errorf("a delivery for a removed repository answered %d, want 404", code)
+	}
+	if res := RunWeft(t, weftBin, "", nil, "repo", "rm", "acme/app", "--server", f.url); res.Code != 2 {
+		t.Errorf("weft repo rm of a removed repository: exit %d", res.Code)
+	}
+}

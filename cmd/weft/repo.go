@@ -43,6 +43,7 @@ func repoPutCommand(g *globals, verb string) *cobra.Command {
 		clone, secretFile, pipeline string
 		tokenFile, api              string
 		hookID                      int64
+		wip                         int
 		rules, secrets              map[string]string
 	)
 	short := "Add a repository"
@@ -96,6 +97,9 @@ variable the stages of trusted runs get: never a fork's pull request.
 			if f.Changed("hook-id") {
 				r.HookID = hookID
 			}
+			if f.Changed("wip") {
+				r.WIP = wip
+			}
 			if secretFile != "" {
 				if r.Secret, err = readSecret(secretFile); err != nil {
 					return withCode(exitUsage, fmt.Errorf("--secret-file: %w", err))
@@ -140,6 +144,7 @@ variable the stages of trusted runs get: never a fork's pull request.
 	f.StringVar(&pipeline, "pipeline", "", "the pipeline file's path in the repository (default .weft.yml)")
 	f.StringVar(&tokenFile, "token-file", "", "file holding a token for private clones and commit statuses (- for stdin)")
 	f.StringVar(&api, "api-base", "", "GitHub API base URL (default https://api.github.com; GitHub Enterprise: https://HOST/api/v3)")
+	f.IntVar(&wip, "wip", 0, "the repository's WIP limit, runs in flight at once (0: the dispatchers' --wip)")
 	f.Int64Var(&hookID, "hook-id", 0, "the repository's webhook id on GitHub, to recover deliveries that failed while weft was down")
 	f.StringToStringVar(&rules, "rule", nil, "KIND=QUEUE:PRIORITY for default_branch, branch, tag or pull_request (repeatable)")
 	f.StringToStringVar(&secrets, "secret", nil, "NAME=FILE: a variable trusted runs' stages get, read from FILE (repeatable)")
