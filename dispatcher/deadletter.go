@@ -69,6 +69,7 @@ func (d *Dispatcher) handleDeadLetter(ctx context.Context, msg jetstream.Msg) er
 		return fmt.Errorf("delete dead job %d: %w", adv.StreamSeq, err)
 	}
 	log.Warn().Uint64("deliveries", adv.Deliveries).Msg("job dead-lettered")
+	d.cfg.Metrics.DeadLetters.WithLabelValues(job.Stage.Queue).Inc()
 	after, w, err := d.runs.update(ctx, job.RunID, []string{job.Stage.Key}, func(r *wire.Run) bool {
 		changed := deadLetter(r, job.Stage.Key, job.Attempt, fmt.Sprintf("its job was dead-lettered after %d deliveries (weft dlq replay runs it again)", adv.Deliveries), d.cfg.Now())
 		advance(r, d.cfg.Now())

@@ -11,10 +11,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/metrics"
 	"github.com/weft-ci/weft/repos"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
@@ -53,6 +55,9 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// Logger receives the dispatcher's logs.
 	Logger zerolog.Logger
+	// Metrics receives what the dispatcher counts (package metrics); nil
+	// counts on a registry nobody serves.
+	Metrics *metrics.Dispatcher
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -127,6 +132,9 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 	}
 	if cfg.RecheckInterval == 0 {
 		cfg.RecheckInterval = DefaultRecheckInterval
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewDispatcher(prometheus.NewRegistry())
 	}
 	if cfg.ReconcileInterval == 0 {
 		cfg.ReconcileInterval = DefaultReconcileInterval

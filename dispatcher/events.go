@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/metrics"
 	"github.com/weft-ci/weft/repos"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -134,9 +135,10 @@ func (d *Dispatcher) stageEvents(ctx context.Context, evs []wire.Event) error {
 			scope = append(scope, ev.Stage)
 		}
 	}
-	var resend []string // stages whose cancel notice goes again
+	var resend []string        // stages whose cancel notice goes again
+	var observed []observation // what the starts and finishes applied did
 	after, w, err := d.runs.update(ctx, runID, scope, func(r *wire.Run) bool {
-		resend = resend[:0]
+		resend, observed = resend[:0], observed[:0]
 		changed, more := false, false
 		now := d.cfg.Now()
 		for _, ev := range evs {
@@ -144,6 +146,11 @@ func (d *Dispatcher) stageEvents(ctx context.Context, evs []wire.Event) error {
 			changed = changed || v == applied
 			if v == recancel && !slices.Contains(resend, ev.Stage) {
 				resend = append(resend, ev.Stage)
+			}
+			if v == applied {
+				if o, ok := observe(r, ev); ok {
+					observed = append(observed, o)
+				}
 			}
 			// A start makes nothing ready; anything else (or a start
 			// redone on fresh documents) may.
@@ -156,6 +163,11 @@ func (d *Dispatcher) stageEvents(ctx context.Context, evs []wire.Event) error {
 	})
 	if err != nil {
 		return err
+	}
+	if after != nil {
+		for _, o := range observed {
+			o.count(d.cfg.Metrics)
+		}
 	}
 	if len(resend) > 0 {
 		if err := d.notifyCancel(runID, resend...); err != nil {
@@ -224,6 +236,7 @@ func (d *Dispatcher) afterUpdate(ctx context.Context, after *wire.Run, w wrote) 
 	}
 	if w.ended {
 		d.log.Info().Str("run_id", after.ID).Str("state", string(after.State)).Msg("run finished")
+		d.cfg.Metrics.RunDuration.WithLabelValues(string(after.State)).Observe(metrics.Seconds(after.Finished.Sub(after.Created)))
 		data, _ := json.Marshal(wire.Event{Type: wire.RunFinished, RunID: after.ID, Time: after.Finished, Message: string(after.State)})
 		if _, err := d.js.Publish(ctx, subjects.RunEvent(after.ID), data); err != nil {
 			return fmt.Errorf("publish run %s finished: %w", after.ID, err)
@@ -336,4 +349,39 @@ func (d *Dispatcher) addRepoSecrets(ctx context.Context, r *wire.Run, jobs []wir
 		}
 	}
 	return nil
+}
+
+// observation is what a start or finish applied to a stage did, for the
+// metrics.
+type observation struct {
+	ev            wire.Event
+	queue, tier   string
+	state         wire.StageState
+	queued, start time.Time
+	finished      time.Time
+}
+
+// observe reads what applying ev did to its stage in r.
+func observe(r *wire.Run, ev wire.Event) (observation, bool) {
+	s, st := r.Stage(ev.Stage), r.Pipeline.Stage(ev.Stage)
+	if s == nil || st == nil || (ev.Type != wire.Started && ev.Type != wire.Finished) {
+		return observation{}, false
+	}
+	return observation{ev: ev, queue: st.Queue, tier: string(r.Tier), state: s.State, queued: s.Queued, start: s.Started, finished: s.Finished}, true
+}
+
+// count adds an observation to the metrics: a start's queue time, a
+// finish's failure and, when the stage ended, its duration.
+func (o observation) count(m *metrics.Dispatcher) {
+	switch o.ev.Type {
+	case wire.Started:
+		m.StageQueue.WithLabelValues(o.queue, o.tier).Observe(metrics.Seconds(o.ev.Time.Sub(o.queued)))
+	case wire.Finished:
+		if o.ev.Category != wire.CategoryNone || o.ev.ExitCode != 0 {
+			m.StageFailures.WithLabelValues(o.queue, string(o.ev.Category)).Inc()
+		}
+		if o.state.Terminal() && !o.start.IsZero() {
+			m.StageDuration.WithLabelValues(o.queue, string(o.state)).Observe(metrics.Seconds(o.finished.Sub(o.start)))
+		}
+	}
 }

@@ -90,11 +90,13 @@ func (d *Dispatcher) handleTrigger(ctx context.Context, msg jetstream.Msg) error
 	r, p, refused := d.draft(t, seq)
 	if refused != nil {
 		log.Info().Str("reason", refused.Reason).Msg(refused.Error)
+		d.cfg.Metrics.Triggers.WithLabelValues("refused", refused.Reason).Inc()
 		return d.recordOutcome(ctx, key, *refused, subjects.TriggerDuplicates)
 	}
 	// A duplicate gets the first run's id.
 	if prior != nil {
 		log.Info().Str("run_id", prior.RunID).Msg("duplicate trigger")
+		d.cfg.Metrics.Triggers.WithLabelValues("deduped", "").Inc()
 		r.ID = prior.RunID
 		return d.createRun(ctx, r, p)
 	}
@@ -102,6 +104,7 @@ func (d *Dispatcher) handleTrigger(ctx context.Context, msg jetstream.Msg) error
 		return err
 	} else if refusal != nil {
 		log.Info().Str("reason", refusal.Reason).Msg(refusal.Error)
+		d.cfg.Metrics.Triggers.WithLabelValues("refused", refusal.Reason).Inc()
 		return d.recordOutcome(ctx, key, *refusal, subjects.TriggerDuplicates)
 	}
 	data, _ := json.Marshal(wire.Outcome{RunID: r.ID})
@@ -112,6 +115,7 @@ func (d *Dispatcher) handleTrigger(ctx context.Context, msg jetstream.Msg) error
 		// Another dispatcher took it in between: handle it as a duplicate.
 		return d.handleTrigger(ctx, msg)
 	}
+	d.cfg.Metrics.Triggers.WithLabelValues("admitted", "").Inc()
 	return d.createRun(ctx, r, p)
 }
 

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
+	"github.com/weft-ci/weft/metrics"
 	"github.com/weft-ci/weft/stagenet"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -187,10 +190,11 @@ when the file requires this process to authenticate.
 
 func dispatcherCommand(g *globals) *cobra.Command {
 	var (
-		fleet fleetFlags
-		cfg   dispatcher.Config
-		limit map[string]int
-		keep  time.Duration
+		fleet       fleetFlags
+		cfg         dispatcher.Config
+		limit       map[string]int
+		keep        time.Duration
+		metricsAddr string
 	)
 	cmd := &cobra.Command{
 		Use:   "dispatcher",
@@ -215,6 +219,16 @@ and restarted at any time.
 			}
 			cfg.WIPLimits = limit
 			cfg.Logger = g.logger()
+			if metricsAddr != "" {
+				reg := prometheus.NewRegistry()
+				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+				cfg.Metrics = metrics.NewDispatcher(reg)
+				stop, err := serveMetrics(ctx, g, reg, metricsAddr)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			d, err := dispatcher.New(ctx, b, cfg)
 			if err != nil {
 				return withCode(exitUsage, err)
@@ -228,6 +242,7 @@ and restarted at any time.
 	fleet.add(cmd)
 	f := cmd.Flags()
 	f.IntVar(&cfg.WIPLimit, "wip", 3, "runs of one repository in flight at once")
+	f.StringVar(&metricsAddr, "metrics", os.Getenv("WEFT_METRICS_LISTEN"), "serve Prometheus metrics on http://ADDR/metrics (queue time by queue and tier, triggers by outcome, stage and run durations, failures, dead letters); port 0 picks a free one (env WEFT_METRICS_LISTEN)")
 	f.DurationVar(&keep, "retention", 0, "how long runs, events, logs, dead letters and artifacts are kept (see Retention); 0 keeps what the streams have, 720h (30 days) for new ones")
 	f.StringToIntVar(&limit, "wip-repo", nil, "WIP limit of one repository, REPO=N (repeatable)")
 	f.StringVar(&cfg.WIPPolicy, "wip-policy", dispatcher.PolicyQueue, "above the WIP limit: queue (wait in order) or refuse (with a retry-after)")
