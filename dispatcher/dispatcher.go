@@ -189,7 +189,13 @@ func New(ctx context.Context, b *bus.Bus, cfg Config) (*Dispatcher, error) {
 // ctx is cancelled and every goroutine it started has returned, or the
 // first error that stops a consumer.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	triggers, err := d.js.CreateOrUpdateConsumer(ctx, subjects.TriggersStream, triggersConsumer())
+	tc := triggersConsumer()
+	// A paused intake (weft intake pause) stays paused across restarts:
+	// the update keeps the pause.
+	if c, err := d.js.Consumer(ctx, subjects.TriggersStream, tc.Durable); err == nil {
+		tc.PauseUntil = c.CachedInfo().Config.PauseUntil
+	}
+	triggers, err := d.js.CreateOrUpdateConsumer(ctx, subjects.TriggersStream, tc)
 	if err != nil {
 		return fmt.Errorf("dispatcher: triggers consumer: %w", err)
 	}
