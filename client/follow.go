@@ -58,6 +58,10 @@ const (
 	logQueue       = 8
 )
 
+// maxRewatch bounds how often a follow starts its run watch again when
+// the watch missed a run document a read finds.
+const maxRewatch = 3
+
 // Errors that Follow and Logs wrap.
 var (
 	// ErrNoRun: the run's document does not exist.
@@ -100,6 +104,7 @@ func follow(ctx context.Context, js jetstream.JetStream, runID, stage string, fn
 	}
 	defer stopHW()
 	defer func() { _ = hw.Stop() }()
+	rewatched := 0 // watches started again, see below
 	docs, logSubject := subjects.RunStages(runID), subjects.RunLogs(runID)
 	if stage != "" {
 		docs, logSubject = subjects.StageKey(runID, stage), subjects.Logs(runID, stage)
@@ -177,6 +182,19 @@ func follow(ctx context.Context, js jetstream.JetStream, runID, stage string, fn
 				return f.run, errors.New("client: run watch closed")
 			}
 			if e == nil && f.run == nil {
+				// The watch says the run has no document. It can say so
+				// of a document written while it started: a read decides.
+				if _, _, err := rs.Header(ctx, runID); !errors.Is(err, runstore.ErrNoRun) {
+					if rewatched >= maxRewatch || err != nil {
+						return nil, fmt.Errorf("follow run %s: %w", runID, errors.Join(ErrNoRun, err))
+					}
+					rewatched++
+					_ = hw.Stop()
+					if hw, err = rs.Runs().Watch(ctx, runID); err != nil {
+						return nil, fmt.Errorf("watch run %s: %w", runID, err)
+					}
+					continue
+				}
 				return nil, fmt.Errorf("follow run %s: %w", runID, ErrNoRun)
 			}
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
