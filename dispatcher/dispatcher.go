@@ -273,8 +273,6 @@ type handling struct {
 	// they came, those of different ones by up to workers at once.
 	partition func(jetstream.Msg) string
 	workers   int
-	// expiry bounds a pull request's wait; 0 is the client's default.
-	expiry time.Duration
 }
 
 // subjectToken returns a partition function naming a message by the
@@ -294,11 +292,7 @@ func subjectToken(i int) func(jetstream.Msg) string {
 // partitions, see handling), acks each one it accepted, and retries or
 // gives up the others as h says.
 func (d *Dispatcher) consumeWith(ctx context.Context, c jetstream.Consumer, h handling) error {
-	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(prefetch)}
-	if h.expiry > 0 {
-		opts = append(opts, jetstream.PullExpiry(h.expiry))
-	}
-	it, err := c.Messages(opts...)
+	it, err := c.Messages(jetstream.PullMaxMessages(prefetch))
 	if err != nil {
 		return fmt.Errorf("dispatcher: consume: %w", err)
 	}

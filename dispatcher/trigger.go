@@ -59,16 +59,8 @@ func (d *Dispatcher) triggerHandling() handling {
 		// order is their admission order); repositories at once.
 		partition: subjectToken(2),
 		workers:   workers,
-		// Pull requests made while the intake is paused wait out their
-		// expiry after a resume: a short one ends that wait sooner.
-		expiry: intakePullExpiry,
 	}
 }
-
-// intakePullExpiry is how long a dispatcher's pull request for triggers
-// waits: after weft intake resume, the waiting triggers are taken within
-// about that long.
-const intakePullExpiry = 3 * time.Second
 
 // handleTrigger takes one trigger: validate, dedup, create the run waiting
 // for admission (or refuse it: invalid, too large, or by policy), then
