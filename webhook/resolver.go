@@ -59,9 +59,14 @@ func (r *Resolver) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("webhook: deliveries consumer: %w", err)
 	}
+	return consume(ctx, c, r.log, r.handle)
+}
+
+// consume feeds c's messages to handle, one at a time, until ctx ends.
+func consume(ctx context.Context, c jetstream.Consumer, log zerolog.Logger, handle func(context.Context, jetstream.Msg)) error {
 	it, err := c.Messages()
 	if err != nil {
-		return fmt.Errorf("webhook: consume deliveries: %w", err)
+		return fmt.Errorf("webhook: consume: %w", err)
 	}
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
@@ -71,10 +76,10 @@ func (r *Resolver) Run(ctx context.Context) error {
 			return nil
 		}
 		if err != nil {
-			r.log.Warn().Err(err).Msg("next delivery")
+			log.Warn().Err(err).Msg("next message")
 			continue
 		}
-		r.handle(ctx, m)
+		handle(ctx, m)
 	}
 }
 

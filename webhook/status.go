@@ -100,31 +100,15 @@ func (r *Reporter) Run(ctx context.Context) error {
 		return fmt.Errorf("webhook: stream %s: %w", subjects.StatusesStream, err)
 	}
 	var wg sync.WaitGroup
-	wg.Go(func() { r.consume(ctx, events, r.onEvent) })
-	wg.Go(func() { r.consume(ctx, sender, r.send) })
+	run := func(c jetstream.Consumer, handle func(context.Context, jetstream.Msg)) {
+		if err := consume(ctx, c, r.log, handle); err != nil {
+			r.log.Error().Err(err).Msg("consume")
+		}
+	}
+	wg.Go(func() { run(events, r.onEvent) })
+	wg.Go(func() { run(sender, r.send) })
 	wg.Wait()
 	return nil
-}
-
-// consume feeds c's messages to handle until ctx ends.
-func (r *Reporter) consume(ctx context.Context, c jetstream.Consumer, handle func(context.Context, jetstream.Msg)) {
-	it, err := c.Messages()
-	if err != nil {
-		r.log.Error().Err(err).Msg("consume")
-		return
-	}
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	for {
-		m, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			continue
-		}
-		handle(ctx, m)
-	}
 }
 
 // onEvent turns an event of a run from a repository into its status.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/repos"
 	"github.com/weft-ci/weft/subjects"
 )
@@ -64,15 +66,11 @@ variable the stages of trusted runs get: never a fork's pull request.
 			"  weft repo set acme/app --rule pull_request=pr-fast:high",
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := fleet.open(cmd.Context(), g, "weft repo "+verb)
+			b, rs, err := openRepos(cmd.Context(), g, &fleet, "weft repo "+verb)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			rs, err := repos.Open(cmd.Context(), b.JS)
-			if err != nil {
-				return withCode(exitInfra, err)
-			}
 			r, err := rs.Get(cmd.Context(), args[0])
 			switch {
 			case verb == "add" && err == nil:
@@ -151,6 +149,21 @@ variable the stages of trusted runs get: never a fork's pull request.
 	return cmd
 }
 
+// openRepos connects to the fleet and opens its repository settings;
+// close the bus.
+func openRepos(ctx context.Context, g *globals, fleet *fleetFlags, name string) (*bus.Bus, *repos.Store, error) {
+	b, err := fleet.open(ctx, g, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	rs, err := repos.Open(ctx, b.JS)
+	if err != nil {
+		b.Close()
+		return nil, nil, withCode(exitInfra, err)
+	}
+	return b, rs, nil
+}
+
 // readSecret reads a secret from file (- for stdin), without its final
 // newline.
 func readSecret(file string) (string, error) {
@@ -182,15 +195,11 @@ func repoLsCommand(g *globals) *cobra.Command {
 		Long:  "ls lists the repositories' settings; secrets and tokens show as set or not.\n\n" + exitCodesHelp,
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			b, err := fleet.open(cmd.Context(), g, "weft repo ls")
+			b, rs, err := openRepos(cmd.Context(), g, &fleet, "weft repo ls")
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			rs, err := repos.Open(cmd.Context(), b.JS)
-			if err != nil {
-				return withCode(exitInfra, err)
-			}
 			list, err := rs.List(cmd.Context())
 			if err != nil {
 				return withCode(exitInfra, err)
@@ -243,15 +252,11 @@ func repoRmCommand(g *globals) *cobra.Command {
 		Long:  "rm removes a repository's settings.\n\n" + exitCodesHelp,
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := fleet.open(cmd.Context(), g, "weft repo rm")
+			b, rs, err := openRepos(cmd.Context(), g, &fleet, "weft repo rm")
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			rs, err := repos.Open(cmd.Context(), b.JS)
-			if err != nil {
-				return withCode(exitInfra, err)
-			}
 			if err := rs.Delete(cmd.Context(), args[0]); errors.Is(err, repos.ErrNotFound) {
 				return withCode(exitUsage, err)
 			} else if err != nil {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/weft-ci/weft/repos"
 	"github.com/weft-ci/weft/webhook"
 )
 
@@ -64,15 +63,11 @@ retry-after or x-ratelimit-reset. A slow or failing API delays no run.
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			b, err := fleet.open(ctx, g, "weft webhook")
+			b, rs, err := openRepos(ctx, g, &fleet, "weft webhook")
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			rs, err := repos.Open(ctx, b.JS)
-			if err != nil {
-				return withCode(exitInfra, err)
-			}
 			if recoverOnce {
 				recs, err := webhook.NewRecoverer(rs, g.logger()).Pass(ctx)
 				if err != nil {
