@@ -74,20 +74,11 @@ func githubPayload(t *testing.T, name string, fill map[string]string) []byte {
 // deliver posts a signed delivery and returns the status code.
 func deliver(t *testing.T, url, event, id, secret string, body []byte) int {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	code, err := postDelivery(url, event, id, secret, body)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("post delivery %s: %v", id, err)
 	}
-	req.Header.Set("X-GitHub-Event", event)
-	req.Header.Set("X-GitHub-Delivery", id)
-	req.Header.Set("X-Hub-Signature-256", webhook.Sign(secret, body))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
+	return code
 }
 
 // startBridge adds repo (cloned from dir, its statuses posted to api) and
@@ -454,7 +445,7 @@ func (h *hookLog) serve(t *testing.T, w http.ResponseWriter, r *http.Request) bo
 		w.WriteHeader(http.StatusAccepted)
 		guid, event, body := e.GUID, e.Event, e.body
 		go func() {
-			code := deliverQuiet(h.bridge, event, guid, "s3cr3t", body)
+			code, _ := postDelivery(h.bridge, event, guid, "s3cr3t", body) // 0 when it failed
 			h.record(guid, event, body, code, time.Now(), true)
 		}()
 	default:
@@ -463,22 +454,23 @@ func (h *hookLog) serve(t *testing.T, w http.ResponseWriter, r *http.Request) bo
 	return true
 }
 
-// deliverQuiet is deliver for a goroutine: no test to fail, the code (0
-// when the post failed).
-func deliverQuiet(url, event, id, secret string, body []byte) int {
+// postDelivery posts a signed delivery, as GitHub does, and returns the
+// status code.
+func postDelivery(url, event, id, secret string, body []byte) (int, error) {
 	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	req.Header.Set("X-GitHub-Event", event)
 	req.Header.Set("X-GitHub-Delivery", id)
 	req.Header.Set("X-Hub-Signature-256", webhook.Sign(secret, body))
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	resp.Body.Close()
-	return resp.StatusCode
+	return resp.StatusCode, nil
 }
 
 // Deliveries that failed while the bridge was down are redelivered by a
