@@ -91,7 +91,9 @@ func (s *store) create(ctx context.Context, r *wire.Run) error {
 		return err
 	}
 	l := runstore.Assemble(r, r.Pipeline, func(string) (*wire.StageRun, uint64) { return nil, 0 })
-	s.remember(&view{run: l.Run, rev: rev, revs: l.Revs, header: encodeHeader(l.Run)})
+	// The cache keeps a copy: updates change a cached view in place,
+	// under the run's lock, and the caller goes on reading r without it.
+	s.remember(&view{run: clone(l.Run), rev: rev, revs: l.Revs, header: encodeHeader(l.Run)})
 	return nil
 }
 
