@@ -282,8 +282,9 @@ func (g Grant) viewer(p *perms) {
 	p.pub = append(p.pub, "$JS.FC.>")
 	p.sub = append(p.sub, subjects.AllEvents)
 	// Jobs and dead letters (copies of jobs) carry tokens and secrets; the
-	// repository settings hold them.
-	for _, s := range []string{subjects.JobsStream, subjects.TriggersStream, subjects.DLQStream, kvStream(subjects.ReposBucket)} {
+	// repository settings hold them, and the API tokens' bucket their
+	// hashes.
+	for _, s := range []string{subjects.JobsStream, subjects.TriggersStream, subjects.DLQStream, kvStream(subjects.ReposBucket), kvStream(subjects.TokensBucket)} {
 		for _, a := range p.apis {
 			p.deny = append(p.deny, a+".STREAM.MSG.GET."+s, a+".DIRECT.GET."+s, a+".DIRECT.GET."+s+".>",
 				a+".CONSUMER.CREATE."+s, a+".CONSUMER.CREATE."+s+".>", a+".CONSUMER.DURABLE.CREATE."+s+".>",

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,10 +44,18 @@ func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
 
 // TriggerID returns the id of a trigger that has no delivery id: the same
 // pipeline file, with the same content, of the same repository at the
-// same branch and commit is the same trigger. A file changed to fix it is
+// same branch and commit, with the same priority and variables, is the
+// same trigger. A file changed to fix it is
 // a new trigger, not a duplicate of the refused one.
 func TriggerID(t wire.Trigger) string {
-	sum := sha256.Sum256([]byte(strings.Join([]string{t.Repo, t.File, t.Branch, t.Commit, t.Pipeline}, "\x00")))
+	parts := []string{t.Repo, t.File, t.Branch, t.Commit, t.Pipeline}
+	if t.Priority != "" || len(t.Variables) > 0 {
+		parts = append(parts, string(t.Priority))
+		for _, k := range slices.Sorted(maps.Keys(t.Variables)) {
+			parts = append(parts, k+"="+t.Variables[k])
+		}
+	}
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
 	return "sha256-" + hex.EncodeToString(sum[:16])
 }
 

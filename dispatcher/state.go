@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -27,6 +28,21 @@ func newRun(id string, t wire.Trigger, p *pipeline.Pipeline, seq uint64, now tim
 			}
 		}
 		p.Queue = t.Queue
+	}
+	// The run's variables win over the pipeline's and each stage's env;
+	// they are in the run's spec with the rest of its pipeline.
+	if len(t.Variables) > 0 {
+		if p.Env == nil {
+			p.Env = map[string]string{}
+		}
+		maps.Copy(p.Env, t.Variables)
+		for i := range p.Stages {
+			for k, v := range t.Variables {
+				if _, ok := p.Stages[i].Env[k]; ok {
+					p.Stages[i].Env[k] = v
+				}
+			}
+		}
 	}
 	r := &wire.Run{
 		ID:           id,

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -176,6 +178,9 @@ func (d *Dispatcher) draft(t wire.Trigger, seq uint64) (*wire.Run, *pipeline.Pip
 	if err == nil && t.Queue != "" {
 		err = subjects.ValidateQueue(t.Queue)
 	}
+	if err == nil {
+		err = validateVariables(t.Variables)
+	}
 	if err != nil {
 		return nil, nil, &wire.Outcome{Error: err.Error(), Reason: wire.RefusedInvalid}
 	}
@@ -184,6 +189,20 @@ func (d *Dispatcher) draft(t wire.Trigger, seq uint64) (*wire.Run, *pipeline.Pip
 		return nil, nil, &wire.Outcome{Error: err.Error(), Reason: wire.RefusedInvalid}
 	}
 	return r, p, nil
+}
+
+// validateVariables checks a trigger's variable names: shell variable
+// names, none of them WEFT_ (those are weft's own).
+func validateVariables(vars map[string]string) error {
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
+		if !pipeline.ValidEnvName(k) {
+			return fmt.Errorf("variable %q: want a name of letters, digits and _, not starting with a digit", k)
+		}
+		if strings.HasPrefix(k, "WEFT_") {
+			return fmt.Errorf("variable %q: WEFT_ variables are weft's own", k)
+		}
+	}
+	return nil
 }
 
 // fits checks that what the run writes fits in one message with room for

@@ -162,3 +162,26 @@ func Checkout(ctx context.Context, cloneURL, token, commit, dir string) error {
 	}
 	return nil
 }
+
+// ErrNoRef is wrapped by Resolve's error when the repository has no such
+// branch.
+var ErrNoRef = errors.New("gitsrc: no such branch")
+
+var branchRE = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,200}$`)
+
+// Resolve returns the commit branch names in the repository at cloneURL,
+// as the remote has it now (git ls-remote).
+func Resolve(ctx context.Context, cloneURL, token, branch string) (string, error) {
+	if !branchRE.MatchString(branch) || strings.HasPrefix(branch, "-") || strings.Contains(branch, "..") {
+		return "", fmt.Errorf("%w: %q is not a branch name", ErrNoRef, branch)
+	}
+	out, err := git(ctx, "", authEnv(token), "ls-remote", "--", cloneURL, "refs/heads/"+branch)
+	if err != nil {
+		return "", fmt.Errorf("gitsrc: resolve %s of %s: %w", branch, redact(cloneURL), err)
+	}
+	sha, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\t")
+	if !commitRE.MatchString(sha) {
+		return "", fmt.Errorf("%w: %s in %s", ErrNoRef, branch, redact(cloneURL))
+	}
+	return sha, nil
+}

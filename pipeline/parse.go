@@ -920,3 +920,7 @@ func distance(a, b string, limit int) int {
 	}
 	return min(prev[len(b)], limit)
 }
+
+// ValidEnvName reports whether name can be an environment variable's
+// name, as an env: key must be.
+func ValidEnvName(name string) bool { return envNameRE.MatchString(name) }

@@ -75,8 +75,13 @@ type Repo struct {
 	// CloneURL is where agents fetch the commit from (https://, ssh://,
 	// git:// or file://).
 	CloneURL string `json:"clone_url"`
-	// Secret is the webhook secret deliveries are signed with.
-	Secret string `json:"secret"`
+	// Secret is the webhook secret deliveries are signed with; a
+	// repository without one takes no deliveries (its runs are started
+	// through the API or the CLI).
+	Secret string `json:"secret,omitempty"`
+	// DefaultBranch is the branch an API trigger naming none builds;
+	// default DefaultBranch.
+	DefaultBranch string `json:"default_branch,omitempty"`
 	// Pipeline is the pipeline file's path in the repository; default
 	// DefaultPipeline.
 	Pipeline string `json:"pipeline,omitempty"`
@@ -103,6 +108,10 @@ type Repo struct {
 	Secrets map[string]string `json:"secrets,omitempty"`
 }
 
+// DefaultBranch is the default branch of a repository whose settings name
+// none.
+const DefaultBranch = "main"
+
 // DefaultAPIBase is GitHub's API.
 const DefaultAPIBase = "https://api.github.com"
 
@@ -123,8 +132,8 @@ func (r *Repo) Validate() error {
 	if u.User != nil {
 		return fmt.Errorf("%w: %s: the clone URL carries credentials: give them as the token", ErrInvalid, r.Name)
 	}
-	if r.Secret == "" {
-		return fmt.Errorf("%w: %s: a webhook secret is required", ErrInvalid, r.Name)
+	if r.DefaultBranch == "" {
+		r.DefaultBranch = DefaultBranch
 	}
 	if r.Pipeline == "" {
 		r.Pipeline = DefaultPipeline

@@ -22,7 +22,6 @@ func TestSettingsAreValidatedStoredAndWatched(t *testing.T) {
 	}
 	for name, r := range map[string]repos.Repo{
 		"bad name":      {Name: "noslash", CloneURL: "https://x/y", Secret: "s"},
-		"no secret":     {Name: "a/b", CloneURL: "https://x/y"},
 		"user in URL":   {Name: "a/b", CloneURL: "https://u:p@x/y", Secret: "s"},
 		"escaping path": {Name: "a/b", CloneURL: "https://x/y", Secret: "s", Pipeline: "../etc/passwd"},
 		"bad rule":      {Name: "a/b", CloneURL: "https://x/y", Secret: "s", Rules: map[string]repos.Rule{"merge": {}}},
@@ -48,7 +47,7 @@ func TestSettingsAreValidatedStoredAndWatched(t *testing.T) {
 	if err := rs.Put(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := rs.Get(ctx, "acme/app"); err != nil || got.Pipeline != repos.DefaultPipeline || got.Rule(repos.KindPullRequest).Queue != "pr" {
+	if got, err := rs.Get(ctx, "acme/app"); err != nil || got.Pipeline != repos.DefaultPipeline || got.DefaultBranch != repos.DefaultBranch || got.Rule(repos.KindPullRequest).Queue != "pr" {
 		t.Errorf("Get = %+v, %v; want the default pipeline and rules", got, err)
 	}
 	if !test.Eventually(10*time.Second, func() bool {

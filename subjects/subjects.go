@@ -73,6 +73,9 @@ const (
 	// ReposBucket holds the repositories' settings, one key per
 	// repository token (RepoToken).
 	ReposBucket = "weft_repos"
+	// TokensBucket holds the HTTP API's tokens, one key per token: the
+	// SHA-256 of its secret (package tokens).
+	TokensBucket = "weft_tokens"
 	// ArtifactURLKey is the current signing key of artifact download
 	// URLs in KeysBucket; ArtifactURLPreviousKey the one it replaced,
 	// still accepted.
@@ -202,6 +205,21 @@ func QueueOpen(queue string) string { return queuesPrefix + "." + queue + ".open
 // weft.jobs.<queue>.<tier>.
 func Job(queue string, tier Tier) string {
 	return jobsPrefix + "." + queue + "." + string(tier)
+}
+
+// ParseJob returns the queue and tier of a job subject (Job), and false
+// for any other subject.
+func ParseJob(subject string) (string, Tier, bool) {
+	rest, ok := strings.CutPrefix(subject, jobsPrefix+".")
+	if !ok {
+		return "", "", false
+	}
+	queue, tier, ok := strings.Cut(rest, ".")
+	if !ok || strings.Contains(tier, ".") {
+		return "", "", false
+	}
+	t, err := ParseTier(tier)
+	return queue, t, err == nil
 }
 
 // Wake returns the subject a stored job on queue is republished to, with
@@ -592,6 +610,7 @@ func Buckets(keep time.Duration) []Bucket {
 		{Name: AgentsBucket, Description: "weft agent registry: one key per agent id, renewed while it runs", History: 1, TTL: AgentTTL},
 		{Name: KeysBucket, Description: "weft keys: artifact-url.current and .previous sign artifact download URLs", History: 1},
 		{Name: ReposBucket, Description: "weft repository settings: one key per repository (clone URL, webhook secret, pipeline path, rules)", History: 5},
+		{Name: TokensBucket, Description: "weft API tokens: one key per token, the SHA-256 of its secret; the value names its role", History: 1},
 		{Name: CacheIndexBucket, Description: "weft cache index: <repo>.<key hash> names a cache entry, created once; rewritten when used", History: 1, TTL: keep},
 	}
 }

@@ -69,6 +69,10 @@ func newServerLogging(t testing.TB, log zerolog.Logger) *server {
 	if err := rs.Put(ctx, &repos.Repo{Name: testRepo, CloneURL: "file:///nowhere", Secret: testSecret}); err != nil {
 		t.Fatal(err)
 	}
+	// A repository registered for API runs alone has no secret.
+	if err := rs.Put(ctx, &repos.Repo{Name: "acme/nosecret", CloneURL: "file:///nowhere"}); err != nil {
+		t.Fatal(err)
+	}
 	return &server{h: webhook.NewHandler(b.JS, rs, log), js: b.JS}
 }
 
@@ -114,6 +118,7 @@ func TestBadDeliveriesAreRefusedAndPublishNothing(t *testing.T) {
 	s := newServer(t)
 	push := payload(t, "push.json", nil)
 	other := payload(t, "push.json", map[string]string{"__REPO__": "stranger/repo"})
+	unsigned := payload(t, "push.json", map[string]string{"__REPO__": "acme/nosecret"})
 	huge := append(bytes.Repeat([]byte(" "), webhook.MaxBody), push...)
 	tests := []struct {
 		name, event string
@@ -125,6 +130,7 @@ func TestBadDeliveriesAreRefusedAndPublishNothing(t *testing.T) {
 		{"bad signature", "push", push, webhook.Sign("another secret", push), http.StatusUnauthorized, "refused"},
 		{"signature of another body", "push", push, webhook.Sign(testSecret, []byte("{}")), http.StatusUnauthorized, "refused"},
 		{"no signature", "push", push, "-", http.StatusUnauthorized, "refused"},
+		{"a repository without a secret", "push", unsigned, webhook.Sign("", unsigned), http.StatusUnauthorized, "refused"},
 		{"oversized body", "push", huge, "", http.StatusRequestEntityTooLarge, "refused"},
 		{"malformed JSON", "push", []byte(`{"ref": "refs/heads/main", "repository": {`), "", http.StatusBadRequest, "refused"},
 		{"JSON without a repository", "push", []byte(`{"ref": "refs/heads/main"}`), "", http.StatusBadRequest, "refused"},

@@ -32,6 +32,9 @@ type Trigger struct {
 	// request from a fork): its stages get none of the repository's
 	// secrets.
 	Untrusted bool `json:"untrusted,omitempty"`
+	// Variables are the run's own variables (NAME=value): every stage of
+	// the run gets them, over the pipeline's and the stage's env.
+	Variables map[string]string `json:"variables,omitempty"`
 	// Priority overrides the pipeline's priority when set.
 	Priority subjects.Tier `json:"priority,omitempty"`
 	// Queue, when set, replaces the pipeline's queue for the stages that

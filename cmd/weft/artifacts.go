@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path"
 	"path/filepath"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -252,26 +250,14 @@ func serveArtifacts(ctx context.Context, g *globals, b *bus.Bus, addr string, ke
 	if keep, err = bus.Retention(ctx, b.JS, keep); err != nil {
 		return nil, withCode(exitInfra, err)
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, withCode(exitUsage, fmt.Errorf("--http %s: %w", addr, err))
-	}
 	mux := http.NewServeMux()
 	mux.Handle(objectstore.URLPrefix, objectstore.Handler(store, keys, keep, time.Now))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			fmt.Fprintf(g.stderr, "weft: artifact downloads: %v\n", err)
-		}
-	})
-	fmt.Fprintf(g.stderr, "weft: artifact downloads on http://%s%s\n", ln.Addr(), objectstore.URLPrefix)
-	return func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-		wg.Wait()
-	}, nil
+	at, stop, err := serveHTTP(ctx, g, addr, "--http", "artifact downloads", mux)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(g.stderr, "weft: artifact downloads on http://%s%s\n", at, objectstore.URLPrefix)
+	return stop, nil
 }
 
 // openArtifacts checks an artifact's name (exit 2) and connects to the

@@ -41,12 +41,12 @@ commit statuses, and per kind of event the queue and priority of its runs:
 // repoPutCommand is weft repo add (a new repository) or set (change one).
 func repoPutCommand(g *globals, verb string) *cobra.Command {
 	var (
-		fleet                       fleetFlags
-		clone, secretFile, pipeline string
-		tokenFile, api              string
-		hookID                      int64
-		wip                         int
-		rules, secrets              map[string]string
+		fleet                                      fleetFlags
+		clone, secretFile, pipeline, defaultBranch string
+		tokenFile, api                             string
+		hookID                                     int64
+		wip                                        int
+		rules, secrets                             map[string]string
 	)
 	short := "Add a repository"
 	if verb == "set" {
@@ -88,6 +88,9 @@ variable the stages of trusted runs get: never a fork's pull request.
 			}
 			if f.Changed("pipeline") {
 				r.Pipeline = pipeline
+			}
+			if f.Changed("default-branch") {
+				r.DefaultBranch = defaultBranch
 			}
 			if f.Changed("api-base") {
 				r.APIBase = api
@@ -141,6 +144,7 @@ variable the stages of trusted runs get: never a fork's pull request.
 	f.StringVar(&secretFile, "secret-file", "", "file holding the webhook secret (- for stdin)")
 	f.StringVar(&pipeline, "pipeline", "", "the pipeline file's path in the repository (default .weft.yml)")
 	f.StringVar(&tokenFile, "token-file", "", "file holding a token for private clones and commit statuses (- for stdin)")
+	f.StringVar(&defaultBranch, "default-branch", "", "the branch an API trigger naming none builds (default main)")
 	f.StringVar(&api, "api-base", "", "GitHub API base URL (default https://api.github.com; GitHub Enterprise: https://HOST/api/v3)")
 	f.IntVar(&wip, "wip", 0, "the repository's WIP limit, runs in flight at once (0: the dispatchers' --wip)")
 	f.Int64Var(&hookID, "hook-id", 0, "the repository's webhook id on GitHub, to recover deliveries that failed while weft was down")
