@@ -96,14 +96,25 @@ func (a *API) routes() []route {
 		{"POST", "/api/queues/{queue}/pause", tokens.Operator, a.pauseQueue},
 		{"POST", "/api/queues/{queue}/resume", tokens.Operator, a.resumeQueue},
 		{"GET", "/api/agents", tokens.Viewer, a.agents},
+		{"POST", "/api/agents/{id}/drain", tokens.Operator, a.drainAgent},
+		{"POST", "/api/session", "", a.login},
+		{"DELETE", "/api/session", "", a.logout},
 	}
 }
 
-// Routes returns "METHOD PATH" of every operation, for the OpenAPI test.
-func (a *API) Routes() []string {
-	var out []string
+// Operation is one operation the API serves, for checking the OpenAPI
+// document against it.
+type Operation struct {
+	Method, Path string
+	// Role is the least role it needs; "" for none.
+	Role tokens.Role
+}
+
+// Operations returns every operation the API serves.
+func (a *API) Operations() []Operation {
+	var out []Operation
 	for _, rt := range a.routes() {
-		out = append(out, rt.Method+" "+rt.Path)
+		out = append(out, Operation{Method: rt.Method, Path: rt.Path, Role: rt.Role})
 	}
 	return out
 }
@@ -183,6 +194,37 @@ func bearer(r *http.Request) (string, bool) {
 func (a *API) openAPI(w http.ResponseWriter, _ *http.Request, _ *tokens.Token) {
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(OpenAPI)
+}
+
+// LoginRequest is the body of POST /api/session.
+type LoginRequest struct {
+	Token string `json:"token"`
+}
+
+// login checks a token and keeps it in the UI's cookie: HttpOnly, so no
+// script reads it, and SameSite=Strict, so no other site's page sends it.
+func (a *API) login(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
+	var req LoginRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	t, err := a.cfg.Tokens.Verify(r.Context(), strings.TrimSpace(req.Token))
+	if errors.Is(err, tokens.ErrUnknown) {
+		writeError(w, http.StatusUnauthorized, "token refused: %v", err)
+		return
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: strings.TrimSpace(req.Token), Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil, MaxAge: 30 * 24 * 3600})
+	writeJSON(w, http.StatusOK, map[string]any{"id": t.ID, "name": t.Name, "role": t.Role})
+}
+
+// logout drops the UI's cookie.
+func (a *API) logout(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
+	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (a *API) whoami(w http.ResponseWriter, _ *http.Request, who *tokens.Token) {

@@ -250,3 +250,17 @@ func (a *API) agents(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"agents": agents})
 }
+
+func (a *API) drainAgent(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
+	id := r.PathValue("id")
+	reply, err := client.DrainAgent(r.Context(), a.cfg.JS.Conn(), id)
+	if errors.Is(err, client.ErrNoAgent) {
+		writeError(w, http.StatusNotFound, "no agent %q answered", id)
+		return
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, reply)
+}

@@ -2,6 +2,7 @@
 # Installs and starts what the test suite needs beyond Go: containerd and
 # runc (Debian packages), a static busybox for the test image (Debian's
 # busybox-static), git, iproute2 and iptables (isolated stage networks),
+# chromium (the UI tests, driven by chromedp),
 # and a running containerd. Idempotent: it installs only
 # what is missing and starts containerd only when it does not answer.
 set -euo pipefail
@@ -15,7 +16,7 @@ fi
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
 missing=()
-for pkg in containerd runc busybox-static git iproute2 iptables; do
+for pkg in containerd runc busybox-static git iproute2 iptables chromium; do
 	installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

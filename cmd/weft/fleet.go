@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -20,12 +19,11 @@ import (
 	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/auth"
 	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/metrics"
 	"github.com/weft-ci/weft/stagenet"
-	"github.com/weft-ci/weft/subjects"
-	"github.com/weft-ci/weft/wire"
 )
 
 func serverCommand(g *globals) *cobra.Command {
@@ -361,15 +359,9 @@ stages the agent still runs.
 				return err
 			}
 			defer b.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
-			m, err := b.Conn.RequestWithContext(ctx, subjects.AgentDrain(args[0]), nil)
+			r, err := client.DrainAgent(cmd.Context(), b.Conn, args[0])
 			if err != nil {
-				return withCode(exitInfra, fmt.Errorf("drain agent %s: %w", args[0], err))
-			}
-			var r wire.DrainReply
-			if err := json.Unmarshal(m.Data, &r); err != nil {
-				return withCode(exitInfra, fmt.Errorf("drain agent %s: %w", args[0], err))
+				return withCode(exitInfra, err)
 			}
 			fmt.Fprintf(g.stdout, "agent %s draining; running %d stages %s\n", r.Agent, len(r.Running), strings.Join(r.Running, " "))
 			return nil

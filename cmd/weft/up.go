@@ -28,6 +28,7 @@ import (
 	"github.com/weft-ci/weft/objectstore"
 	"github.com/weft-ci/weft/repos"
 	"github.com/weft-ci/weft/tokens"
+	"github.com/weft-ci/weft/ui"
 	"github.com/weft-ci/weft/webhook"
 )
 
@@ -51,6 +52,7 @@ func upCommand(g *globals) *cobra.Command {
 across restarts; clients on --nats-listen), a dispatcher, --agents local
 agents, and one HTTP server on --listen serving:
 
+  /            the web UI (runs, a run's stages and live log, queues, agents)
   /api/...     the HTTP API (its OpenAPI document at /api/openapi.json)
   /metrics     Prometheus metrics
   /webhook     GitHub deliveries (weft repo add registers a repository)
@@ -150,6 +152,7 @@ func up(ctx context.Context, g *globals, c upConfig) error {
 	defer svc.stop()
 	fmt.Fprintf(g.stdout, "weft up: %s\n", svc.url)
 	fmt.Fprintf(g.stdout, "  nats:    %s (state in %s)\n", st.Bus.ClientURL(), c.state)
+	fmt.Fprintf(g.stdout, "  ui:      %s/\n", svc.url)
 	fmt.Fprintf(g.stdout, "  api:     %s/api (OpenAPI at %s/api/openapi.json)\n", svc.url, svc.url)
 	fmt.Fprintf(g.stdout, "  metrics: %s/metrics\n", svc.url)
 	fmt.Fprintf(g.stdout, "  webhook: %s/webhook\n", svc.url)
@@ -243,6 +246,7 @@ func startHTTP(ctx context.Context, g *globals, js jetstream.JetStream, c httpCo
 		return nil, withCode(exitInfra, err)
 	}
 	mux := http.NewServeMux()
+	mux.Handle("/", ui.Handler())
 	mux.Handle(objectstore.URLPrefix, objectstore.Handler(store, keys, keep, time.Now))
 	if c.metrics != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(c.metrics, promhttp.HandlerOpts{Registry: c.metrics}))
