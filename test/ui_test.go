@@ -61,7 +61,7 @@ func browser(t *testing.T) context.Context {
 // screenshot saves the page as name.png in dir and returns its path.
 func screenshot(t *testing.T, ctx context.Context, dir, name string) string {
 	t.Helper()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot %s: %v", name, err)
 	}

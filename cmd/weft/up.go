@@ -138,6 +138,7 @@ func up(ctx context.Context, g *globals, c upConfig) error {
 			log.Error().Err(err).Msg("weft up")
 		}
 	}()
+	reg.MustRegister(fleetCollector(st.Bus.JS))
 	token, fresh, err := adminToken(ctx, st.Bus.JS, filepath.Join(c.state, adminTokenFile))
 	if err != nil {
 		return withCode(exitInfra, err)
