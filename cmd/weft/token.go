@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/tokens"
 )
 
@@ -41,15 +43,11 @@ stored; the secret is printed once, when it is made.
 			if err != nil {
 				return withCode(exitUsage, err)
 			}
-			b, err := fleet.open(cmd.Context(), g, "weft token")
+			b, ts, err := openTokens(cmd.Context(), g, &fleet, "weft token")
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			ts, err := tokens.Open(cmd.Context(), b.JS)
-			if err != nil {
-				return withCode(exitInfra, err)
-			}
 			secret, t, err := ts.Create(cmd.Context(), args[0], r)
 			if errors.Is(err, tokens.ErrInvalid) {
 				return withCode(exitUsage, err)
@@ -74,15 +72,11 @@ stored; the secret is printed once, when it is made.
 		Short: "List the tokens (never their secrets)",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			b, err := lsFleet.open(cmd.Context(), g, "weft token ls")
+			b, ts, err := openTokens(cmd.Context(), g, &lsFleet, "weft token ls")
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			ts, err := tokens.Open(cmd.Context(), b.JS)
-			if err != nil {
-				return withCode(exitInfra, err)
-			}
 			all, err := ts.List(cmd.Context())
 			if err != nil {
 				return withCode(exitInfra, err)
@@ -110,15 +104,11 @@ stored; the secret is printed once, when it is made.
 		Short: "Revoke a token: every API server refuses it at once",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := rmFleet.open(cmd.Context(), g, "weft token revoke")
+			b, ts, err := openTokens(cmd.Context(), g, &rmFleet, "weft token revoke")
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			ts, err := tokens.Open(cmd.Context(), b.JS)
-			if err != nil {
-				return withCode(exitInfra, err)
-			}
 			if err := ts.Revoke(cmd.Context(), args[0]); errors.Is(err, tokens.ErrNotFound) {
 				return withCode(exitUsage, err)
 			} else if err != nil {
@@ -131,6 +121,21 @@ stored; the secret is printed once, when it is made.
 	rmFleet.add(revoke)
 	cmd.AddCommand(create, ls, revoke)
 	return cmd
+}
+
+// openTokens connects to the fleet and opens its API tokens; close the
+// bus.
+func openTokens(ctx context.Context, g *globals, fleet *fleetFlags, name string) (*bus.Bus, *tokens.Store, error) {
+	b, err := fleet.open(ctx, g, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	ts, err := tokens.Open(ctx, b.JS)
+	if err != nil {
+		b.Close()
+		return nil, nil, withCode(exitInfra, err)
+	}
+	return b, ts, nil
 }
 
 func apiCommand(g *globals) *cobra.Command {
