@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/metrics"
@@ -216,4 +217,17 @@ func (s *Fleet) Metrics() metrics.Fleet {
 		f.Repos = append(f.Repos, metrics.RepoLoad{Repo: cmp.Or(r.Repo, r.Token), WIPInUse: r.InUse, RunsWaiting: r.Waiting})
 	}
 	return f
+}
+
+// FleetCollector returns the collector of the fleet gauges (jobs, agents,
+// WIP and waiting runs) read from js with FleetStats on each scrape, each
+// read bounded by metrics.FleetTimeout.
+func FleetCollector(js jetstream.JetStream) prometheus.Collector {
+	return metrics.NewFleet(func(ctx context.Context) (metrics.Fleet, error) {
+		s, err := FleetStats(ctx, js)
+		if err != nil {
+			return metrics.Fleet{}, err
+		}
+		return s.Metrics(), nil
+	}, metrics.FleetTimeout)
 }

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
@@ -26,18 +25,6 @@ import (
 	"github.com/weft-ci/weft/metrics"
 	"github.com/weft-ci/weft/wire"
 )
-
-// fleetGauges returns the fleet collector as cmd/weft builds it
-// (fleetCollector): client.FleetStats turned into metrics.Fleet.
-func fleetGauges(js jetstream.JetStream) prometheus.Collector {
-	return metrics.NewFleet(func(ctx context.Context) (metrics.Fleet, error) {
-		s, err := client.FleetStats(ctx, js)
-		if err != nil {
-			return metrics.Fleet{}, err
-		}
-		return s.Metrics(), nil
-	}, metrics.FleetTimeout)
-}
 
 // gaugeValue returns the value of the series of fam whose labels are
 // exactly labels.
@@ -99,7 +86,7 @@ func TestFleetMetricsFollowTheStack(t *testing.T) {
 	t.Parallel()
 	s := StartStack(t, StackConfig{Dispatcher: dispatcher.Config{WIPLimit: 1}})
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(fleetGauges(s.Bus.JS))
+	reg.MustRegister(client.FleetCollector(s.Bus.JS))
 	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	t.Cleanup(srv.Close)
 	url := srv.URL + "/metrics"

@@ -20,6 +20,7 @@ import (
 	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/api"
 	"github.com/weft-ci/weft/bus"
+	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/container"
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/embedded"
@@ -138,7 +139,7 @@ func up(ctx context.Context, g *globals, c upConfig) error {
 			log.Error().Err(err).Msg("weft up")
 		}
 	}()
-	reg.MustRegister(fleetCollector(st.Bus.JS))
+	reg.MustRegister(client.FleetCollector(st.Bus.JS))
 	token, fresh, err := adminToken(ctx, st.Bus.JS, filepath.Join(c.state, adminTokenFile))
 	if err != nil {
 		return withCode(exitInfra, err)
