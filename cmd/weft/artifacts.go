@@ -250,14 +250,14 @@ func serveArtifacts(ctx context.Context, g *globals, b *bus.Bus, addr string, ke
 	if keep, err = bus.Retention(ctx, b.JS, keep); err != nil {
 		return nil, withCode(exitInfra, err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle(objectstore.URLPrefix, objectstore.Handler(store, keys, keep, time.Now))
-	at, stop, err := serveHTTP(ctx, g, addr, "--http", "artifact downloads", mux)
+	ln, err := listenHTTP(addr, "--http")
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(g.stderr, "weft: artifact downloads on http://%s%s\n", at, objectstore.URLPrefix)
-	return stop, nil
+	mux := http.NewServeMux()
+	mux.Handle(objectstore.URLPrefix, objectstore.Handler(store, keys, keep, time.Now))
+	fmt.Fprintf(g.stderr, "weft: artifact downloads on http://%s%s\n", ln.Addr(), objectstore.URLPrefix)
+	return serveHTTP(ctx, g, ln, "artifact downloads", mux), nil
 }
 
 // openArtifacts checks an artifact's name (exit 2) and connects to the

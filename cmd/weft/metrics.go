@@ -12,12 +12,12 @@ import (
 // serveMetrics serves reg's metrics on http://addr/metrics until the
 // returned stop is called.
 func serveMetrics(ctx context.Context, g *globals, reg *prometheus.Registry, addr string) (stop func(), err error) {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	at, stop, err := serveHTTP(ctx, g, addr, "--metrics", "metrics", mux)
+	ln, err := listenHTTP(addr, "--metrics")
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(g.stderr, "weft: metrics on http://%s/metrics\n", at)
-	return stop, nil
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	fmt.Fprintf(g.stderr, "weft: metrics on http://%s/metrics\n", ln.Addr())
+	return serveHTTP(ctx, g, ln, "metrics", mux), nil
 }

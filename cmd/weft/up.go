@@ -247,8 +247,23 @@ func startHTTP(ctx context.Context, g *globals, js jetstream.JetStream, c httpCo
 	if err != nil {
 		return nil, withCode(exitInfra, err)
 	}
+	// The API's links need the address: listen first.
+	ln, err := listenHTTP(c.listen, "--listen")
+	if err != nil {
+		return nil, err
+	}
+	base := c.publicURL
+	if base == "" {
+		base = "http://" + ln.Addr().String()
+	}
+	a, err := api.New(api.Config{JS: js, Tokens: ts, Repos: rs, Git: gitsrc.New(c.gitDir), BaseURL: base, Logger: c.log})
+	if err != nil {
+		_ = ln.Close()
+		return nil, withCode(exitInfra, err)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/", ui.Handler())
+	mux.Handle("/api/", a.Handler())
 	mux.Handle(objectstore.URLPrefix, objectstore.Handler(store, keys, keep, time.Now))
 	if c.metrics != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(c.metrics, promhttp.HandlerOpts{Registry: c.metrics}))
@@ -256,25 +271,8 @@ func startHTTP(ctx context.Context, g *globals, js jetstream.JetStream, c httpCo
 	if c.webhook {
 		mux.Handle("/webhook", webhook.NewHandler(js, rs, c.log))
 	}
-	// The API needs its own address for its links: serve first, then
-	// mount it.
-	var apiHandler http.Handler
-	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) { apiHandler.ServeHTTP(w, r) })
-	addr, stopHTTP, err := serveHTTP(ctx, g, c.listen, "--listen", "http", mux)
-	if err != nil {
-		return nil, err
-	}
-	base := c.publicURL
-	if base == "" {
-		base = "http://" + addr.String()
-	}
-	a, err := api.New(api.Config{JS: js, Tokens: ts, Repos: rs, Git: gitsrc.New(c.gitDir), BaseURL: base, Logger: c.log})
-	if err != nil {
-		stopHTTP()
-		return nil, withCode(exitInfra, err)
-	}
-	apiHandler = a.Handler()
-	svc := &httpService{url: "http://" + addr.String(), failed: make(chan struct{})}
+	stopHTTP := serveHTTP(ctx, g, ln, "http", mux)
+	svc := &httpService{url: "http://" + ln.Addr().String(), failed: make(chan struct{})}
 	wctx, stopWorkers := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	fail := func(err error) {
