@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -143,7 +142,7 @@ func repoLoads(leases []string, waiting map[string]uint64) []RepoLoad {
 	by := map[string]*RepoLoad{}
 	at := func(token string) *RepoLoad {
 		if by[token] == nil {
-			name, _ := repoName(token)
+			name, _ := subjects.RepoName(token)
 			by[token] = &RepoLoad{Repo: name, Token: token}
 		}
 		return by[token]
@@ -167,37 +166,6 @@ func repoLoads(leases []string, waiting map[string]uint64) []RepoLoad {
 	}
 	slices.SortFunc(out, func(a, b RepoLoad) int { return strings.Compare(a.Token, b.Token) })
 	return out
-}
-
-// repoName inverts subjects.RepoToken: "acme_2fapi" is "acme/api" and "_"
-// the empty name of local runs. It reports false for a string RepoToken
-// does not make.
-func repoName(token string) (string, bool) {
-	if token == "_" {
-		return "", true
-	}
-	if token == "" {
-		return "", false
-	}
-	var b strings.Builder
-	for i := 0; i < len(token); i++ {
-		c := token[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-':
-			b.WriteByte(c)
-		case c == '_' && i+2 < len(token):
-			n, err := strconv.ParseUint(token[i+1:i+3], 16, 8)
-			if err != nil {
-				return "", false
-			}
-			b.WriteByte(byte(n))
-			i += 2
-		default:
-			return "", false
-		}
-	}
-	name := b.String()
-	return name, subjects.RepoToken(name) == token // refuses "_2F", and "_61" for "a"
 }
 
 // Metrics returns the snapshot as the fleet gauges take it

@@ -350,6 +350,37 @@ func RepoToken(repo string) string {
 	return b.String()
 }
 
+// RepoName inverts RepoToken: "acme_2fapi" is "acme/api" and "_"
+// the empty name of local runs. It reports false for a string RepoToken
+// does not make.
+func RepoName(token string) (string, bool) {
+	if token == "_" {
+		return "", true
+	}
+	if token == "" {
+		return "", false
+	}
+	var b strings.Builder
+	for i := 0; i < len(token); i++ {
+		c := token[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-':
+			b.WriteByte(c)
+		case c == '_' && i+2 < len(token):
+			n, err := strconv.ParseUint(token[i+1:i+3], 16, 8)
+			if err != nil {
+				return "", false
+			}
+			b.WriteByte(byte(n))
+			i += 2
+		default:
+			return "", false
+		}
+	}
+	name := b.String()
+	return name, RepoToken(name) == token // refuses "_2F", and "_61" for "a"
+}
+
 // Tier is a priority tier. Agents take jobs from the highest non-empty tier.
 type Tier string
 

@@ -74,6 +74,15 @@ func TestJobStreamRepublishesToWakeSubjects(t *testing.T) {
 	t.Fatalf("no %s stream", JobsStream)
 }
 
+// RepoName refuses what RepoToken never makes.
+func TestRepoNameRefusesForeignTokens(t *testing.T) {
+	for _, tok := range []string{"", "a.b", "_2F", "_61", "_2", "a_zz"} {
+		if name, ok := RepoName(tok); ok {
+			t.Errorf("RepoName(%q) = %q, true; want false", tok, name)
+		}
+	}
+}
+
 // Names that differ only in '.', '/' or '_' are different repositories:
 // their tokens (and so their WIP slots and groups) must differ.
 func TestRepoTokenIsInjective(t *testing.T) {
@@ -87,6 +96,9 @@ func TestRepoTokenIsInjective(t *testing.T) {
 		seen[tok] = n
 		if strings.ContainsAny(tok, ".*> \t/") || tok == "" {
 			t.Errorf("RepoToken(%q) = %q: not a single subject token", n, tok)
+		}
+		if got, ok := RepoName(tok); !ok || got != n {
+			t.Errorf("RepoName(RepoToken(%q)) = %q, %v", n, got, ok)
 		}
 		if got := KeyRepoToken(LeaseKey(n, 2)); got != tok {
 			t.Errorf("KeyRepoToken(LeaseKey(%q)) = %q, want %q", n, got, tok)
