@@ -214,7 +214,7 @@ func invalid(w http.ResponseWriter, err error) {
 }
 
 // refused answers a dispatcher's refusal: 400 for an invalid trigger, 429
-// with Retry-After, the reason and the depth of the pipeline's queues for
+// with Retry-After, the reason and the jobs waiting in every queue for
 // a capacity refusal, 503 for a trigger given up on.
 func (a *API) refused(w http.ResponseWriter, r *http.Request, e *client.RefusedError, rp *repos.Repo) {
 	switch e.Reason {

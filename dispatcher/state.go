@@ -37,8 +37,8 @@ func newRun(id string, t wire.Trigger, p *pipeline.Pipeline, seq uint64, now tim
 		}
 		maps.Copy(p.Env, t.Variables)
 		for i := range p.Stages {
-			for k, v := range t.Variables {
-				if _, ok := p.Stages[i].Env[k]; ok {
+			for k := range p.Stages[i].Env {
+				if v, ok := t.Variables[k]; ok {
 					p.Stages[i].Env[k] = v
 				}
 			}

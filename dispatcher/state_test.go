@@ -1163,3 +1163,26 @@ func TestCancelStage(t *testing.T) {
 		}
 	})
 }
+
+// A trigger's variables win over the pipeline's env and a stage's, and
+// reach every stage's job environment; names weft keeps are refused.
+func TestTriggerVariablesWinOverEnv(t *testing.T) {
+	src := "name: v\nenv: {A: pipeline, B: pipeline}\nstages:\n  - key: s\n    env: {B: stage, C: stage}\n    commands: [true]\n"
+	trig := wire.Trigger{ID: "t", File: "p.yml", Pipeline: src, Variables: map[string]string{"B": "run", "C": "run", "D": "run"}}
+	r := newRun(testRunID, trig, parse(t, src), 0, t0)
+	st := r.Pipeline.Stage("s")
+	env := wire.JobEnv(r.Pipeline, st, r.ID, "", "", 1)
+	for k, want := range map[string]string{"A": "pipeline", "B": "run", "C": "run", "D": "run"} {
+		if env[k] != want {
+			t.Errorf("env %s = %q, want %q", k, env[k], want)
+		}
+	}
+	for _, vars := range []map[string]string{{"WEFT_RUN_ID": "x"}, {"1BAD": "x"}, {"A-B": "x"}} {
+		if err := validateVariables(vars); err == nil {
+			t.Errorf("validateVariables(%v) = nil, want an error", vars)
+		}
+	}
+	if err := validateVariables(map[string]string{"GOOD_1": "x"}); err != nil {
+		t.Errorf("validateVariables(GOOD_1) = %v", err)
+	}
+}
