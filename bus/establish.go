@@ -48,11 +48,15 @@ func Establish[T any](ctx context.Context, create func(context.Context) (T, erro
 
 // unanswered reports whether err says a JetStream request got no answer
 // (no responder, a timeout, a stream with no leader yet) rather than a
-// refusal.
+// refusal. A 503 comes as jetstream's APIError from most calls and as
+// nats's from the Object Store's reads, which subscribe through the
+// older API.
 func unanswered(err error) bool {
 	var apiErr *jetstream.APIError
+	var oldAPIErr *nats.APIError
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
 		errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
 		errors.Is(err, jetstream.ErrNoStreamResponse) ||
-		(errors.As(err, &apiErr) && apiErr.Code == 503)
+		(errors.As(err, &apiErr) && apiErr.Code == 503) ||
+		(errors.As(err, &oldAPIErr) && oldAPIErr.Code == 503)
 }

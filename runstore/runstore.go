@@ -39,6 +39,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/pipeline"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -141,7 +142,7 @@ func (s *Store) Spec(ctx context.Context, hash string) (*pipeline.Pipeline, erro
 	if p != nil {
 		return p, nil
 	}
-	data, err := s.specs.GetBytes(ctx, hash)
+	data, err := read(ctx, func(ctx context.Context) ([]byte, error) { return s.specs.GetBytes(ctx, hash) })
 	if err != nil {
 		return nil, fmt.Errorf("pipeline spec %s: %w", hash, err)
 	}
@@ -152,6 +153,18 @@ func (s *Store) Spec(ctx context.Context, hash string) (*pipeline.Pipeline, erro
 	p.Prepare()
 	s.remember(hash, time.Time{}, p)
 	return p, nil
+}
+
+// read does one read of a document, asking again while the server does
+// not answer: a cluster electing a bucket's leader drops requests, and
+// one dropped request would wait out all of ctx (bus.Establish). A read
+// changes nothing, so asking twice is safe; writes are not retried here.
+func read[T any](ctx context.Context, get func(context.Context) (T, error)) (T, error) {
+	v, done, err := bus.Establish(ctx, get)
+	if err == nil {
+		done()
+	}
+	return v, err
 }
 
 // remember records a stored spec's modification time, or its decoded
@@ -176,7 +189,7 @@ func (s *Store) remember(hash string, mod time.Time, p *pipeline.Pipeline) {
 // Header reads a run document alone (no pipeline, no stages) and its
 // revision. A missing run wraps ErrNoRun and jetstream.ErrKeyNotFound.
 func (s *Store) Header(ctx context.Context, id string) (*wire.Run, uint64, error) {
-	e, err := s.runs.Get(ctx, id)
+	e, err := read(ctx, func(ctx context.Context) (jetstream.KeyValueEntry, error) { return s.runs.Get(ctx, id) })
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, fmt.Errorf("run %s: %w (%w)", id, ErrNoRun, err)
 	}
@@ -209,7 +222,9 @@ func (s *Store) Stage(ctx context.Context, runID, key string) (*wire.StageRun, u
 // ReadStage reads one stage document from the stages bucket, as
 // Store.Stage does, for a reader (an agent) that may read no other.
 func ReadStage(ctx context.Context, stages jetstream.KeyValue, runID, key string) (*wire.StageRun, uint64, error) {
-	e, err := stages.Get(ctx, subjects.StageKey(runID, key))
+	e, err := read(ctx, func(ctx context.Context) (jetstream.KeyValueEntry, error) {
+		return stages.Get(ctx, subjects.StageKey(runID, key))
+	})
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, nil
 	}

@@ -85,3 +85,55 @@ func TestARunIsItsDocumentItsStagesAndItsSpec(t *testing.T) {
 		t.Errorf("Stage of nothing = %v, %d, %v", st, rev, err)
 	}
 }
+
+// A spec read that a cluster leaves unanswered while it has lost its
+// quorum is asked again, and returns once the cluster is back, inside
+// the caller's deadline: the read itself never waits out that deadline
+// on one dropped request.
+func TestASpecReadOutlastsAClusterWithoutQuorum(t *testing.T) {
+	c := test.StartCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	writer, err := runstore.Open(ctx, c.Member(0).JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pipeline.Parse("p.yml", []byte("name: p\nstages:\n  - {key: a, commands: [true]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := writer.StoreSpec(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A fresh store has no spec cached: its read goes to the cluster.
+	reader, err := runstore.Open(ctx, c.Member(0).JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stop(1)
+	c.Stop(2)
+
+	read := make(chan error, 1)
+	started := time.Now()
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, 45*time.Second)
+		defer cancel()
+		got, err := reader.Spec(rctx, hash)
+		if err == nil && got.Name != "p" {
+			err = errors.New("read pipeline " + got.Name + ", want p")
+		}
+		read <- err
+	}()
+	// The read has been asked of a member alone; bring its quorum back.
+	select {
+	case err := <-read:
+		t.Fatalf("the read returned while the cluster had no quorum: %v", err)
+	case <-time.After(3 * time.Second):
+	}
+	c.Start(1)
+	c.Start(2)
+	if err := <-read; err != nil {
+		t.Fatalf("read the spec after the quorum came back (%s after it was asked): %v", time.Since(started).Round(time.Second), err)
+	}
+}

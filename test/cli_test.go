@@ -237,7 +237,7 @@ func TestTriggerRefusedExitsWithRetryAfter(t *testing.T) {
 // server are refused with it.
 func TestWeftServerFromAConfigFile(t *testing.T) {
 	t.Parallel()
-	port := freePorts(t, 1)[0]
+	port := FreePorts(t, 1)[0]
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "nats.conf")
 	text := fmt.Sprintf("listen: 127.0.0.1:%d\nserver_name: from-file\njetstream { store_dir: %q }\n", port, filepath.Join(dir, "js"))

@@ -15,7 +15,7 @@ import (
 // the stage runs on and its result reaches the hub: one attempt.
 func TestAnEdgeAgentRunsHubStagesAcrossALeafRestart(t *testing.T) {
 	t.Parallel()
-	ports := freePorts(t, 2)
+	ports := FreePorts(t, 2)
 	leafPort, edgePort := ports[0], ports[1]
 	hub := startFleet(t, "--domain", "hub", "--leaf-listen", fmt.Sprintf("127.0.0.1:%d", leafPort))
 	startWeft(t, nil, "dispatcher", "--server", hub.url)
