@@ -443,6 +443,19 @@ func TestDeployDashboardAndAlertsMatchTheMetrics(t *testing.T) {
 			used[n] = true
 		}
 	}
+	// The SLI, stages started within 60 s, reads a bucket at 60 s itself.
+	sli := 0
+	for _, e := range exprs {
+		if strings.Contains(e.expr, "weft_stage_queue_seconds_bucket{le=") {
+			sli++
+			if !strings.Contains(e.expr, `weft_stage_queue_seconds_bucket{le="60"}`) {
+				t.Errorf("the SLI reads %s, want the le=\"60\" bucket", e.expr)
+			}
+		}
+	}
+	if sli == 0 {
+		t.Error("the dashboard has no SLI panel reading a queue-time bucket")
+	}
 	// The dashboard shows every fleet gauge.
 	for _, n := range []string{"weft_jobs_waiting", "weft_jobs_running", "weft_agents", "weft_wip_in_use", "weft_runs_waiting", "weft_triggers_total", "weft_dead_letters_total", "weft_stage_queue_seconds_bucket"} {
 		if !used[n] {

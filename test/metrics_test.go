@@ -35,7 +35,7 @@ func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 }
 
 // sample returns the metric of fam whose labels are labels: its counter
-// value, or its histogram's count.
+// or gauge value, or its histogram's count.
 func sample(fams map[string]*dto.MetricFamily, fam string, labels map[string]string) (float64, bool) {
 	f := fams[fam]
 	if f == nil {
@@ -53,6 +53,9 @@ func sample(fams map[string]*dto.MetricFamily, fam string, labels map[string]str
 		}
 		if h := m.GetHistogram(); h != nil {
 			return float64(h.GetSampleCount()), true
+		}
+		if g := m.GetGauge(); g != nil {
+			return g.GetValue(), true
 		}
 		return m.GetCounter().GetValue(), true
 	}
@@ -122,6 +125,10 @@ func TestMetricsCountQueueTimeAndRefusals(t *testing.T) {
 	}
 	if got, ok := sample(fams, "weft_triggers_total", map[string]string{"outcome": "refused", "reason": "backpressure"}); !ok || got < 1 {
 		t.Errorf("weft_triggers_total{refused,backpressure} = %v (found %v), want at least 1", got, ok)
+	}
+	// The fleet gauges are there too: the job nobody serves waits.
+	if got, ok := sample(fams, "weft_jobs_waiting", map[string]string{"queue": "nobody", "tier": "normal"}); !ok || got != 1 {
+		t.Errorf("weft_jobs_waiting{queue=nobody,tier=normal} = %v (found %v), want 1", got, ok)
 	}
 	if _, ok := fams["go_goroutines"]; !ok {
 		t.Error("no Go runtime metrics")

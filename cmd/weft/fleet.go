@@ -219,7 +219,8 @@ and restarted at any time.
 			cfg.Logger = g.logger()
 			if metricsAddr != "" {
 				reg := prometheus.NewRegistry()
-				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+					client.FleetCollector(b.JS))
 				cfg.Metrics = metrics.NewDispatcher(reg)
 				stop, err := serveMetrics(ctx, g, reg, metricsAddr)
 				if err != nil {
@@ -240,7 +241,7 @@ and restarted at any time.
 	fleet.add(cmd)
 	f := cmd.Flags()
 	f.IntVar(&cfg.WIPLimit, "wip", 3, "runs of one repository in flight at once")
-	f.StringVar(&metricsAddr, "metrics", os.Getenv("WEFT_METRICS_LISTEN"), "serve Prometheus metrics on http://ADDR/metrics (queue time by queue and tier, triggers by outcome, stage and run durations, failures, dead letters); port 0 picks a free one (env WEFT_METRICS_LISTEN)")
+	f.StringVar(&metricsAddr, "metrics", os.Getenv("WEFT_METRICS_LISTEN"), "serve Prometheus metrics on http://ADDR/metrics (queue time by queue and tier, triggers by outcome, stage and run durations, failures, dead letters, and the fleet gauges: jobs waiting and running, agents, WIP in use, runs waiting, the same from every dispatcher); port 0 picks a free one (env WEFT_METRICS_LISTEN)")
 	f.DurationVar(&keep, "retention", 0, "how long runs, events, logs, dead letters and artifacts are kept (see Retention); 0 keeps what the streams have, 720h (30 days) for new ones")
 	f.StringToIntVar(&limit, "wip-repo", nil, "WIP limit of one repository, REPO=N (repeatable)")
 	f.StringVar(&cfg.WIPPolicy, "wip-policy", dispatcher.PolicyQueue, "above the WIP limit: queue (wait in order) or refuse (with a retry-after)")
