@@ -181,11 +181,7 @@ func Cancel(ctx context.Context, js jetstream.JetStream, runID, reason string) e
 // running, its agent stops it. Its dependents are skipped, the other
 // stages go on, and the run ends cancelled unless a stage failed.
 func CancelStage(ctx context.Context, js jetstream.JetStream, runID, stage, reason string) error {
-	data, err := json.Marshal(wire.Event{Type: wire.CancelRequested, RunID: runID, Stage: stage, Time: time.Now(), Message: reason})
-	if err != nil {
-		return err
-	}
-	if _, err := js.Publish(ctx, subjects.RunEvent(runID), data); err != nil {
+	if err := ask(ctx, js, wire.Event{Type: wire.CancelRequested, RunID: runID, Stage: stage, Message: reason}); err != nil {
 		if stage != "" {
 			return fmt.Errorf("cancel stage %s of run %s: %w", stage, runID, err)
 		}

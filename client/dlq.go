@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -86,8 +85,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) (*DeadLette
 		return nil, fmt.Errorf("%w: %d is a dead trigger, not a job", ErrNoDeadLetter, seq)
 	}
 	dl := deadLetter(m)
-	data, _ := json.Marshal(wire.Event{Type: wire.ReplayRequested, RunID: dl.RunID, Stage: dl.Stage, Time: time.Now()})
-	if _, err := js.Publish(ctx, subjects.RunEvent(dl.RunID), data); err != nil {
+	if err := ask(ctx, js, wire.Event{Type: wire.ReplayRequested, RunID: dl.RunID, Stage: dl.Stage}); err != nil {
 		return nil, fmt.Errorf("replay %s/%s: %w", dl.RunID, dl.Stage, err)
 	}
 	if err := st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -85,15 +86,28 @@ func (d *Dispatcher) handleDeadLetter(ctx context.Context, msg jetstream.Msg) er
 // had ended waits for admission again, in its original arrival order, so
 // it holds a WIP slot and its group's lock while the stage runs.
 func (d *Dispatcher) replay(ctx context.Context, ev wire.Event) error {
+	return d.reopenRun(ctx, ev, "stage replayed", func(r *wire.Run, now time.Time) bool { return replayStage(r, ev.Stage, now) })
+}
+
+// retry runs an ended run again from the stages that did not succeed, on
+// an operator's request; it waits for admission again as a replayed run
+// does.
+func (d *Dispatcher) retry(ctx context.Context, ev wire.Event) error {
+	return d.reopenRun(ctx, ev, "run retried", retryRun)
+}
+
+// reopenRun applies reopen, a replay or a retry, to the run of ev; a run
+// it took back from its end is queued for admission again.
+func (d *Dispatcher) reopenRun(ctx context.Context, ev wire.Event, what string, reopen func(*wire.Run, time.Time) bool) error {
 	after, w, err := d.runs.update(ctx, ev.RunID, nil, func(r *wire.Run) bool {
-		changed := replayStage(r, ev.Stage, d.cfg.Now())
+		changed := reopen(r, d.cfg.Now())
 		advance(r, d.cfg.Now())
 		return changed
 	})
 	if err != nil || after == nil {
 		return err
 	}
-	d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Msg("stage replayed")
+	d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Msg(what)
 	if after.Lease == "" {
 		if err := d.queueForAdmission(ctx, after); err != nil {
 			return err
@@ -101,4 +115,38 @@ func (d *Dispatcher) replay(ctx context.Context, ev wire.Event) error {
 		return d.admit(ctx, subjects.RepoToken(after.Repo))
 	}
 	return d.afterUpdate(ctx, after, w)
+}
+
+// reprioritize moves a run that has not ended to the tier ev names:
+// its queued jobs are published again there and the ones they replace
+// deleted.
+func (d *Dispatcher) reprioritize(ctx context.Context, ev wire.Event) error {
+	tier, err := subjects.ParseTier(ev.Message)
+	if err != nil {
+		d.log.Error().Err(err).Str("run_id", ev.RunID).Msg("dropping a priority change to no tier")
+		return nil
+	}
+	var replaced []uint64
+	after, w, err := d.runs.update(ctx, ev.RunID, nil, func(r *wire.Run) bool {
+		var changed bool
+		replaced, changed = reprioritize(r, tier, d.cfg.Now())
+		return changed
+	})
+	if err != nil || after == nil {
+		return err
+	}
+	d.log.Info().Str("run_id", ev.RunID).Str("tier", string(tier)).Int("jobs_moved", len(replaced)).Msg("run moved to another tier")
+	if err := d.afterUpdate(ctx, after, w); err != nil {
+		return err
+	}
+	jobs, err := d.js.Stream(ctx, subjects.JobsStream)
+	if err != nil {
+		return fmt.Errorf("jobs stream: %w", err)
+	}
+	for _, seq := range replaced {
+		if err := jobs.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("delete job %d moved to tier %s: %w", seq, tier, err)
+		}
+	}
+	return nil
 }

@@ -72,6 +72,10 @@ func (d *Dispatcher) applyEvent(ctx context.Context, msg jetstream.Msg, ev wire.
 		err = d.stageEvents(ctx, []wire.Event{ev})
 	case wire.ReplayRequested:
 		err = d.replay(ctx, ev)
+	case wire.RetryRequested:
+		err = d.retry(ctx, ev)
+	case wire.PriorityRequested:
+		err = d.reprioritize(ctx, ev)
 	default:
 		return nil
 	}

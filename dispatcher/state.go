@@ -482,30 +482,75 @@ func replayStage(r *wire.Run, key string, now time.Time) bool {
 	if s == nil || s.State != wire.StageFailed || r.CancelReason != "" {
 		return false
 	}
+	reopen(r, now, func(st *wire.StageRun) bool { return st.Key == key || st.State == wire.StageSkipped },
+		"replayed: waiting for admission again")
+	return true
+}
+
+// retryRun runs an ended run again from the stages that did not succeed,
+// on an operator's request (weft retry, weft bulk requeue): its failed
+// and cancelled stages, and the stages they skipped, are pending again,
+// the cancel is forgotten, and the run waits for admission again in its
+// original arrival order, as a replayed one does. What succeeded is kept.
+// It returns false for a run that has not ended or that succeeded.
+func retryRun(r *wire.Run, now time.Time) bool {
+	if r.State != wire.RunFailed && r.State != wire.RunCancelled {
+		return false
+	}
+	r.CancelReason = ""
+	reopen(r, now, func(st *wire.StageRun) bool { return true }, "retried: waiting for admission again")
+	return true
+}
+
+// reopen makes pending again the stages that did not succeed and again
+// selects, and rewrites every stage that did not succeed with a new Epoch,
+// so that a dispatcher holding an older copy of one (that skipped it for
+// a failure run again now) cannot write it over this. A run that had
+// ended goes back to waiting for admission (queued with no lease, pending
+// says why); a live one is advanced, queueing what is ready.
+func reopen(r *wire.Run, now time.Time, again func(*wire.StageRun) bool, why string) {
 	r.Replays++
 	for i := range r.Stages {
 		if r.Stages[i].State == wire.StageSucceeded {
 			continue
 		}
 		st := r.Edit(i)
-		if st.State == wire.StageSkipped {
-			st.State, st.Message, st.Finished = wire.StagePending, "", time.Time{}
+		if st.State.Terminal() && again(st) {
+			st.State, st.Message, st.Category, st.ExitCode, st.Finished = wire.StagePending, "", wire.CategoryNone, -1, time.Time{}
+			st.Cancelling = false
 		}
-		if st.State != wire.StageSucceeded {
-			// Every stage that did not succeed is rewritten, so that a
-			// dispatcher holding an older copy of one (that skipped it
-			// for the failure replayed now) cannot write it over this.
-			st.Epoch = r.Replays
-		}
+		st.Epoch = r.Replays
 	}
-	s.State, s.Message, s.Category, s.ExitCode, s.Finished = wire.StagePending, "", wire.CategoryNone, -1, time.Time{}
 	if r.State.Terminal() {
 		r.State, r.Finished, r.Lease, r.Admitted = wire.RunQueued, time.Time{}, "", time.Time{}
-		r.Pending = &wire.Pending{Reason: wire.PendingAdmission, Detail: "replayed: waiting for admission again", Since: now}
-		return true
+		r.Pending = &wire.Pending{Reason: wire.PendingAdmission, Detail: why, Since: now}
+		return
 	}
 	advance(r, now)
-	return true
+}
+
+// reprioritize moves a run that has not ended to tier: the stages it
+// queues from now on go there, and each stage queued and not yet started
+// is queued again there as a new job. It returns the stream sequences of
+// the jobs so replaced (to delete: an agent that took one anyway finds
+// its stage names another job and drops it) and whether the run changed.
+func reprioritize(r *wire.Run, tier subjects.Tier, now time.Time) (replaced []uint64, changed bool) {
+	if r.State.Terminal() || r.CancelReason != "" || tierOf(r) == tier {
+		return nil, false
+	}
+	r.Tier = tier
+	for i := range r.Stages {
+		if r.Stages[i].State != wire.StageQueued {
+			continue
+		}
+		s := r.Edit(i)
+		if s.JobSeq != 0 {
+			replaced = append(replaced, s.JobSeq)
+		}
+		queueAttempt(s, now)
+		s.Message = clip("moved to tier " + string(tier))
+	}
+	return replaced, true
 }
 
 // lostJob is a job the reconcile loop found gone from the jobs stream:

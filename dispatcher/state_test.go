@@ -1186,3 +1186,106 @@ func TestTriggerVariablesWinOverEnv(t *testing.T) {
 		t.Errorf("validateVariables(GOOD_1) = %v", err)
 	}
 }
+
+// A retried run keeps what succeeded and runs again what failed, what was
+// cancelled and what they skipped; admitted again, it queues from there.
+// A run that has not ended, or that succeeded, is not retried.
+func TestRetryRun(t *testing.T) {
+	t.Run("failed", func(t *testing.T) {
+		r := startRun(t, diamond)
+		applyAt(r, finished("build", 1, 0, wire.CategoryNone), at(1))
+		applyAt(r, finished("lint", 1, 0, wire.CategoryNone), at(2))
+		applyAt(r, finished("test", 1, 2, wire.CategoryCommand), at(3))
+		if r.State != wire.RunFailed || r.Stage("package").State != wire.StageSkipped {
+			t.Fatalf("before the retry: run %s, stages %v", r.State, stageStates(r))
+		}
+		if !retryRun(r, at(4)) {
+			t.Fatal("retryRun on a failed run = false")
+		}
+		want := map[string]wire.StageState{"build": wire.StageSucceeded, "lint": wire.StageSucceeded, "test": wire.StagePending, "package": wire.StagePending}
+		if got := stageStates(r); !reflect.DeepEqual(got, want) {
+			t.Fatalf("after the retry: stages %v, want %v", got, want)
+		}
+		if r.State != wire.RunQueued || r.Lease != "" || r.Pending == nil || r.Pending.Reason != wire.PendingAdmission || !r.Finished.IsZero() {
+			t.Fatalf("after the retry: run %s lease %q pending %+v finished %v, want queued for admission", r.State, r.Lease, r.Pending, r.Finished)
+		}
+		if s := r.Stage("test"); s.ExitCode != -1 || s.Category != wire.CategoryNone || s.Epoch != r.Replays || r.Replays != 1 {
+			t.Fatalf("the retried stage: %+v (replays %d)", s, r.Replays)
+		}
+		if !admitRun(r, "lease._.0", at(5)) {
+			t.Fatal("the retried run could not be admitted")
+		}
+		if got := queuedKeys(r); !reflect.DeepEqual(got, []string{"test"}) {
+			t.Fatalf("admitted again, queued %v, want [test]", got)
+		}
+		if s := r.Stage("test"); s.Attempt != 2 || s.Job != 2 {
+			t.Fatalf("the retried stage's attempt %d job %d, want a new one (2)", s.Attempt, s.Job)
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		r := startRun(t, diamond)
+		if !cancel(r, "shed load", at(1)) || r.State != wire.RunCancelled {
+			t.Fatalf("cancel: run %s", r.State)
+		}
+		if !retryRun(r, at(2)) {
+			t.Fatal("retryRun on a cancelled run = false")
+		}
+		if r.CancelReason != "" || r.State != wire.RunQueued {
+			t.Fatalf("after the retry: run %s, cancel reason %q", r.State, r.CancelReason)
+		}
+		if !admitRun(r, "lease._.0", at(3)) {
+			t.Fatal("the retried run could not be admitted")
+		}
+		if got := queuedKeys(r); !reflect.DeepEqual(got, []string{"build"}) {
+			t.Fatalf("admitted again, queued %v, want [build]", got)
+		}
+	})
+	for _, tt := range []struct {
+		name string
+		evs  []wire.Event
+	}{
+		{"running", nil},
+		{"succeeded", []wire.Event{finished("build", 1, 0, wire.CategoryNone), finished("lint", 1, 0, wire.CategoryNone), finished("test", 1, 0, wire.CategoryNone), finished("package", 1, 0, wire.CategoryNone)}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := startRun(t, diamond)
+			for i, ev := range tt.evs {
+				applyAt(r, ev, at(i+1))
+			}
+			before := cloneRun(r)
+			if retryRun(r, at(9)) || !reflect.DeepEqual(r, before) {
+				t.Fatalf("retryRun on a %s run changed it", r.State)
+			}
+		})
+	}
+}
+
+// Moving a run to another tier queues its queued stages again as new jobs
+// (whose old jobs it returns) and leaves a running stage alone.
+func TestReprioritize(t *testing.T) {
+	const src = "name: two\nstages:\n  - key: a\n    commands: [make]\n  - key: b\n    commands: [make]\n"
+	r := startRun(t, src)
+	r.Stage("a").JobSeq, r.Stage("b").JobSeq = 7, 8
+	applyAt(r, started("a", 1), at(1))
+	replaced, changed := reprioritize(r, subjects.Critical, at(2))
+	if !changed || !reflect.DeepEqual(replaced, []uint64{8}) {
+		t.Fatalf("reprioritize = %v, %v; want [8] replaced", replaced, changed)
+	}
+	if r.Tier != subjects.Critical {
+		t.Fatalf("tier %q, want critical", r.Tier)
+	}
+	if a := r.Stage("a"); a.State != wire.StageRunning || a.Job != 1 {
+		t.Fatalf("the running stage changed: %+v", a)
+	}
+	if b := r.Stage("b"); b.State != wire.StageQueued || b.Job != 2 || b.JobSeq != 0 {
+		t.Fatalf("the queued stage: %+v, want queued again as job 2, unpublished", b)
+	}
+	if _, changed := reprioritize(r, subjects.Critical, at(3)); changed {
+		t.Fatal("moving a run to the tier it is at changed it")
+	}
+	cancel(r, "done", at(4))
+	applyAt(r, finished("a", 1, 0, wire.CategoryNone), at(5))
+	if _, changed := reprioritize(r, subjects.Low, at(6)); changed || r.Tier != subjects.Critical {
+		t.Fatalf("moving a %s run changed it (tier %q)", r.State, r.Tier)
+	}
+}

@@ -102,8 +102,9 @@ type Run struct {
 	Stages []StageRun `json:"stages,omitempty"`
 	// CancelReason says who cancelled the run.
 	CancelReason string `json:"cancel_reason,omitempty"`
-	// Replays counts the operator's replays of failed stages; each one
-	// rewrites every stage that did not succeed with it as Epoch.
+	// Replays counts the operator's replays of failed stages and retries
+	// of the run; each one rewrites every stage that did not succeed with
+	// it as Epoch.
 	Replays int `json:"replays,omitempty"`
 	// Created, Started and Finished time the run.
 	Created  time.Time `json:"created"`

@@ -153,6 +153,12 @@ const (
 	// ReplayRequested: someone asked for a dead-lettered stage to run
 	// again (Stage names it).
 	ReplayRequested EventType = "replay_requested"
+	// RetryRequested: someone asked for an ended run's stages that did
+	// not succeed to run again (weft retry, weft bulk requeue).
+	RetryRequested EventType = "retry_requested"
+	// PriorityRequested: someone asked for a run that has not ended to
+	// move to another tier (Message names it).
+	PriorityRequested EventType = "priority_requested"
 )
 
 // Category classifies why a stage failed.
