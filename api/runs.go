@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/gitsrc"
 	"github.com/weft-ci/weft/objectstore"
@@ -261,7 +262,7 @@ type RunList struct {
 
 // listRuns lists runs newest first, filtered by repo, state and branch, a
 // page at a time (limit, default 50, at most 500; cursor: the Next of the
-// previous page). It reads every run document once, with one watch.
+// previous page). It reads every run document once (bus.Values).
 func (a *API) listRuns(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
 	q := r.URL.Query()
 	limit := 50
@@ -279,30 +280,21 @@ func (a *API) listRuns(w http.ResponseWriter, r *http.Request, _ *tokens.Token) 
 		return
 	}
 	repo, branch, cursor := q.Get("repo"), q.Get("branch"), q.Get("cursor")
-	runs, err := a.cfg.JS.KeyValue(r.Context(), subjects.RunsBucket)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	watch, err := runs.WatchAll(r.Context(), jetstream.IgnoreDeletes())
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	defer func() { _ = watch.Stop() }()
 	var all []RunSummary
-	for e := range watch.Updates() {
-		if e == nil {
-			break
-		}
-		h, err := runstore.DecodeRun(e.Value())
+	err := bus.Values(r.Context(), a.cfg.JS, subjects.RunsBucket, func(_ string, value []byte) error {
+		h, err := runstore.DecodeRun(value)
 		if err != nil {
-			continue
+			return nil // not a run document
 		}
 		if (repo != "" && h.Repo != repo) || (branch != "" && h.Branch != branch) || (state != "" && h.State != state) || (cursor != "" && h.ID >= cursor) {
-			continue
+			return nil
 		}
 		all = append(all, a.summary(h))
+		return nil
+	})
+	if err != nil {
+		a.fail(w, r, err)
+		return
 	}
 	slices.SortFunc(all, func(x, y RunSummary) int { return strings.Compare(y.ID, x.ID) })
 	out := RunList{Runs: all}

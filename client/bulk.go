@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/pipeline"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
@@ -90,51 +91,40 @@ func (f RunFilter) Fields() map[string]string {
 }
 
 // SelectRuns returns the runs f selects at now, oldest first, each its
-// document alone (no stages). It reads every run document once, with one
-// watch of the runs bucket, and the pipeline of each distinct spec once
-// when f names a queue.
+// document alone (no stages). It reads every run document once
+// (bus.Values), and the pipeline of each distinct spec once when f names
+// a queue.
 func SelectRuns(ctx context.Context, js jetstream.JetStream, f RunFilter, now time.Time) ([]*wire.Run, error) {
 	rs, err := runstore.Open(ctx, js)
 	if err != nil {
 		return nil, err
 	}
-	runs, err := js.KeyValue(ctx, subjects.RunsBucket)
-	if err != nil {
-		return nil, fmt.Errorf("runs bucket: %w", err)
-	}
-	watch, err := runs.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("read runs: %w", err)
-	}
-	defer func() { _ = watch.Stop() }()
 	var out []*wire.Run
-	for e := range watch.Updates() {
-		if e == nil {
-			break
-		}
-		r, err := runstore.DecodeRun(e.Value())
+	err = bus.Values(ctx, js, subjects.RunsBucket, func(_ string, value []byte) error {
+		r, err := runstore.DecodeRun(value)
 		if err != nil {
-			continue
+			return nil // not a run document
 		}
 		if (f.Repo != "" && r.Repo != f.Repo) || (f.Branch != "" && r.Branch != f.Branch) ||
 			(f.Tier != "" && cmpTier(r.Tier) != f.Tier) ||
 			(len(f.States) > 0 && !slices.Contains(f.States, r.State)) ||
 			(f.OlderThan > 0 && now.Sub(r.Created) < f.OlderThan) {
-			continue
+			return nil
 		}
 		if f.Queue != "" {
 			p, err := rs.Spec(ctx, r.Spec)
 			if err != nil {
-				return nil, fmt.Errorf("run %s: %w", r.ID, err)
+				return fmt.Errorf("run %s: %w", r.ID, err)
 			}
 			if !slices.ContainsFunc(p.Stages, func(s pipeline.Stage) bool { return s.Queue == f.Queue }) {
-				continue
+				return nil
 			}
 		}
 		out = append(out, r)
-	}
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("read runs: %w", ctx.Err())
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortFunc(out, func(a, b *wire.Run) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
