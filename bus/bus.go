@@ -190,13 +190,28 @@ func Open(ctx context.Context, cfg Config) (*Bus, error) {
 	if b.server != nil {
 		return b, nil // startEmbedded saw JetStream on
 	}
-	// Fail here, not on the first publish, when JetStream is off.
+	// Fail here, not on the first publish, when JetStream is off. A leaf
+	// node whose hub link is not up yet, or a cluster electing its meta
+	// leader, answers "not enabled" or not at all for a moment: ask again
+	// until ConnectTimeout, then say what the server last said.
 	actx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
-	if _, err := js.AccountInfo(actx); err != nil {
+	var last error
+	_, done, err := Establish(actx, func(ctx context.Context) (*jetstream.AccountInfo, error) {
+		info, err := js.AccountInfo(ctx)
+		if err != nil {
+			last = err
+		}
+		return info, err
+	})
+	if err != nil {
 		b.Close()
+		if last != nil {
+			err = last
+		}
 		return nil, fmt.Errorf("%w: jetstream on %s: %v", ErrUnavailable, displayURL(url), err)
 	}
+	done()
 	return b, nil
 }
 

@@ -3,6 +3,7 @@ package bus_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -118,5 +119,36 @@ func TestOpenUnreachable(t *testing.T) {
 	_, err := bus.Open(ctx, bus.Config{URL: "nats://127.0.0.1:1", ConnectTimeout: time.Second})
 	if !errors.Is(err, bus.ErrUnavailable) {
 		t.Fatalf("Open(unreachable) = %v, want ErrUnavailable", err)
+	}
+}
+
+// A client of a leaf node that reaches its hub's streams (JSDomain) and
+// connects before the leaf's link to the hub is up is answered "jetstream
+// not enabled" at first: Open asks again and succeeds once the hub comes
+// (the edge agent of TestAnEdgeAgentRunsHubStagesAcrossALeafRestart exited
+// on that first answer).
+func TestOpenWaitsForALeafsHub(t *testing.T) {
+	ports := test.FreePorts(t, 2)
+	hubLeaf := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	test.BusWith(t, bus.Config{Listen: fmt.Sprintf("127.0.0.1:%d", ports[1]), ServerName: "edge", Domain: "edge",
+		Leaf: []string{"nats://" + hubLeaf}, Logger: test.Logger(t)})
+	opened := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		b, err := bus.Open(ctx, bus.Config{URL: fmt.Sprintf("nats://127.0.0.1:%d", ports[1]), JSDomain: "hub", ConnectTimeout: 20 * time.Second})
+		if err == nil {
+			b.Close()
+		}
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		t.Fatalf("Open returned before the hub was up: %v", err)
+	case <-time.After(time.Second): // long enough to have been answered "not enabled"
+	}
+	test.BusWith(t, bus.Config{ServerName: "hub", Domain: "hub", LeafListen: hubLeaf, Logger: test.Logger(t)})
+	if err := <-opened; err != nil {
+		t.Fatalf("Open through the leaf once its hub is up: %v", err)
 	}
 }
