@@ -165,7 +165,7 @@ type Agent struct {
 	mu        sync.Mutex                   // guards active, cancelled and lanes
 	lanes     map[string]string            // workspace by run id, of runs holding one here
 	active    map[string]map[*job]struct{} // running jobs by run id
-	cancelled map[string]time.Time         // runs cancelled recently, by notice time
+	cancelled map[string]cancelMark        // runs cancelled recently
 
 	// draining ends when the agent is to drain (Drain): take no job,
 	// finish those it runs, leave the registry, return.
@@ -253,7 +253,7 @@ func New(b *bus.Bus, cfg Config) (*Agent, error) {
 		process:   processExecutor{killGrace: cfg.KillGrace, baseEnv: hostEnv(cfg.Env, append(DefaultEnvAllow(), cfg.EnvAllow...))},
 		active:    map[string]map[*job]struct{}{},
 		changed:   make(chan struct{}, 1),
-		cancelled: map[string]time.Time{},
+		cancelled: map[string]cancelMark{},
 		lanes:     map[string]string{},
 		draining:  draining,
 		drain:     drain,

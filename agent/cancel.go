@@ -26,7 +26,7 @@ func (a *Agent) onCancel(m *nats.Msg) {
 		}
 	}
 	if len(n.Stages) == 0 {
-		a.cancelRun(runID)
+		a.cancelRun(runID, n.Epoch)
 		return
 	}
 	a.cancelStages(runID, n.Stages)
@@ -44,18 +44,26 @@ func (a *Agent) cancelStages(runID string, stages []string) {
 	}
 }
 
+// cancelMark is what an agent remembers of a run's cancel: when the
+// notice came, and the run's epoch (Replays) then.
+type cancelMark struct {
+	at    time.Time
+	epoch int
+}
+
 // cancelRun cancels the running jobs of a run and remembers the run, so a
-// job of it fetched later is not started.
-func (a *Agent) cancelRun(runID string) {
+// job of it fetched later is not started unless a retry queued it after
+// the cancel (a later epoch).
+func (a *Agent) cancelRun(runID string, epoch int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := time.Now()
-	for id, t := range a.cancelled {
-		if now.Sub(t) > time.Hour {
+	for id, c := range a.cancelled {
+		if now.Sub(c.at) > time.Hour {
 			delete(a.cancelled, id)
 		}
 	}
-	a.cancelled[runID] = now
+	a.cancelled[runID] = cancelMark{at: now, epoch: epoch}
 	for j := range a.active[runID] {
 		j.cancel(errRunCancelled)
 	}
@@ -66,7 +74,7 @@ func (a *Agent) cancelRun(runID string) {
 func (a *Agent) register(j *job) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, ok := a.cancelled[j.RunID]; ok {
+	if c, ok := a.cancelled[j.RunID]; ok && j.Epoch <= c.epoch {
 		return false
 	}
 	if a.active[j.RunID] == nil {

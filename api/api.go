@@ -100,6 +100,7 @@ func (a *API) routes() []route {
 		{"POST", "/api/queues/{queue}/resume", tokens.Operator, a.resumeQueue},
 		{"GET", "/api/agents", tokens.Viewer, a.agents},
 		{"POST", "/api/agents/{id}/drain", tokens.Operator, a.drainAgent},
+		{"GET", "/api/audit", tokens.Viewer, a.audit},
 		{"POST", "/api/session", "", a.login},
 		{"DELETE", "/api/session", "", a.logout},
 	}

@@ -1,7 +1,9 @@
 package api
 
 import (
+	"cmp"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -12,7 +14,7 @@ import (
 )
 
 // retryRun runs an ended run again from the stages that did not succeed.
-func (a *API) retryRun(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
+func (a *API) retryRun(w http.ResponseWriter, r *http.Request, who *tokens.Token) {
 	run, ok := a.run(w, r)
 	if !ok {
 		return
@@ -25,6 +27,7 @@ func (a *API) retryRun(w http.ResponseWriter, r *http.Request, _ *tokens.Token) 
 		a.fail(w, r, err)
 		return
 	}
+	a.record(r, who, wire.AuditEntry{Action: "run.retry", Target: run.ID, Count: 1, Detail: "was " + string(run.State)})
 	writeJSON(w, http.StatusAccepted, map[string]string{"run_id": run.ID, "status": "retrying", "web_url": a.webURL(run.ID)})
 }
 
@@ -35,7 +38,7 @@ type PriorityRequest struct {
 }
 
 // setPriority moves a run that has not ended to another tier.
-func (a *API) setPriority(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
+func (a *API) setPriority(w http.ResponseWriter, r *http.Request, who *tokens.Token) {
 	var req PriorityRequest
 	if !decodeBody(w, r, &req) {
 		return
@@ -57,6 +60,7 @@ func (a *API) setPriority(w http.ResponseWriter, r *http.Request, _ *tokens.Toke
 		a.fail(w, r, err)
 		return
 	}
+	a.record(r, who, wire.AuditEntry{Action: "run.priority", Target: run.ID, Count: 1, Detail: fmt.Sprintf("%s to %s", cmp.Or(run.Tier, subjects.Normal), tier)})
 	writeJSON(w, http.StatusAccepted, map[string]string{"run_id": run.ID, "tier": string(tier), "status": "moving"})
 }
 
@@ -110,8 +114,11 @@ func (a *API) bulk(w http.ResponseWriter, r *http.Request, who *tokens.Token) {
 	if req.Reason == "" {
 		req.Reason = "cancelled in bulk by " + who.Name
 	}
-	res, err := client.Bulk(r.Context(), a.cfg.JS, client.BulkAction(r.PathValue("action")), f,
-		client.BulkOptions{Rate: req.Rate, Batch: req.Batch, DryRun: req.DryRun, Reason: req.Reason})
+	opts := client.BulkOptions{Rate: req.Rate, Batch: req.Batch, DryRun: req.DryRun, Reason: req.Reason}
+	res, err := client.Bulk(r.Context(), a.cfg.JS, client.BulkAction(r.PathValue("action")), f, opts)
+	if res != nil && res.Done > 0 { // what was done is recorded, if cut short too
+		a.record(r, who, client.BulkAudit(res, opts))
+	}
 	if errors.Is(err, client.ErrBulk) {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return

@@ -219,15 +219,18 @@ func (a *API) pauseQueue(w http.ResponseWriter, r *http.Request, who *tokens.Tok
 	}
 	queue := r.PathValue("queue")
 	err := client.PauseQueue(r.Context(), a.cfg.JS, queue, req.Reason)
-	a.queueChanged(w, r, queue, "paused", err)
+	a.queueChanged(w, r, who, wire.AuditEntry{Action: "queue.pause", Target: queue, Count: 1, Detail: req.Reason}, "paused", err)
 }
 
-func (a *API) resumeQueue(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
+func (a *API) resumeQueue(w http.ResponseWriter, r *http.Request, who *tokens.Token) {
 	queue := r.PathValue("queue")
-	a.queueChanged(w, r, queue, "resumed", client.ResumeQueue(r.Context(), a.cfg.JS, queue))
+	err := client.ResumeQueue(r.Context(), a.cfg.JS, queue)
+	a.queueChanged(w, r, who, wire.AuditEntry{Action: "queue.resume", Target: queue, Count: 1}, "resumed", err)
 }
 
-func (a *API) queueChanged(w http.ResponseWriter, r *http.Request, queue, status string, err error) {
+// queueChanged answers a pause or resume of the queue e.Target that
+// ended with err, recording e in the audit stream when it succeeded.
+func (a *API) queueChanged(w http.ResponseWriter, r *http.Request, who *tokens.Token, e wire.AuditEntry, status string, err error) {
 	if errors.Is(err, subjects.ErrInvalidName) {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
@@ -236,7 +239,8 @@ func (a *API) queueChanged(w http.ResponseWriter, r *http.Request, queue, status
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"queue": queue, "status": status})
+	a.record(r, who, e)
+	writeJSON(w, http.StatusOK, map[string]string{"queue": e.Target, "status": status})
 }
 
 func (a *API) agents(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
@@ -251,7 +255,7 @@ func (a *API) agents(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
 	writeJSON(w, http.StatusOK, map[string]any{"agents": agents})
 }
 
-func (a *API) drainAgent(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
+func (a *API) drainAgent(w http.ResponseWriter, r *http.Request, who *tokens.Token) {
 	id := r.PathValue("id")
 	reply, err := client.DrainAgent(r.Context(), a.cfg.JS.Conn(), id)
 	if errors.Is(err, client.ErrNoAgent) {
@@ -262,5 +266,6 @@ func (a *API) drainAgent(w http.ResponseWriter, r *http.Request, _ *tokens.Token
 		a.fail(w, r, err)
 		return
 	}
+	a.record(r, who, wire.AuditEntry{Action: "agent.drain", Target: id, Count: 1, Detail: fmt.Sprintf("%d stages running", len(reply.Running))})
 	writeJSON(w, http.StatusAccepted, reply)
 }

@@ -383,6 +383,11 @@ func (a *API) cancelRun(w http.ResponseWriter, r *http.Request, who *tokens.Toke
 		a.fail(w, r, err)
 		return
 	}
+	if req.Stage != "" {
+		a.record(r, who, wire.AuditEntry{Action: "stage.cancel", Target: run.ID + "/" + req.Stage, Count: 1, Detail: req.Reason})
+	} else {
+		a.record(r, who, wire.AuditEntry{Action: "run.cancel", Target: run.ID, Count: 1, Detail: req.Reason})
+	}
 	writeJSON(w, http.StatusAccepted, map[string]string{"run_id": run.ID, "status": "cancelling"})
 }
 

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/weft-ci/weft/subjects"
 )
 
 func TestMintedCredentialsCarryTheirGrant(t *testing.T) {
@@ -91,5 +94,59 @@ func TestBadGrantsAreRefused(t *testing.T) {
 	}
 	if _, err := Load(t.TempDir()); !errors.Is(err, ErrNoAuthority) {
 		t.Errorf("Load of an empty directory = %v, want ErrNoAuthority", err)
+	}
+}
+
+// allows says whether p lets its user use subject, as the server decides:
+// an empty allow list allows all, and a deny overrides an allow.
+func allows(p jwt.Permission, subject string) bool {
+	match := func(list jwt.StringList) bool {
+		return slices.ContainsFunc(list, func(f string) bool { return server.SubjectMatchesFilter(subject, f) })
+	}
+	return (len(p.Allow) == 0 || match(p.Allow)) && !match(p.Deny)
+}
+
+// Operators (and dispatchers) record actions in the audit stream and
+// read it; viewers read it; agents neither write nor read it, and
+// trigger credentials cannot write it.
+func TestOnlyOperatorsWriteTheAuditStream(t *testing.T) {
+	a, err := Init(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := subjects.Audit("intake.pause")
+	// What an ordered consumer on the stream asks (weft audit).
+	reads := []string{
+		"$JS.API.STREAM.INFO." + subjects.AuditStream,
+		"$JS.API.CONSUMER.CREATE." + subjects.AuditStream + ".oc_1." + entry,
+		"$JS.API.CONSUMER.INFO." + subjects.AuditStream + ".oc_1",
+		"$JS.API.CONSUMER.MSG.NEXT." + subjects.AuditStream + ".oc_1",
+	}
+	for _, tt := range []struct {
+		g           Grant
+		write, read bool
+	}{
+		{Grant{Role: Operator}, true, true},
+		{Grant{Role: Dispatcher}, true, true},
+		{Grant{Role: Viewer}, false, true},
+		{Grant{Role: Trigger}, false, true},
+		{Grant{Role: Agent, Queues: []string{"main"}}, false, false},
+	} {
+		c, err := a.Mint(tt.g, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uc, err := jwt.DecodeUserClaims(c.JWT)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := allows(uc.Permissions.Pub, entry); got != tt.write {
+			t.Errorf("%s may publish %s: %t, want %t", tt.g.Role, entry, got, tt.write)
+		}
+		for _, api := range reads {
+			if got := allows(uc.Permissions.Pub, api); got != tt.read {
+				t.Errorf("%s may publish %s (read the audit stream): %t, want %t", tt.g.Role, api, got, tt.read)
+			}
+		}
 	}
 }

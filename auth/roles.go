@@ -28,18 +28,22 @@ const (
 	// a consumer for them), publish its stages' events, heartbeats and
 	// logs, renew its registry entry, read stage documents and events,
 	// and read and write artifacts and caches. It cannot read run
-	// documents, other queues' jobs or triggers, nor publish a trigger.
+	// documents, other queues' jobs or triggers, nor publish a trigger;
+	// nor read or write the audit stream (subjects.AuditStream).
 	Agent Role = "agent"
 	// Trigger: publish triggers (the webhook bridge, weft trigger, weft
 	// run --server) and follow the runs they start, as a Viewer does.
 	Trigger Role = "trigger"
 	// Operator: everything in the account, for people who steer the
-	// queues (status, pause, dead letters, cancel) and the nats CLI.
+	// queues (status, pause, dead letters, cancel) and the nats CLI;
+	// the CLI records each of their actions in the audit stream
+	// (subjects.Audit), which they read with weft audit.
 	Operator Role = "operator"
 	// Viewer: read-only; streams' and consumers' information, run and
-	// stage documents, events, logs, artifacts and the registry. It
-	// cannot read jobs, dead letters (with the tokens and secrets jobs
-	// carry) or triggers, publish, or pull from a job consumer.
+	// stage documents, events, logs, artifacts, the registry and the
+	// audit stream. It cannot read jobs, dead letters (with the tokens
+	// and secrets jobs carry) or triggers, publish (an audit entry
+	// neither), or pull from a job consumer.
 	Viewer Role = "viewer"
 )
 

@@ -257,6 +257,16 @@ func Bulk(ctx context.Context, js jetstream.JetStream, action BulkAction, f RunF
 	return res, nil
 }
 
+// BulkAudit is the audit entry of what a bulk operation did (Actor and
+// Via are its caller's to set).
+func BulkAudit(res *BulkResult, opts BulkOptions) wire.AuditEntry {
+	detail := fmt.Sprintf("%d of %d runs at %v a second", res.Done, len(res.Runs), opts.Rate)
+	if res.Action == BulkCancel && opts.Reason != "" {
+		detail += ": " + opts.Reason
+	}
+	return wire.AuditEntry{Action: "runs." + string(res.Action), Filter: res.Filter, Count: res.Done, Detail: detail}
+}
+
 // askTimeout bounds the wait for the acknowledgements of a batch.
 const askTimeout = 10 * time.Second
 

@@ -122,7 +122,7 @@ func (d *Dispatcher) repair(ctx context.Context, runID string) error {
 		return d.release(ctx, r.run)
 	}
 	if r.run.CancelReason != "" {
-		if err := d.notifyCancel(runID); err != nil {
+		if err := d.notifyCancel(r.run); err != nil {
 			return err
 		}
 	}
@@ -174,7 +174,7 @@ func (d *Dispatcher) stageEvents(ctx context.Context, evs []wire.Event) error {
 		}
 	}
 	if len(resend) > 0 {
-		if err := d.notifyCancel(runID, resend...); err != nil {
+		if err := d.notifyCancelStages(runID, resend...); err != nil {
 			return err
 		}
 	}
@@ -201,7 +201,7 @@ func (d *Dispatcher) cancel(ctx context.Context, ev wire.Event) error {
 		return err
 	}
 	d.log.Info().Str("run_id", ev.RunID).Str("reason", reason).Msg("run cancelling")
-	if err := d.notifyCancel(ev.RunID); err != nil {
+	if err := d.notifyCancel(after); err != nil {
 		return err
 	}
 	return d.afterUpdate(ctx, after, w)
@@ -225,7 +225,7 @@ func (d *Dispatcher) cancelStage(ctx context.Context, ev wire.Event) error {
 	}
 	d.log.Info().Str("run_id", ev.RunID).Str("stage", ev.Stage).Str("reason", reason).Msg("stage cancelling")
 	if running {
-		if err := d.notifyCancel(ev.RunID, ev.Stage); err != nil {
+		if err := d.notifyCancelStages(ev.RunID, ev.Stage); err != nil {
 			return err
 		}
 	}
@@ -250,12 +250,24 @@ func (d *Dispatcher) afterUpdate(ctx context.Context, after *wire.Run, w wrote) 
 	return nil
 }
 
-// notifyCancel tells the agents to stop the running stages of a run
-// (core NATS, subjects.Cancel): those named, or every one.
-func (d *Dispatcher) notifyCancel(runID string, stages ...string) error {
-	var body []byte
-	if len(stages) > 0 {
-		body, _ = json.Marshal(wire.CancelNotice{Stages: stages})
+// notifyCancel tells the agents to stop every running stage of a run
+// being cancelled, and not to start its jobs queued so far (core NATS,
+// subjects.Cancel): the notice carries the run's Replays, so a job of a
+// retry after it (a later epoch) still runs.
+func (d *Dispatcher) notifyCancel(r *wire.Run) error {
+	return d.publishCancel(r.ID, wire.CancelNotice{Epoch: r.Replays})
+}
+
+// notifyCancelStages tells the agents to stop the named running stages
+// of a run.
+func (d *Dispatcher) notifyCancelStages(runID string, stages ...string) error {
+	return d.publishCancel(runID, wire.CancelNotice{Stages: stages})
+}
+
+func (d *Dispatcher) publishCancel(runID string, n wire.CancelNotice) error {
+	body, err := json.Marshal(n)
+	if err != nil {
+		return err
 	}
 	if err := d.nc.Publish(subjects.Cancel(runID), body); err != nil {
 		return fmt.Errorf("cancel notice %s: %w", runID, err)

@@ -120,7 +120,7 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 			continue // the sweep frees what ended runs hold
 		}
 		if r.CancelReason != "" {
-			if err := d.notifyCancel(runID); err != nil {
+			if err := d.notifyCancel(r); err != nil {
 				return err
 			}
 		}

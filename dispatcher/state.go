@@ -414,6 +414,7 @@ func queuedJobs(r *wire.Run, keys []string) []wire.Job {
 			Attempt:       s.Attempt,
 			Job:           s.Job,
 			Tier:          r.Tier,
+			Epoch:         r.Replays,
 			Stage:         *st,
 			Env:           wire.JobEnv(r.Pipeline, st, r.ID, r.Branch, r.Commit, s.Attempt),
 			NotBefore:     s.NotBefore,

@@ -45,6 +45,9 @@ const (
 	// StatusesStream holds the latest commit status to post for each
 	// repository, commit and context.
 	StatusesStream = "WEFT_STATUSES"
+	// AuditStream keeps every operator action, weft.audit.<action>, one
+	// message each (a wire.AuditEntry), for AuditRetention(keep).
+	AuditStream = "WEFT_AUDIT"
 )
 
 // KV and object bucket names.
@@ -120,6 +123,7 @@ const (
 	queuesPrefix   = "weft.queues"
 	deliveryPrefix = "weft.deliveries"
 	statusPrefix   = "weft.statuses"
+	auditPrefix    = "weft.audit"
 
 	// AllJobs matches every job subject.
 	AllJobs = jobsPrefix + ".>"
@@ -156,6 +160,8 @@ const (
 	AllDrains = agentsPrefix + ".*.drain"
 	// AllQueueOpens matches every queue's open requests (QueueOpen).
 	AllQueueOpens = queuesPrefix + ".*.open"
+	// AllAudit matches every audit entry's subject (Audit).
+	AllAudit = auditPrefix + ".>"
 )
 
 // Delivery returns the subject of an accepted webhook delivery for repo.
@@ -314,6 +320,70 @@ func DLQMsgID(run, stage string, job int) string {
 // AgentDrain is the subject an agent takes drain requests on (core NATS
 // request-reply; the agent answers with a wire.DrainReply).
 func AgentDrain(id string) string { return agentsPrefix + "." + id + ".drain" }
+
+// Audit returns the subject an operator action is recorded on:
+// weft.audit.<action>, each dot of the action a token boundary
+// (weft.audit.runs.cancel), so a filter selects a family of actions.
+// action must pass ValidateAuditAction.
+func Audit(action string) string { return auditPrefix + "." + action }
+
+// AuditAction returns the action of an audit subject (see Audit).
+func AuditAction(subject string) string { return strings.TrimPrefix(subject, auditPrefix+".") }
+
+// maxAuditTokens bounds the dot-separated tokens of an audit action.
+const maxAuditTokens = 4
+
+var auditTokenRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
+
+// ValidateAuditAction checks that action names an operator action: two
+// to four dot-separated tokens of a-z, 0-9, '_' and '-' (at most 32
+// characters each, starting with a letter or digit), what then how:
+// intake.pause, runs.cancel, run.priority. The error wraps
+// ErrInvalidName.
+func ValidateAuditAction(action string) error {
+	tokens := strings.Split(action, ".")
+	if len(tokens) < 2 || len(tokens) > maxAuditTokens {
+		return fmt.Errorf("%w: audit action %q must be 2 to %d dot-separated tokens, such as intake.pause", ErrInvalidName, action, maxAuditTokens)
+	}
+	return validateAuditTokens(action, tokens)
+}
+
+func validateAuditTokens(action string, tokens []string) error {
+	for _, tok := range tokens {
+		if !auditTokenRE.MatchString(tok) {
+			return fmt.Errorf("%w: audit action %q: token %q must be 1-32 characters of a-z, 0-9, '_' and '-', starting with a letter or digit", ErrInvalidName, action, tok)
+		}
+	}
+	return nil
+}
+
+// AuditFilter returns the subject filter of the audit entries of action:
+// the one action (runs.cancel), or, for a prefix ending in a dot
+// (runs.), every action that starts with it; "" selects every entry
+// (AllAudit). The error wraps ErrInvalidName.
+func AuditFilter(action string) (string, error) {
+	if action == "" {
+		return AllAudit, nil
+	}
+	prefix, ok := strings.CutSuffix(action, ".")
+	if !ok {
+		if err := ValidateAuditAction(action); err != nil {
+			if !strings.Contains(action, ".") {
+				return "", fmt.Errorf("%w; a prefix selecting a family of actions ends in a dot: %s.", err, action)
+			}
+			return "", err
+		}
+		return Audit(action), nil
+	}
+	tokens := strings.Split(prefix, ".")
+	if len(tokens) >= maxAuditTokens {
+		return "", fmt.Errorf("%w: audit action prefix %q has %d tokens; an action has at most %d", ErrInvalidName, action, len(tokens), maxAuditTokens)
+	}
+	if err := validateAuditTokens(action, tokens); err != nil {
+		return "", err
+	}
+	return auditPrefix + "." + prefix + ".>", nil
+}
 
 // EventMsgID returns the Nats-Msg-Id of an agent's stage event of type
 // typ (started, finished) for job and attempt, so that an event sent
@@ -533,7 +603,19 @@ const (
 	// MaxPayload bounds a single message weft publishes (1 MiB, the
 	// server's default max_payload).
 	MaxPayload = 1 << 20
+	// MinAuditRetention is the least time the audit stream keeps an
+	// operator action (see AuditRetention).
+	MinAuditRetention = 365 * 24 * time.Hour
 )
+
+// AuditRetention is how long the audit stream keeps an operator action
+// when runs are kept for keep: as long as the runs, and at least
+// MinAuditRetention. Who paused, cancelled or replayed what is asked
+// about long after the runs it touched are gone, an entry is a few
+// hundred bytes and actions are few, so a shorter --retention (set to
+// save the space builds take) does not shorten the audit trail below a
+// year.
+func AuditRetention(keep time.Duration) time.Duration { return max(keep, MinAuditRetention) }
 
 // JobConsumerFor returns the configuration of the job consumer for queue and
 // tier, with the default AckWait and MaxDeliver.
@@ -549,7 +631,7 @@ func JobConsumerFor(queue string, tier Tier) JobConsumerConfig {
 // Streams returns the configuration of every stream weft uses, keeping
 // what a run leaves behind (events, logs, dead letters) for keep; 0 is
 // DefaultRetention. Jobs and triggers are work queues: they go when
-// handled.
+// handled. The audit trail is kept for AuditRetention(keep).
 func Streams(keep time.Duration) []Stream {
 	if keep <= 0 {
 		keep = DefaultRetention
@@ -615,6 +697,13 @@ func Streams(keep time.Duration) []Stream {
 			Subjects:          []string{AllStatuses},
 			MaxAge:            StatusRetention,
 			MaxMsgsPerSubject: 1,
+		},
+		{
+			Name:        AuditStream,
+			Description: "weft operator actions: weft.audit.<action> (intake.pause, queue.pause, runs.cancel, ...), who did what, with which filter, to how many",
+			Subjects:    []string{AllAudit},
+			MaxAge:      AuditRetention(keep),
+			Duplicates:  2 * time.Minute,
 		},
 		{
 			Name:              HeartbeatsStream,

@@ -192,8 +192,31 @@ func TestBulkCancelAndRequeueAThousandWaitingRuns(t *testing.T) {
 		t.Fatalf("after the bulk requeue: %v, want all %d waiting again", runStates(t, f.s.Bus.JS, nobody), n)
 	}
 
+	// The audit stream has both, with their filter and count; the dry
+	// runs changed nothing and are not there.
+	res := RunWeft(t, weftBin, "", nil, "audit", "--action", "runs.", "--json", "--server", f.url)
+	if res.Code != 0 {
+		t.Fatalf("weft audit: exit %d\n%s", res.Code, res.Stderr)
+	}
+	var entries []wire.AuditEntry
+	for _, line := range strings.Split(strings.TrimSpace(res.Stdout), "\n") {
+		var e wire.AuditEntry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("weft audit --json printed %q: %v", line, err)
+		}
+		entries = append(entries, e)
+	}
+	if len(entries) != 2 || entries[0].Action != "runs.cancel" || entries[1].Action != "runs.requeue" {
+		t.Fatalf("audit: %+v, want runs.cancel then runs.requeue", entries)
+	}
+	for _, e := range entries {
+		if e.Count != n || e.Filter["queue"] != "nobody" || e.Actor == "" || e.Via != wire.AuditViaCLI {
+			t.Errorf("audit entry %+v: want count %d, filter queue=nobody, an actor, via cli", e, n)
+		}
+	}
+
 	// What a bulk action does not apply to is refused, naming it.
-	res := RunWeft(t, weftBin, "", nil, "bulk", "requeue", "--state", "running", "--server", f.url)
+	res = RunWeft(t, weftBin, "", nil, "bulk", "requeue", "--state", "running", "--server", f.url)
 	if res.Code != 2 || !strings.Contains(res.Stderr, "requeue applies to") {
 		t.Errorf("bulk requeue --state running: exit %d, %q; want 2 naming the states", res.Code, res.Stderr)
 	}
@@ -229,6 +252,23 @@ func TestRetryAndPriorityOfOneRun(t *testing.T) {
 	}
 	if res := RunWeft(t, weftBin, "", nil, "retry", r.ID, "--server", f.url); res.Code != 2 || !strings.Contains(res.Stderr, "only a failed or cancelled run") {
 		t.Errorf("retry of a succeeded run: exit %d, %q; want 2", res.Code, res.Stderr)
+	}
+
+	// A run cancelled while it ran, retried: the agent that was told to
+	// stop the run runs its new attempt (the notice's epoch is older).
+	g := newGate(t)
+	held := f.s.Submit(t, fmt.Sprintf("name: held\nqueue: main\nstages:\n  - key: s\n    commands: ['while [ ! -f %q ]; do sleep 0.02; done']\n", string(g)))
+	waitFor(t, f.s, held, "running", func(r *wire.Run) bool { return r.Stage("s").State == wire.StageRunning })
+	if res := RunWeft(t, weftBin, "", nil, "cancel", held, "--server", f.url); res.Code != 0 {
+		t.Fatalf("weft cancel: exit %d\n%s", res.Code, res.Stderr)
+	}
+	if res := RunWeft(t, weftBin, "", nil, "retry", held, "--no-wait", "--server", f.url); res.Code != 0 {
+		t.Fatalf("weft retry of a cancelled run: exit %d\n%s", res.Code, res.Stderr)
+	}
+	waitFor(t, f.s, held, "running again", func(r *wire.Run) bool { return r.Stage("s").State == wire.StageRunning && r.Stage("s").Attempt == 2 })
+	g.open(t)
+	if r, _ := f.s.Wait(t, held); r.State != wire.RunSucceeded || r.CancelReason != "" {
+		t.Fatalf("the retried cancelled run: %s (cancel reason %q), want succeeded", r.State, r.CancelReason)
 	}
 
 	// A stage queued on a queue with no agent yet, moved to critical.

@@ -205,6 +205,19 @@ stages:
 	if resp.StatusCode != 200 || !strings.Contains(string(data), `"state": "cancelled"`) {
 		t.Errorf("after the button, the API has the run %s", data)
 	}
+	// Retry it from its button: the stage runs again, live; cancel again.
+	step(t, ctx, "retry the cancelled run from the button",
+		chromedp.WaitEnabled(chromedp.CSS("#retry")),
+		chromedp.Click(chromedp.CSS("#retry")),
+		chromedp.WaitVisible(chromedp.CSS(`#dag g.stage[data-stage="forever"][data-state="running"]`)),
+		chromedp.WaitEnabled(chromedp.CSS("#cancel")),
+		chromedp.Click(chromedp.CSS("#cancel")),
+		chromedp.WaitVisible(chromedp.CSS(`#run-state [data-state="cancelled"]`)),
+	)
+	resp, data = u.do(t, "GET", "/api/runs/"+slow, nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(data), `"replays": 1`) || !strings.Contains(string(data), `"attempt": 2`) {
+		t.Errorf("after the retry button, the API has the run %s", data)
+	}
 
 	step(t, ctx, "the queues page renders",
 		chromedp.Click(chromedp.CSS(`header a[data-nav="queues"]`)),

@@ -93,6 +93,9 @@ type Job struct {
 	Job int `json:"job"`
 	// Tier is the tier the job was queued at.
 	Tier subjects.Tier `json:"tier"`
+	// Epoch is the run's Replays when the job was queued (see
+	// CancelNotice.Epoch).
+	Epoch int `json:"epoch,omitempty"`
 	// Stage is the stage's specification.
 	Stage pipeline.Stage `json:"stage"`
 	// Env is the stage's final environment: pipeline env, stage env and
@@ -323,7 +326,12 @@ type QueueOpenReply struct {
 // CancelNotice is the body of a cancel notice (subjects.Cancel): the
 // stages to stop, by key; none is every stage of the run.
 type CancelNotice struct {
+	// Stages are the stages to stop; none is the whole run.
 	Stages []string `json:"stages,omitempty"`
+	// Epoch is the run's Replays when it was cancelled: an agent does
+	// not start a job of the run queued in that epoch or before, but does
+	// one of a later retry.
+	Epoch int `json:"epoch,omitempty"`
 }
 
 // Delivery is a webhook delivery the bridge accepted (stream

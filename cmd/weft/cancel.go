@@ -56,12 +56,13 @@ until the stage has ended. A stage that had ended is left as it was.
 				return withCode(exitInfra, err)
 			}
 			if len(args) == 2 {
-				return cancelStage(cmd.Context(), g, b.JS, r, args[1], reason, noWait, asJSON, wait)
+				return cancelStage(cmd.Context(), g, b.JS, fleet.creds, r, args[1], reason, noWait, asJSON, wait)
 			}
 			if !r.State.Terminal() {
 				if err := client.Cancel(cmd.Context(), b.JS, id, reason); err != nil {
 					return withCode(exitInfra, err)
 				}
+				recordCLI(cmd.Context(), g, b.JS, fleet.creds, wire.AuditEntry{Action: "run.cancel", Target: id, Count: 1, Detail: reason})
 				if noWait {
 					fmt.Fprintf(g.stderr, "weft: cancel of run %s requested\n", id)
 					return nil
@@ -96,7 +97,7 @@ until the stage has ended. A stage that had ended is left as it was.
 
 // cancelStage is weft cancel RUN STAGE: it cancels one stage of r and
 // waits for it to end.
-func cancelStage(ctx context.Context, g *globals, js jetstream.JetStream, r *wire.Run, key, reason string, noWait, asJSON bool, wait time.Duration) error {
+func cancelStage(ctx context.Context, g *globals, js jetstream.JetStream, creds string, r *wire.Run, key, reason string, noWait, asJSON bool, wait time.Duration) error {
 	id, st := r.ID, r.Stage(key)
 	if st == nil {
 		return withCode(exitUsage, fmt.Errorf("run %s has no stage %s", id, key))
@@ -105,6 +106,7 @@ func cancelStage(ctx context.Context, g *globals, js jetstream.JetStream, r *wir
 		if err := client.CancelStage(ctx, js, id, key, reason); err != nil {
 			return withCode(exitInfra, err)
 		}
+		recordCLI(ctx, g, js, creds, wire.AuditEntry{Action: "stage.cancel", Target: id + "/" + key, Count: 1, Detail: reason})
 		if noWait {
 			fmt.Fprintf(g.stderr, "weft: cancel of stage %s of run %s requested\n", key, id)
 			return nil

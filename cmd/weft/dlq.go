@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/wire"
 )
 
 func dlqCommand(g *globals) *cobra.Command {
@@ -85,6 +86,8 @@ skipped wait for it. ID is from weft dlq ls.
 			if err != nil {
 				return withCode(exitInfra, err)
 			}
+			recordCLI(cmd.Context(), g, b.JS, rFleet.creds, wire.AuditEntry{Action: "dlq.replay", Target: dl.RunID, Count: 1,
+				Detail: fmt.Sprintf("stage %s, dead letter %d", dl.Stage, dl.Seq)})
 			fmt.Fprintf(g.stdout, "replaying stage %s of run %s\n", dl.Stage, dl.RunID)
 			return nil
 		},

@@ -24,6 +24,7 @@ import (
 	"github.com/weft-ci/weft/dispatcher"
 	"github.com/weft-ci/weft/metrics"
 	"github.com/weft-ci/weft/stagenet"
+	"github.com/weft-ci/weft/wire"
 )
 
 func serverCommand(g *globals) *cobra.Command {
@@ -364,6 +365,7 @@ stages the agent still runs.
 			if err != nil {
 				return withCode(exitInfra, err)
 			}
+			recordCLI(cmd.Context(), g, b.JS, fleet.creds, wire.AuditEntry{Action: "agent.drain", Target: args[0], Count: 1, Detail: fmt.Sprintf("%d stages running", len(r.Running))})
 			fmt.Fprintf(g.stdout, "agent %s draining; running %d stages %s\n", r.Agent, len(r.Running), strings.Join(r.Running, " "))
 			return nil
 		},

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/wire"
 )
 
 func intakeCommand(g *globals) *cobra.Command {
@@ -40,16 +41,27 @@ restarts.
 					return err
 				}
 				defer b.Close()
+				// The audit entry counts the triggers the action holds
+				// (those waiting once paused) or releases (those waiting
+				// as it resumes).
+				var released uint64
 				switch verb {
 				case "pause":
 					err = client.PauseIntake(cmd.Context(), b.JS)
 				case "resume":
+					_, released, _ = client.Intake(cmd.Context(), b.JS) // ResumeIntake says why, if this fails
 					err = client.ResumeIntake(cmd.Context(), b.JS)
 				}
 				if err != nil {
 					return withCode(exitInfra, err)
 				}
 				paused, waiting, err := client.Intake(cmd.Context(), b.JS)
+				switch verb {
+				case "pause":
+					recordCLI(cmd.Context(), g, b.JS, fleet.creds, wire.AuditEntry{Action: "intake.pause", Count: int(waiting)})
+				case "resume":
+					recordCLI(cmd.Context(), g, b.JS, fleet.creds, wire.AuditEntry{Action: "intake.resume", Count: int(released)})
+				}
 				if err != nil {
 					return withCode(exitInfra, err)
 				}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -55,6 +56,7 @@ ended.
 			if err := client.Retry(ctx, b.JS, r.ID); err != nil {
 				return withCode(exitInfra, err)
 			}
+			recordCLI(ctx, g, b.JS, fleet.creds, wire.AuditEntry{Action: "run.retry", Target: r.ID, Count: 1, Detail: "was " + string(r.State)})
 			wctx, cancel := context.WithTimeout(ctx, wait)
 			defer cancel()
 			if _, err := watchRun(wctx, b.JS, r.ID, func(n *wire.Run) bool { return n.Replays > r.Replays }); err != nil {
@@ -131,6 +133,7 @@ once admitted. It waits until the run document records the tier.
 			if err := client.SetPriority(ctx, b.JS, r.ID, tier); err != nil {
 				return withCode(exitInfra, err)
 			}
+			recordCLI(ctx, g, b.JS, fleet.creds, wire.AuditEntry{Action: "run.priority", Target: r.ID, Count: 1, Detail: fmt.Sprintf("%s to %s", cmp.Or(r.Tier, subjects.Normal), tier)})
 			wctx, cancel := context.WithTimeout(ctx, wait)
 			defer cancel()
 			r, err = watchRun(wctx, b.JS, r.ID, func(n *wire.Run) bool { return n.Tier == tier || n.State.Terminal() })
@@ -227,6 +230,9 @@ func bulkActionCommand(g *globals, action client.BulkAction) *cobra.Command {
 			res, err := client.Bulk(ctx, b.JS, action, filter, opts)
 			if errors.Is(err, client.ErrBulk) {
 				return withCode(exitUsage, err)
+			}
+			if res != nil && res.Done > 0 { // what was done is recorded, if cut short too
+				recordCLI(ctx, g, b.JS, fleet.creds, client.BulkAudit(res, opts))
 			}
 			if err != nil {
 				return withCode(exitInfra, err)

@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-ci/weft/client"
+	"github.com/weft-ci/weft/wire"
 )
 
 func queueCommand(g *globals) *cobra.Command {
@@ -37,6 +38,7 @@ running finish. Queued stages wait, and weft status says the queue is paused.
 			if err := client.PauseQueue(cmd.Context(), b.JS, args[0], reason); err != nil {
 				return withCode(exitUsage, err)
 			}
+			recordCLI(cmd.Context(), g, b.JS, fleet.creds, wire.AuditEntry{Action: "queue.pause", Target: args[0], Count: 1, Detail: reason})
 			fmt.Fprintf(g.stdout, "queue %s paused\n", args[0])
 			return nil
 		},
@@ -59,6 +61,7 @@ running finish. Queued stages wait, and weft status says the queue is paused.
 			if err := client.ResumeQueue(cmd.Context(), b.JS, args[0]); err != nil {
 				return withCode(exitUsage, err)
 			}
+			recordCLI(cmd.Context(), g, b.JS, rfleet.creds, wire.AuditEntry{Action: "queue.resume", Target: args[0], Count: 1})
 			fmt.Fprintf(g.stdout, "queue %s resumed\n", args[0])
 			return nil
 		},

@@ -185,11 +185,26 @@ function runPage(id) {
     cancel.disabled = true;
     try { await api("POST", `/api/runs/${id}/cancel`, {}); } catch (e) { showError(e); cancel.disabled = false; }
   } }, "Cancel");
+  // Retry runs a failed or cancelled run again from the stages that did
+  // not succeed; the page starts over once the dispatcher has reopened it.
+  const retry = el("button", { id: "retry", disabled: true, onclick: async () => {
+    retry.disabled = true;
+    try {
+      const before = await api("GET", "/api/runs/" + id);
+      await api("POST", `/api/runs/${id}/retry`, {});
+      for (let i = 0; i < 60; i++) {
+        const r = await api("GET", "/api/runs/" + id);
+        if ((r.replays || 0) > (before.replays || 0)) break;
+        await new Promise((ok) => setTimeout(ok, 500));
+      }
+      route();
+    } catch (e) { showError(e); retry.disabled = false; }
+  } }, "Retry");
   const badge = el("span", { id: "run-state" });
   const stagesBody = el("tbody");
   const artifacts = el("ul", { id: "artifacts" });
   const log = el("pre", { class: "log", id: "log" });
-  main.replaceChildren(title, el("div", { class: "toolbar" }, badge, cancel), info, el("div", { id: "dag-box" }),
+  main.replaceChildren(title, el("div", { class: "toolbar" }, badge, cancel, retry), info, el("div", { id: "dag-box" }),
     el("h2", {}, "Stages"),
     el("table", { id: "stages" }, el("thead", {}, el("tr", {}, ["Stage", "State", "Attempt", "Agent", "Message"].map((h) => el("th", {}, h)))), stagesBody),
     el("h2", {}, "Artifacts"), artifacts, el("h2", {}, "Log"), log);
@@ -222,6 +237,7 @@ function runPage(id) {
       el("td", {}, s.key), el("td", {}, stateBadge(s.state)), el("td", {}, s.attempt || ""), el("td", {}, s.agent || ""), el("td", {}, s.message || ""))));
     const terminal = ["succeeded", "failed", "cancelled"].includes(r.state);
     cancel.disabled = terminal || !!r.cancel_reason;
+    retry.disabled = !["failed", "cancelled"].includes(r.state);
     if (terminal && !listed) {
       listed = true;
       const a = await api("GET", `/api/runs/${id}/artifacts`);
