@@ -246,6 +246,34 @@ func TestTheAPIsErrorPaths(t *testing.T) {
 			t.Errorf("cancel ended run: %d %s", ans.code, ans.raw)
 		}
 	})
+	t.Run("retry, priority and bulk refuse what they cannot do", func(t *testing.T) {
+		before := lastSeq(t, s.Bus.JS, subjects.EventsStream)
+		if ans := a.call(t, tokens.Operator, "POST", "/api/runs/{id}/retry", "/api/runs/"+first+"/retry", nil); ans.code != 409 || !strings.Contains(ans.raw, "only a failed or cancelled run") {
+			t.Errorf("retry of a succeeded run: %d %s", ans.code, ans.raw)
+		}
+		if ans := a.call(t, tokens.Viewer, "POST", "/api/runs/{id}/retry", "/api/runs/"+first+"/retry", nil); ans.code != 403 {
+			t.Errorf("a viewer's retry: %d %s", ans.code, ans.raw)
+		}
+		if ans := a.call(t, tokens.Operator, "POST", "/api/runs/{id}/priority", "/api/runs/"+first+"/priority", map[string]string{"tier": "urgent"}); ans.code != 400 || !strings.Contains(ans.raw, "urgent") {
+			t.Errorf("priority urgent: %d %s", ans.code, ans.raw)
+		}
+		if ans := a.call(t, tokens.Operator, "POST", "/api/runs/{id}/priority", "/api/runs/"+first+"/priority", map[string]string{"tier": "low"}); ans.code != 409 {
+			t.Errorf("priority of an ended run: %d %s", ans.code, ans.raw)
+		}
+		if ans := a.call(t, tokens.Operator, "POST", "/api/bulk/{action}", "/api/bulk/explode", map[string]any{}); ans.code != 400 || !strings.Contains(ans.raw, "explode") {
+			t.Errorf("bulk explode: %d %s", ans.code, ans.raw)
+		}
+		if ans := a.call(t, tokens.Operator, "POST", "/api/bulk/{action}", "/api/bulk/requeue", map[string]any{"states": []string{"running"}}); ans.code != 400 || !strings.Contains(ans.raw, "requeue applies to") {
+			t.Errorf("bulk requeue of running runs: %d %s", ans.code, ans.raw)
+		}
+		dry := a.call(t, tokens.Operator, "POST", "/api/bulk/{action}", "/api/bulk/cancel", map[string]any{"repo": "acme/app", "states": []string{"succeeded"}, "dry_run": true})
+		if dry.code != 400 {
+			t.Errorf("bulk cancel of succeeded runs: %d %s", dry.code, dry.raw)
+		}
+		if after := lastSeq(t, s.Bus.JS, subjects.EventsStream); after != before {
+			t.Errorf("refused requests published %d events", after-before)
+		}
+	})
 }
 
 // Every operation the API serves is in the OpenAPI document, and the
