@@ -104,7 +104,7 @@ queue and dlq talk to it.
 	root.SetArgs(args)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("WEFT_LOG_LEVEL", "warn"), "log level: trace, debug, info, warn, error (env WEFT_LOG_LEVEL)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(exitUsage, err) })
-	root.AddCommand(runCommand(g), upCommand(g), apiCommand(g), tokenCommand(g), validateCommand(g), serverCommand(g), dispatcherCommand(g), agentCommand(g), triggerCommand(g), statusCommand(g), agentsCommand(g), credsCommand(g), repoCommand(g), webhookCommand(g), intakeCommand(g), auditCommand(g), cancelCommand(g), retryCommand(g), priorityCommand(g), bulkCommand(g), queueCommand(g), dlqCommand(g), artifactsCommand(g), logsCommand(g), benchCommand(g), imageCommand(g), versionCommand(g))
+	root.AddCommand(runCommand(g), upCommand(g), apiCommand(g), tokenCommand(g), validateCommand(g), serverCommand(g), dispatcherCommand(g), agentCommand(g), autoscaleCommand(g), triggerCommand(g), statusCommand(g), agentsCommand(g), credsCommand(g), repoCommand(g), webhookCommand(g), intakeCommand(g), auditCommand(g), cancelCommand(g), retryCommand(g), priorityCommand(g), bulkCommand(g), queueCommand(g), dlqCommand(g), artifactsCommand(g), logsCommand(g), benchCommand(g), imageCommand(g), versionCommand(g))
 
 	err := root.ExecuteContext(ctx)
 	if err == nil {
