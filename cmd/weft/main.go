@@ -144,7 +144,9 @@ are kept for --retention after they were last written: 30 days (720h)
 unless set. JetStream enforces it (stream MaxAge, bucket TTL); nothing
 sweeps. Pipeline specs (weft_pipelines, one per distinct pipeline) are
 kept 1.5 times as long, the last heartbeat of each stage
-(WEFT_HEARTBEATS) for an hour. Jobs and triggers go once handled. A
+(WEFT_HEARTBEATS) for an hour, the audit trail of operator actions
+(WEFT_AUDIT) as long as runs and at least a year. Jobs and triggers go
+once handled. A
 process started without --retention keeps the retention the streams
 already have.
 
