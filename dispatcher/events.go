@@ -375,6 +375,9 @@ type observation struct {
 	state         wire.StageState
 	queued, start time.Time
 	finished      time.Time
+	// job is the stage's job number: a start of a later attempt of it is
+	// a redelivery.
+	job int
 }
 
 // observe reads what applying ev did to its stage in r.
@@ -383,7 +386,7 @@ func observe(r *wire.Run, ev wire.Event) (observation, bool) {
 	if s == nil || st == nil || (ev.Type != wire.Started && ev.Type != wire.Finished) {
 		return observation{}, false
 	}
-	return observation{ev: ev, queue: st.Queue, tier: string(r.Tier), state: s.State, queued: s.Queued, start: s.Started, finished: s.Finished}, true
+	return observation{ev: ev, queue: st.Queue, tier: string(r.Tier), state: s.State, queued: s.Queued, start: s.Started, finished: s.Finished, job: s.Job}, true
 }
 
 // count adds an observation to the metrics: a start's queue time, a
@@ -392,6 +395,9 @@ func (o observation) count(m *metrics.Dispatcher) {
 	switch o.ev.Type {
 	case wire.Started:
 		m.StageQueue.WithLabelValues(o.queue, o.tier).Observe(metrics.Seconds(o.ev.Time.Sub(o.queued)))
+		if o.ev.Attempt > o.job {
+			m.Redeliveries.WithLabelValues(o.queue).Inc()
+		}
 	case wire.Finished:
 		if o.ev.Category != wire.CategoryNone || o.ev.ExitCode != 0 {
 			m.StageFailures.WithLabelValues(o.queue, string(o.ev.Category)).Inc()

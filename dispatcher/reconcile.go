@@ -156,9 +156,11 @@ func (d *Dispatcher) reconcile(ctx context.Context) error {
 			d.log.Warn().Str("run_id", runID).Int("lost", len(lost)).Int("finished", len(found)).Msg("run repaired by the reconcile loop")
 			if len(found) > 0 {
 				d.add(ctx, StatReconcileFinished, uint64(len(found)))
+				d.cfg.Metrics.ReconcileRepairs.WithLabelValues("missed_finish").Add(float64(len(found)))
 			}
 			if len(lost) > 0 {
 				d.add(ctx, StatReconcileLost, uint64(len(lost)))
+				d.cfg.Metrics.ReconcileRepairs.WithLabelValues("lost_job").Add(float64(len(lost)))
 			}
 			if err := d.afterUpdate(ctx, after, w); err != nil {
 				return err

@@ -39,6 +39,14 @@ type Dispatcher struct {
 	Triggers *prometheus.CounterVec
 	// DeadLetters is weft_dead_letters_total{queue}.
 	DeadLetters *prometheus.CounterVec
+	// Redeliveries is weft_redeliveries_total{queue}: stage jobs started
+	// again after an attempt of them had started (its agent died or
+	// lost the job), as the next attempt of the same job.
+	Redeliveries *prometheus.CounterVec
+	// ReconcileRepairs is weft_reconcile_repairs_total{kind}: what the
+	// reconcile loop repaired, lost_job (queued again) or missed_finish
+	// (a finished event the run never took).
+	ReconcileRepairs *prometheus.CounterVec
 }
 
 // NewDispatcher makes a dispatcher's metrics and registers them on reg.
@@ -62,8 +70,14 @@ func NewDispatcher(reg prometheus.Registerer) *Dispatcher {
 		DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weft_dead_letters_total", Help: "Stage jobs dead-lettered after their last delivery, by queue.",
 		}, []string{"queue"}),
+		Redeliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_redeliveries_total", Help: "Stage jobs started again after an attempt of them had started (its agent died or lost the job), by queue.",
+		}, []string{"queue"}),
+		ReconcileRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_reconcile_repairs_total", Help: "Repairs of the reconcile loop, by kind: lost_job (a job gone from its queue, queued again) or missed_finish (a finished event the run never took).",
+		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.StageQueue, m.StageDuration, m.StageFailures, m.RunDuration, m.Triggers, m.DeadLetters)
+	reg.MustRegister(m.StageQueue, m.StageDuration, m.StageFailures, m.RunDuration, m.Triggers, m.DeadLetters, m.Redeliveries, m.ReconcileRepairs)
 	return m
 }
 

@@ -11,17 +11,21 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/weft-ci/weft/agent"
 	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/dispatcher"
+	"github.com/weft-ci/weft/metrics"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
 
 func TestReconcileRequeuesADeletedJob(t *testing.T) {
 	t.Parallel()
-	s := StartStack(t, StackConfig{NoAgent: true, Dispatcher: dispatcher.Config{ReconcileInterval: 300 * time.Millisecond}})
+	m := metrics.NewDispatcher(prometheus.NewRegistry())
+	s := StartStack(t, StackConfig{NoAgent: true, Dispatcher: dispatcher.Config{ReconcileInterval: 300 * time.Millisecond, Metrics: m}})
 	ctx := context.Background()
 	id := s.Submit(t, "name: lost\nstages:\n  - key: s\n    commands: [true]\n")
 	r := waitFor(t, s, id, "queued with its job recorded", func(r *wire.Run) bool { return r.Stage("s").JobSeq != 0 })
@@ -36,6 +40,10 @@ func TestReconcileRequeuesADeletedJob(t *testing.T) {
 	final, _ := s.Wait(t, id)
 	if st := final.Stage("s"); final.State != wire.RunSucceeded || st.Job != 2 {
 		t.Errorf("run %s, stage job %d; want succeeded on a second job", final.State, st.Job)
+	}
+	var repairs dto.Metric
+	if err := m.ReconcileRepairs.WithLabelValues("lost_job").Write(&repairs); err != nil || repairs.GetCounter().GetValue() != 1 {
+		t.Errorf("weft_reconcile_repairs_total{kind=lost_job} = %v (%v), want 1", repairs.GetCounter().GetValue(), err)
 	}
 }
 
