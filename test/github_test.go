@@ -101,17 +101,27 @@ func startBridge(t *testing.T, f *fleet, repo, dir, api string) string {
 	return strings.Fields(strings.SplitN(line, "listening on ", 2)[1])[0]
 }
 
-// triggerRun waits for the run a trigger started and returns its id.
+// triggerRun waits for the run a trigger started and returns its id. The
+// dispatcher records the trigger's outcome, naming the run, before it
+// writes the run's document: it waits for both.
 func triggerRun(t *testing.T, s *Stack, triggerID string) string {
 	t.Helper()
 	kv, err := s.Bus.JS.KeyValue(context.Background(), subjects.DedupBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
+	runs, err := s.Bus.JS.KeyValue(context.Background(), subjects.RunsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out wire.Outcome
 	if !Eventually(60*time.Second, func() bool {
 		e, err := kv.Get(context.Background(), subjects.DedupKey(triggerID))
-		return err == nil && json.Unmarshal(e.Value(), &out) == nil && out.RunID != ""
+		if err != nil || json.Unmarshal(e.Value(), &out) != nil || out.RunID == "" {
+			return false
+		}
+		_, err = runs.Get(context.Background(), out.RunID)
+		return err == nil
 	}) {
 		t.Fatalf("trigger %s started no run (outcome %+v)", triggerID, out)
 	}
