@@ -184,9 +184,9 @@ func (a *API) triggerRun(w http.ResponseWriter, r *http.Request, _ *tokens.Token
 
 // firstRun returns the run a trigger id started already, or "".
 func (a *API) firstRun(ctx context.Context, triggerID string) (string, error) {
-	dedup, err := a.cfg.JS.KeyValue(ctx, subjects.DedupBucket)
+	dedup, err := bus.KeyValue(ctx, a.cfg.JS, subjects.DedupBucket)
 	if err != nil {
-		return "", fmt.Errorf("bucket %s: %w", subjects.DedupBucket, err)
+		return "", err
 	}
 	e, err := dedup.Get(ctx, subjects.DedupKey(triggerID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {

@@ -60,3 +60,27 @@ func unanswered(err error) bool {
 		(errors.As(err, &apiErr) && apiErr.Code == 503) ||
 		(errors.As(err, &oldAPIErr) && oldAPIErr.Code == 503)
 }
+
+// KeyValue opens the KV bucket name through Establish: a request dropped
+// while a cluster elects the bucket's leader is asked again rather than
+// waited out for all of ctx.
+func KeyValue(ctx context.Context, js jetstream.JetStream, name string) (jetstream.KeyValue, error) {
+	return open(ctx, name, js.KeyValue)
+}
+
+// ObjectStore opens the object store bucket name as KeyValue opens a KV
+// bucket.
+func ObjectStore(ctx context.Context, js jetstream.JetStream, name string) (jetstream.ObjectStore, error) {
+	return open(ctx, name, js.ObjectStore)
+}
+
+// open opens a bucket with get through Establish. A bucket handle keeps
+// no context, so the attempt's is released at once.
+func open[T any](ctx context.Context, name string, get func(context.Context, string) (T, error)) (T, error) {
+	v, done, err := Establish(ctx, func(ctx context.Context) (T, error) { return get(ctx, name) })
+	if err != nil {
+		return v, fmt.Errorf("bucket %s: %w", name, err)
+	}
+	done()
+	return v, nil
+}

@@ -292,13 +292,14 @@ func JobConsumerConfig(c subjects.JobConsumerConfig) jetstream.ConsumerConfig {
 // such as "lease.acme.*"), in the order they were last written; none is
 // not an error.
 func Keys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
-	lister, err := kv.ListKeysFiltered(ctx, filter)
+	lister, done, err := Establish(ctx, func(ctx context.Context) (jetstream.KeyLister, error) { return kv.ListKeysFiltered(ctx, filter) })
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoKeysFound) {
 			return nil, nil
 		}
 		return nil, fmt.Errorf("list keys %s: %w", filter, err)
 	}
+	defer done()
 	var keys []string
 	for k := range lister.Keys() {
 		keys = append(keys, k)

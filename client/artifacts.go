@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -40,7 +41,7 @@ func Artifacts(ctx context.Context, js jetstream.JetStream, runID string) ([]Art
 		return nil, fmt.Errorf("stream %s: %w", subjects.EventsStream, err)
 	}
 	var keep time.Duration
-	if obs, err := js.ObjectStore(ctx, subjects.ArtifactsBucket); err == nil {
+	if obs, err := bus.ObjectStore(ctx, js, subjects.ArtifactsBucket); err == nil {
 		if st, err := obs.Status(ctx); err == nil {
 			keep = st.TTL()
 		}

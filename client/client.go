@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -83,13 +84,13 @@ func Submit(ctx context.Context, js jetstream.JetStream, t wire.Trigger) (string
 	if len(data) > subjects.MaxPayload {
 		return "", &RefusedError{Reason: wire.RefusedInvalid, Message: fmt.Sprintf("trigger is %d bytes, over the %d byte limit", len(data), subjects.MaxPayload)}
 	}
-	dedup, err := js.KeyValue(ctx, subjects.DedupBucket)
+	dedup, err := bus.KeyValue(ctx, js, subjects.DedupBucket)
 	if err != nil {
-		return "", fmt.Errorf("bucket %s: %w", subjects.DedupBucket, err)
+		return "", err
 	}
-	runs, err := js.KeyValue(ctx, subjects.RunsBucket)
+	runs, err := bus.KeyValue(ctx, js, subjects.RunsBucket)
 	if err != nil {
-		return "", fmt.Errorf("bucket %s: %w", subjects.RunsBucket, err)
+		return "", err
 	}
 	key := subjects.DedupKey(t.ID)
 	// earlier is the revision of the outcome recorded before this publish:
@@ -206,9 +207,9 @@ func PauseQueue(ctx context.Context, js jetstream.JetStream, queue, reason strin
 	if err := subjects.ValidateQueue(queue); err != nil {
 		return err
 	}
-	kv, err := js.KeyValue(ctx, subjects.WIPBucket)
+	kv, err := bus.KeyValue(ctx, js, subjects.WIPBucket)
 	if err != nil {
-		return fmt.Errorf("bucket %s: %w", subjects.WIPBucket, err)
+		return err
 	}
 	if _, err := kv.Put(ctx, subjects.PauseKey(queue), []byte(reason)); err != nil {
 		return fmt.Errorf("pause queue %s: %w", queue, err)
@@ -221,9 +222,9 @@ func ResumeQueue(ctx context.Context, js jetstream.JetStream, queue string) erro
 	if err := subjects.ValidateQueue(queue); err != nil {
 		return err
 	}
-	kv, err := js.KeyValue(ctx, subjects.WIPBucket)
+	kv, err := bus.KeyValue(ctx, js, subjects.WIPBucket)
 	if err != nil {
-		return fmt.Errorf("bucket %s: %w", subjects.WIPBucket, err)
+		return err
 	}
 	if err := kv.Delete(ctx, subjects.PauseKey(queue)); err != nil {
 		return fmt.Errorf("resume queue %s: %w", queue, err)

@@ -76,9 +76,9 @@ func FleetStats(ctx context.Context, js jetstream.JetStream) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	wip, err := js.KeyValue(ctx, subjects.WIPBucket)
+	wip, err := bus.KeyValue(ctx, js, subjects.WIPBucket)
 	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", subjects.WIPBucket, err)
+		return nil, err
 	}
 	leases, err := bus.Keys(ctx, wip, subjects.AllLeases)
 	if err != nil {

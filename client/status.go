@@ -87,9 +87,9 @@ const (
 
 // GetStatus reads the status from the bus.
 func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
-	wip, err := js.KeyValue(ctx, subjects.WIPBucket)
+	wip, err := bus.KeyValue(ctx, js, subjects.WIPBucket)
 	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", subjects.WIPBucket, err)
+		return nil, err
 	}
 	agents, err := Agents(ctx, js)
 	if err != nil {
@@ -255,9 +255,9 @@ func stageReason(queue string, labels map[string]string, agents []wire.Agent, pa
 // Agents returns the agents in the registry (KV subjects.AgentsBucket),
 // sorted by id: those that renewed their entry within subjects.AgentTTL.
 func Agents(ctx context.Context, js jetstream.JetStream) ([]wire.Agent, error) {
-	kv, err := js.KeyValue(ctx, subjects.AgentsBucket)
+	kv, err := bus.KeyValue(ctx, js, subjects.AgentsBucket)
 	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", subjects.AgentsBucket, err)
+		return nil, err
 	}
 	keys, err := bus.Keys(ctx, kv, ">")
 	if err != nil {

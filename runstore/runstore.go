@@ -67,17 +67,17 @@ type Store struct {
 
 // Open returns a Store on the provisioned buckets.
 func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
-	runs, err := js.KeyValue(ctx, subjects.RunsBucket)
+	runs, err := bus.KeyValue(ctx, js, subjects.RunsBucket)
 	if err != nil {
-		return nil, fmt.Errorf("runstore: bucket %s: %w", subjects.RunsBucket, err)
+		return nil, fmt.Errorf("runstore: %w", err)
 	}
-	stages, err := js.KeyValue(ctx, subjects.StagesBucket)
+	stages, err := bus.KeyValue(ctx, js, subjects.StagesBucket)
 	if err != nil {
-		return nil, fmt.Errorf("runstore: bucket %s: %w", subjects.StagesBucket, err)
+		return nil, fmt.Errorf("runstore: %w", err)
 	}
-	specs, err := js.ObjectStore(ctx, subjects.PipelinesBucket)
+	specs, err := bus.ObjectStore(ctx, js, subjects.PipelinesBucket)
 	if err != nil {
-		return nil, fmt.Errorf("runstore: object store %s: %w", subjects.PipelinesBucket, err)
+		return nil, fmt.Errorf("runstore: %w", err)
 	}
 	keep := subjects.DefaultRetention
 	if st, err := runs.Status(ctx); err == nil && st.TTL() > 0 {

@@ -114,7 +114,7 @@ func TestASpecReadOutlastsAClusterWithoutQuorum(t *testing.T) {
 	c.Stop(1)
 	c.Stop(2)
 
-	read := make(chan error, 1)
+	read, opened := make(chan error, 1), make(chan error, 1)
 	started := time.Now()
 	go func() {
 		rctx, cancel := context.WithTimeout(ctx, 45*time.Second)
@@ -125,15 +125,27 @@ func TestASpecReadOutlastsAClusterWithoutQuorum(t *testing.T) {
 		}
 		read <- err
 	}()
-	// The read has been asked of a member alone; bring its quorum back.
+	// Opening the store meanwhile opens its buckets, which asks too.
+	go func() {
+		octx, cancel := context.WithTimeout(ctx, 45*time.Second)
+		defer cancel()
+		_, err := runstore.Open(octx, c.Member(0).JS)
+		opened <- err
+	}()
+	// Both have been asked of a member alone; bring its quorum back.
 	select {
 	case err := <-read:
 		t.Fatalf("the read returned while the cluster had no quorum: %v", err)
+	case err := <-opened:
+		t.Fatalf("the store opened, or failed to, while the cluster had no quorum: %v", err)
 	case <-time.After(3 * time.Second):
 	}
 	c.Start(1)
 	c.Start(2)
 	if err := <-read; err != nil {
 		t.Fatalf("read the spec after the quorum came back (%s after it was asked): %v", time.Since(started).Round(time.Second), err)
+	}
+	if err := <-opened; err != nil {
+		t.Fatalf("open the store after the quorum came back (%s after it was asked): %v", time.Since(started).Round(time.Second), err)
 	}
 }

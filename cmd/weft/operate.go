@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/runstore"
 	"github.com/weft-ci/weft/subjects"
@@ -292,9 +293,9 @@ func existingRun(ctx context.Context, js jetstream.JetStream, id string) (*wire.
 // watchRun watches run id's document until done holds for it and returns
 // that version.
 func watchRun(ctx context.Context, js jetstream.JetStream, id string, done func(*wire.Run) bool) (*wire.Run, error) {
-	kv, err := js.KeyValue(ctx, subjects.RunsBucket)
+	kv, err := bus.KeyValue(ctx, js, subjects.RunsBucket)
 	if err != nil {
-		return nil, fmt.Errorf("runs bucket: %w", err)
+		return nil, err
 	}
 	w, err := kv.Watch(ctx, id)
 	if err != nil {
