@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
 )
@@ -24,13 +25,6 @@ var ErrInvalidAudit = errors.New("client: invalid audit entry or query")
 // DefaultAuditLimit is how many entries AuditLog returns for a query
 // that sets no Limit.
 const DefaultAuditLimit = 100
-
-// auditFetch is how many entries AuditLog asks for at once, and
-// auditWait how long it waits for them.
-const (
-	auditFetch = 256
-	auditWait  = 5 * time.Second
-)
 
 // Record appends e to the audit stream, on subjects.Audit(e.Action) with
 // Nats-Msg-Id e.ID, so recording the same entry twice keeps one. It sets
@@ -76,9 +70,9 @@ type AuditQuery struct {
 }
 
 // AuditLog returns the entries of the audit stream that q selects,
-// oldest first. It reads them with an ordered consumer filtered on the
-// action's subjects, from q.Since (DeliverByStartTime) when set, else
-// from the first entry, and keeps the newest q.Limit: a query over a
+// oldest first. It reads them (bus.ReadPending) filtered on the action's
+// subjects, from q.Since (DeliverByStartTime) when set, else from the
+// first entry, and keeps the newest q.Limit: a query over a
 // long stretch reads every entry of it, so bound it with Since. A bad
 // action or a negative limit is an error wrapping ErrInvalidAudit.
 func AuditLog(ctx context.Context, js jetstream.JetStream, q AuditQuery) ([]wire.AuditEntry, error) {
@@ -98,41 +92,22 @@ func AuditLog(ctx context.Context, js jetstream.JetStream, q AuditQuery) ([]wire
 		since := q.Since
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
-	c, err := js.OrderedConsumer(ctx, subjects.AuditStream, cfg)
+	var out []wire.AuditEntry
+	err = bus.ReadPending(ctx, js, subjects.AuditStream, cfg, func(m jetstream.Msg) error {
+		var e wire.AuditEntry
+		if json.Unmarshal(m.Data(), &e) != nil || (q.Actor != "" && e.Actor != q.Actor) {
+			return nil
+		}
+		if out = append(out, e); len(out) >= 2*limit {
+			out = append(out[:0], out[len(out)-limit:]...)
+		}
+		return nil
+	})
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, fmt.Errorf("audit log: no stream %s (no weft server or dispatcher of this version has provisioned it): %w", subjects.AuditStream, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
-	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("audit log: %w", err)
-	}
-	var out []wire.AuditEntry
-	for left := info.NumPending; left > 0; {
-		batch, err := c.Fetch(int(min(left, auditFetch)), jetstream.FetchMaxWait(auditWait))
-		if err != nil {
-			return nil, fmt.Errorf("audit log: %w", err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			left--
-			var e wire.AuditEntry
-			if json.Unmarshal(m.Data(), &e) != nil || (q.Actor != "" && e.Actor != q.Actor) {
-				continue
-			}
-			if out = append(out, e); len(out) >= 2*limit {
-				out = append(out[:0], out[len(out)-limit:]...)
-			}
-		}
-		if err := batch.Error(); err != nil {
-			return nil, fmt.Errorf("audit log: %w", err)
-		}
-		if n == 0 {
-			break // what was pending expired meanwhile
-		}
 	}
 	if len(out) > limit {
 		out = out[len(out)-limit:]

@@ -159,32 +159,17 @@ func GetStatus(ctx context.Context, js jetstream.JetStream) (*Status, error) {
 }
 
 // waitingRuns returns the ids of the runs waiting for admission, in the
-// order they were queued, read from WEFT_WAITING with an ordered consumer.
+// order they were queued, read from WEFT_WAITING (bus.ReadPending).
 func waitingRuns(ctx context.Context, js jetstream.JetStream) ([]string, error) {
-	c, err := js.OrderedConsumer(ctx, subjects.WaitingStream, jetstream.OrderedConsumerConfig{})
+	var ids []string
+	err := bus.ReadPending(ctx, js, subjects.WaitingStream, jetstream.OrderedConsumerConfig{}, func(m jetstream.Msg) error {
+		ids = append(ids, string(m.Data()))
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("waiting runs: %w", err)
 	}
-	var ids []string
-	for {
-		info, err := c.Info(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("waiting runs: %w", err)
-		}
-		if info.NumPending == 0 {
-			return ids, nil
-		}
-		batch, err := c.FetchNoWait(int(min(info.NumPending, 1000)))
-		if err != nil {
-			return nil, fmt.Errorf("waiting runs: %w", err)
-		}
-		for m := range batch.Messages() {
-			ids = append(ids, string(m.Data()))
-		}
-		if err := batch.Error(); err != nil {
-			return nil, fmt.Errorf("waiting runs: %w", err)
-		}
-	}
+	return ids, nil
 }
 
 func runStatus(r *wire.Run, agents []wire.Agent, paused map[string]string, now time.Time) RunStatus {

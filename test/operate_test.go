@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weft-ci/weft/bus"
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/subjects"
 	"github.com/weft-ci/weft/wire"
@@ -51,31 +52,27 @@ func lastSeq(t *testing.T, js jetstream.JetStream, stream string) uint64 {
 
 // requestTimes returns when each request of type typ was stored in the
 // events stream after sequence from, in stream order.
-func requestTimes(t *testing.T, js jetstream.JetStream, from uint64, typ wire.EventType, want int) []time.Time {
+func requestTimes(t *testing.T, js jetstream.JetStream, from uint64, typ wire.EventType) []time.Time {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := js.OrderedConsumer(ctx, subjects.EventsStream, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from + 1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var times []time.Time
-	for len(times) < want {
-		m, err := c.Next(jetstream.FetchMaxWait(10 * time.Second))
-		if err != nil {
-			t.Fatalf("read the events stream after %d of %d %s requests: %v", len(times), want, typ, err)
-		}
+	err := bus.ReadPending(ctx, js, subjects.EventsStream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from + 1,
+	}, func(m jetstream.Msg) error {
 		var ev wire.Event
 		if json.Unmarshal(m.Data(), &ev) != nil || ev.Type != typ {
-			continue
+			return nil
 		}
 		meta, err := m.Metadata()
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		times = append(times, meta.Timestamp)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("read the events stream: %v", err)
 	}
 	return times
 }
@@ -173,7 +170,10 @@ func TestBulkCancelAndRequeueAThousandWaitingRuns(t *testing.T) {
 		t.Errorf("bulk requeue reported no progress on stderr: %q", requeued.Stderr)
 	}
 	// The k-th request went in the batch that may start at k/batch*batch/rate.
-	times := requestTimes(t, f.s.Bus.JS, before, wire.RetryRequested, n)
+	times := requestTimes(t, f.s.Bus.JS, before, wire.RetryRequested)
+	if len(times) != n {
+		t.Fatalf("%d retry requests in the events stream, want %d", len(times), n)
+	}
 	for k, at := range times {
 		earliest := time.Duration(float64(k/batch*batch) / rate * float64(time.Second))
 		if got := at.Sub(times[0]); got < earliest-20*time.Millisecond {
