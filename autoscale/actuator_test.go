@@ -9,19 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// eventually polls cond every 10ms until it holds or d has passed.
-func eventually(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return true
-}
+	"github.com/weft-ci/weft/test"
+)
 
 // readLines returns the lines of file; none when it does not exist.
 func readLines(t *testing.T, file string) []string {
@@ -117,7 +107,7 @@ func TestLocalStartsAgentsAndDrainsTheNewest(t *testing.T) {
 		t.Fatalf("after scaling up from 1 to 3: running %v, removable %d; want 2 agents of main", l.Running(), l.Removable("main"))
 	}
 	for _, id := range ids {
-		if !eventually(10*time.Second, func() bool { return exists(id + ".args") }) {
+		if !test.Eventually(10*time.Second, func() bool { return exists(id + ".args") }) {
 			t.Fatalf("agent %s never ran", id)
 		}
 		b, _ := os.ReadFile(filepath.Join(dir, id+".args"))
@@ -131,7 +121,7 @@ func TestLocalStartsAgentsAndDrainsTheNewest(t *testing.T) {
 	if n := l.Removable("main"); n != 1 {
 		t.Errorf("Removable while the newest drains = %d, want 1", n)
 	}
-	if !eventually(10*time.Second, func() bool { return exists(ids[1]+".term") && len(l.Running()["main"]) == 1 }) {
+	if !test.Eventually(10*time.Second, func() bool { return exists(ids[1]+".term") && len(l.Running()["main"]) == 1 }) {
 		t.Fatalf("the newest agent %s never got SIGTERM and exited; running %v", ids[1], l.Running())
 	}
 	if exists(ids[0] + ".term") {
