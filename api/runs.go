@@ -262,7 +262,7 @@ type RunList struct {
 
 // listRuns lists runs newest first, filtered by repo, state and branch, a
 // page at a time (limit, default 50, at most 500; cursor: the Next of the
-// previous page). It reads every run document once (bus.Values).
+// previous page). It reads every run document once (client.SelectRuns).
 func (a *API) listRuns(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
 	q := r.URL.Query()
 	limit := 50
@@ -279,24 +279,22 @@ func (a *API) listRuns(w http.ResponseWriter, r *http.Request, _ *tokens.Token) 
 		writeError(w, http.StatusBadRequest, "state %q: want queued, running, succeeded, failed or cancelled", state)
 		return
 	}
-	repo, branch, cursor := q.Get("repo"), q.Get("branch"), q.Get("cursor")
-	var all []RunSummary
-	err := bus.Values(r.Context(), a.cfg.JS, subjects.RunsBucket, func(_ string, value []byte) error {
-		h, err := runstore.DecodeRun(value)
-		if err != nil {
-			return nil // not a run document
-		}
-		if (repo != "" && h.Repo != repo) || (branch != "" && h.Branch != branch) || (state != "" && h.State != state) || (cursor != "" && h.ID >= cursor) {
-			return nil
-		}
-		all = append(all, a.summary(h))
-		return nil
-	})
+	f := client.RunFilter{Repo: q.Get("repo"), Branch: q.Get("branch")}
+	if state != "" {
+		f.States = []wire.RunState{state}
+	}
+	cursor := q.Get("cursor")
+	runs, err := client.SelectRuns(r.Context(), a.cfg.JS, f, a.cfg.Now())
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	slices.SortFunc(all, func(x, y RunSummary) int { return strings.Compare(y.ID, x.ID) })
+	var all []RunSummary // newest first, after the cursor
+	for _, h := range slices.Backward(runs) {
+		if cursor == "" || h.ID < cursor {
+			all = append(all, a.summary(h))
+		}
+	}
 	out := RunList{Runs: all}
 	if len(all) > limit {
 		out.Runs, out.Next = all[:limit], all[limit-1].ID

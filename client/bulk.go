@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -95,18 +96,21 @@ func (f RunFilter) Fields() map[string]string {
 // (bus.Values), and the pipeline of each distinct spec once when f names
 // a queue.
 func SelectRuns(ctx context.Context, js jetstream.JetStream, f RunFilter, now time.Time) ([]*wire.Run, error) {
-	rs, err := runstore.Open(ctx, js)
-	if err != nil {
-		return nil, err
+	var rs *runstore.Store // for the pipelines, when f names a queue
+	if f.Queue != "" {
+		var err error
+		if rs, err = runstore.Open(ctx, js); err != nil {
+			return nil, err
+		}
 	}
 	var out []*wire.Run
-	err = bus.Values(ctx, js, subjects.RunsBucket, func(_ string, value []byte) error {
+	err := bus.Values(ctx, js, subjects.RunsBucket, func(_ string, value []byte) error {
 		r, err := runstore.DecodeRun(value)
 		if err != nil {
 			return nil // not a run document
 		}
 		if (f.Repo != "" && r.Repo != f.Repo) || (f.Branch != "" && r.Branch != f.Branch) ||
-			(f.Tier != "" && cmpTier(r.Tier) != f.Tier) ||
+			(f.Tier != "" && cmp.Or(r.Tier, subjects.Normal) != f.Tier) ||
 			(len(f.States) > 0 && !slices.Contains(f.States, r.State)) ||
 			(f.OlderThan > 0 && now.Sub(r.Created) < f.OlderThan) {
 			return nil
@@ -130,14 +134,6 @@ func SelectRuns(ctx context.Context, js jetstream.JetStream, f RunFilter, now ti
 	return out, nil
 }
 
-// cmpTier is a run's tier, normal when it names none.
-func cmpTier(t subjects.Tier) subjects.Tier {
-	if t == "" {
-		return subjects.Normal
-	}
-	return t
-}
-
 // BulkAction is what a bulk operation does to each run it selects.
 type BulkAction string
 
@@ -149,11 +145,16 @@ const (
 	BulkRequeue BulkAction = "requeue"
 )
 
-// eligible are the run states an action applies to, and the default
-// selection when a filter names none.
-var eligible = map[BulkAction][]wire.RunState{
-	BulkCancel:  {wire.RunQueued, wire.RunRunning},
-	BulkRequeue: {wire.RunFailed, wire.RunCancelled},
+// eligible returns the run states action applies to, the default
+// selection when a filter names none; false for no action.
+func eligible(action BulkAction) ([]wire.RunState, bool) {
+	switch action {
+	case BulkCancel:
+		return []wire.RunState{wire.RunQueued, wire.RunRunning}, true
+	case BulkRequeue:
+		return []wire.RunState{wire.RunFailed, wire.RunCancelled}, true
+	}
+	return nil, false
 }
 
 // ErrBulk marks a bulk operation asked for something it cannot do (an
@@ -201,7 +202,7 @@ type BulkResult struct {
 // states selects the states the action applies to; one naming others is
 // refused. On a dry run it selects and changes nothing.
 func Bulk(ctx context.Context, js jetstream.JetStream, action BulkAction, f RunFilter, opts BulkOptions) (*BulkResult, error) {
-	states, ok := eligible[action]
+	states, ok := eligible(action)
 	if !ok {
 		return nil, fmt.Errorf("%w: no action %q (want cancel or requeue)", ErrBulk, action)
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -351,4 +352,49 @@ func readSSE(t *testing.T, r io.Reader, stop string, each func(sseEvent) bool) [
 		}
 	}
 	return out
+}
+
+// GET /api/runs lists runs newest first, a page at a time: the cursor of
+// one page starts the next after it, and filters select by repository
+// and state.
+func TestTheRunsListPagesNewestFirst(t *testing.T) {
+	t.Parallel()
+	s := StartStack(t, StackConfig{Queues: []string{"main"}})
+	a := startAPI(t, s)
+	page := a.registerRepo(t, "acme/page", ".weft.yml", "name: page\nstages:\n  - key: s\n    commands: [true]\n", 3)
+	var ids []string
+	for i := range 3 {
+		ans := a.call(t, tokens.Operator, "POST", "/api/pipelines/{id}/runs", "/api/pipelines/"+page+"/runs", map[string]any{"variables": map[string]string{"N": fmt.Sprint(i)}})
+		if ans.code != 201 {
+			t.Fatalf("trigger %d: %d %s", i, ans.code, ans.raw)
+		}
+		id := ans.body["run_id"].(string)
+		s.Wait(t, id)
+		ids = append(ids, id)
+	}
+	list := func(query string) (got []string, next string) {
+		t.Helper()
+		ans := a.call(t, tokens.Viewer, "GET", "/api/runs", "/api/runs?"+query, nil)
+		if ans.code != 200 {
+			t.Fatalf("GET /api/runs?%s: %d %s", query, ans.code, ans.raw)
+		}
+		for _, r := range ans.body["runs"].([]any) {
+			got = append(got, r.(map[string]any)["id"].(string))
+		}
+		next, _ = ans.body["next"].(string)
+		return got, next
+	}
+	first, next := list("repo=acme/page&limit=2")
+	if want := []string{ids[2], ids[1]}; !slices.Equal(first, want) || next != ids[1] {
+		t.Fatalf("first page %v next %q, want %v next %q", first, next, want, ids[1])
+	}
+	if rest, next := list("repo=acme/page&limit=2&cursor=" + next); !slices.Equal(rest, []string{ids[0]}) || next != "" {
+		t.Fatalf("second page %v next %q, want [%s] and no next", rest, next, ids[0])
+	}
+	if failed, _ := list("repo=acme/page&state=failed"); len(failed) != 0 {
+		t.Fatalf("failed runs of acme/page: %v, want none", failed)
+	}
+	if other, _ := list("repo=acme/other"); len(other) != 0 {
+		t.Fatalf("runs of acme/other: %v, want none", other)
+	}
 }
