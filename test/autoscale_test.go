@@ -86,13 +86,6 @@ func (w *agentWatch) stop() (least, most int) {
 	return w.least, w.most
 }
 
-// metricsURL waits for the line of p that says where its metrics are.
-func metricsURL(t *testing.T, p *proc) string {
-	t.Helper()
-	line := p.waitLine(t, &p.stderr, 30*time.Second, "metrics URL", func(l string) bool { return strings.Contains(l, "metrics on ") })
-	return strings.Fields(strings.SplitN(line, "metrics on ", 2)[1])[0]
-}
-
 // decisions returns weft_autoscale_decisions_total of queue and action.
 func decisions(t *testing.T, url, queue, action string) float64 {
 	t.Helper()

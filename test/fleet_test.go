@@ -110,8 +110,7 @@ func TestAgentKilledMidStageRunsAgainElsewhere(t *testing.T) {
 	t.Parallel()
 	f := startFleet(t)
 	d := startWeft(t, nil, "dispatcher", "--server", f.url, "--metrics", "127.0.0.1:0")
-	line := d.waitLine(t, &d.stderr, 30*time.Second, "metrics URL", func(l string) bool { return strings.Contains(l, "metrics on ") })
-	metricsURL := strings.Fields(strings.SplitN(line, "metrics on ", 2)[1])[0]
+	url := metricsURL(t, d)
 	const ackWait = 2 * time.Second
 	a := f.agent(t, "agent-a", "--ack-wait", ackWait.String())
 	id := f.s.Submit(t, "name: crash\nstages:\n  - key: s\n    commands:\n      - 'if [ \"$WEFT_ATTEMPT\" = 1 ]; then sleep 60; fi'\n      - echo attempt $WEFT_ATTEMPT\n")
@@ -139,7 +138,7 @@ func TestAgentKilledMidStageRunsAgainElsewhere(t *testing.T) {
 	if got := strings.Join(stageLines(updates)["s"], ","); got != "attempt 2" {
 		t.Errorf("stage output %q, want attempt 2", got)
 	}
-	if got, ok := sample(scrape(t, metricsURL), "weft_redeliveries_total", map[string]string{"queue": "default"}); !ok || got != 1 {
+	if got, ok := sample(scrape(t, url), "weft_redeliveries_total", map[string]string{"queue": "default"}); !ok || got != 1 {
 		t.Errorf("weft_redeliveries_total{queue=default} = %v (found %v), want 1", got, ok)
 	}
 }

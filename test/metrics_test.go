@@ -34,6 +34,13 @@ func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 	return fams
 }
 
+// metricsURL waits for the line of p that says where its metrics are.
+func metricsURL(t *testing.T, p *proc) string {
+	t.Helper()
+	line := p.waitLine(t, &p.stderr, 30*time.Second, "metrics URL", func(l string) bool { return strings.Contains(l, "metrics on ") })
+	return strings.Fields(strings.SplitN(line, "metrics on ", 2)[1])[0]
+}
+
 // sample returns the metric of fam whose labels are labels: its counter
 // or gauge value, or its histogram's count.
 func sample(fams map[string]*dto.MetricFamily, fam string, labels map[string]string) (float64, bool) {
@@ -70,8 +77,7 @@ func TestMetricsCountQueueTimeAndRefusals(t *testing.T) {
 	f := startFleet(t)
 	d := startWeft(t, nil, "dispatcher", "--server", f.url, "--metrics", "127.0.0.1:0", "--wip", "1", "--wip-policy", "refuse",
 		"--max-pending", "1", "--backpressure-policy", "refuse")
-	line := d.waitLine(t, &d.stderr, 30*time.Second, "metrics URL", func(l string) bool { return strings.Contains(l, "metrics on ") })
-	url := strings.Fields(strings.SplitN(line, "metrics on ", 2)[1])[0]
+	url := metricsURL(t, d)
 	f.agent(t, "agent-m", "--queue", "main", "--slots", "2")
 
 	r, _ := f.s.Run(t, "name: two\nqueue: main\nstages:\n  - key: a\n    commands: [true]\n  - key: b\n    depends_on: [a]\n    commands: [true]\n",
