@@ -219,8 +219,7 @@ func TestWeftAuditListsTheOperatorsActions(t *testing.T) {
 	if out := weft(0, "audit", "--json").Stdout; out != "" {
 		t.Fatalf("a failed intake pause was recorded: %s", out)
 	}
-	d := startWeft(t, nil, "dispatcher", "--server", f.url, "--log-level", "info")
-	d.waitLine(t, &d.stderr, 30*time.Second, "dispatcher started", func(l string) bool { return strings.Contains(l, "dispatcher started") })
+	f.dispatcher(t)
 
 	weft(0, "intake", "pause")
 	for i := range 2 {

@@ -78,6 +78,15 @@ func (f *fleet) mint(t *testing.T, role string, args ...string) string {
 	return out
 }
 
+// dispatcher starts `weft dispatcher` on the fleet with args and waits
+// until it says it has started.
+func (f *fleet) dispatcher(t *testing.T, args ...string) *proc {
+	t.Helper()
+	d := startWeft(t, nil, append([]string{"dispatcher", "--server", f.url, "--log-level", "info"}, args...)...)
+	d.waitLine(t, &d.stderr, 30*time.Second, "dispatcher started", func(l string) bool { return strings.Contains(l, "dispatcher started") })
+	return d
+}
+
 // agent starts `weft agent` with id and waits until it is registered.
 func (f *fleet) agent(t *testing.T, id string, args ...string) *proc {
 	t.Helper()

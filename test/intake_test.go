@@ -21,8 +21,7 @@ import (
 func TestTheIntakeKillswitchHoldsTriggersInOrder(t *testing.T) {
 	t.Parallel()
 	f := startFleet(t)
-	d := startWeft(t, nil, "dispatcher", "--server", f.url, "--wip", "10", "--log-level", "info")
-	d.waitLine(t, &d.stderr, 30*time.Second, "dispatcher started", func(l string) bool { return strings.Contains(l, "dispatcher started") })
+	d := f.dispatcher(t, "--wip", "10")
 	f.agent(t, "agent-k")
 	intake := func(verb string) string {
 		t.Helper()
@@ -55,8 +54,7 @@ func TestTheIntakeKillswitchHoldsTriggersInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.wait(t, 30*time.Second)
-	d = startWeft(t, nil, "dispatcher", "--server", f.url, "--wip", "10", "--log-level", "info")
-	d.waitLine(t, &d.stderr, 30*time.Second, "dispatcher started", func(l string) bool { return strings.Contains(l, "dispatcher started") })
+	d = f.dispatcher(t, "--wip", "10")
 	if out := intake("status"); out != "intake paused, 5 triggers waiting" {
 		t.Errorf("after a dispatcher restart weft intake status printed %q", out)
 	}

@@ -84,8 +84,7 @@ func requestTimes(t *testing.T, js jetstream.JetStream, from uint64, typ wire.Ev
 func TestBulkCancelAndRequeueAThousandWaitingRuns(t *testing.T) {
 	t.Parallel()
 	f := startFleet(t)
-	d := startWeft(t, nil, "dispatcher", "--server", f.url, "--log-level", "info")
-	d.waitLine(t, &d.stderr, 30*time.Second, "dispatcher started", func(l string) bool { return strings.Contains(l, "dispatcher started") })
+	f.dispatcher(t)
 	const n, repos = 1000, 20
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -228,8 +227,7 @@ func TestBulkCancelAndRequeueAThousandWaitingRuns(t *testing.T) {
 func TestRetryAndPriorityOfOneRun(t *testing.T) {
 	t.Parallel()
 	f := startFleet(t)
-	d := startWeft(t, nil, "dispatcher", "--server", f.url, "--log-level", "info")
-	d.waitLine(t, &d.stderr, 30*time.Second, "dispatcher started", func(l string) bool { return strings.Contains(l, "dispatcher started") })
+	f.dispatcher(t)
 	f.agent(t, "agent-r", "--queue", "main")
 	gate := filepath.Join(t.TempDir(), "fixed")
 	r, _ := f.s.Run(t, fmt.Sprintf("name: flaky\nqueue: main\nstages:\n  - key: build\n    commands: [true]\n  - key: test\n    depends_on: [build]\n    commands: ['test -f %s']\n", gate))
