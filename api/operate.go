@@ -74,7 +74,8 @@ type BulkRequest struct {
 	States []wire.RunState `json:"states,omitempty"`
 	// OlderThan is a Go duration, e.g. "1h".
 	OlderThan string `json:"older_than,omitempty"`
-	// Rate bounds the runs acted on a second (default 20).
+	// Rate bounds the runs acted on a second (default
+	// client.DefaultBulkRate).
 	Rate float64 `json:"rate,omitempty"`
 	// Batch is how many requests go at once (default 10).
 	Batch int `json:"batch,omitempty"`
@@ -109,7 +110,7 @@ func (a *API) bulk(w http.ResponseWriter, r *http.Request, who *tokens.Token) {
 		f.OlderThan = d
 	}
 	if req.Rate == 0 {
-		req.Rate = 20
+		req.Rate = client.DefaultBulkRate
 	}
 	if req.Reason == "" {
 		req.Reason = "cancelled in bulk by " + who.Name

@@ -161,12 +161,22 @@ func eligible(action BulkAction) ([]wire.RunState, bool) {
 // unknown action, a state it does not apply to, a bad rate).
 var ErrBulk = errors.New("bulk operation")
 
+// The pace a bulk operation takes unless told otherwise (weft bulk's
+// flags, POST /api/bulk/{action}).
+const (
+	// DefaultBulkRate is the runs acted on a second.
+	DefaultBulkRate = 20
+	// DefaultBulkBatch is the requests published at once.
+	DefaultBulkBatch = 10
+)
+
 // BulkOptions say how a bulk operation proceeds.
 type BulkOptions struct {
 	// Rate bounds the runs acted on per second (> 0).
 	Rate float64
 	// Batch is how many requests are published at once before the
-	// acknowledgements are awaited (default 10, at most Rate).
+	// acknowledgements are awaited (default DefaultBulkBatch, at most
+	// Rate).
 	Batch int
 	// DryRun selects and counts the runs and changes nothing.
 	DryRun bool
@@ -219,7 +229,7 @@ func Bulk(ctx context.Context, js jetstream.JetStream, action BulkAction, f RunF
 	}
 	batch := opts.Batch
 	if batch <= 0 {
-		batch = 10
+		batch = DefaultBulkBatch
 	}
 	batch = max(1, min(batch, int(opts.Rate)))
 	runs, err := SelectRuns(ctx, js, f, time.Now())

@@ -264,8 +264,8 @@ func bulkActionCommand(g *globals, action client.BulkAction) *cobra.Command {
 		client.BulkRequeue: "only runs in these states (failed, cancelled; default both)",
 	}[action])
 	f.DurationVar(&filter.OlderThan, "older-than", 0, "only runs created longer ago than this, e.g. 1h")
-	f.Float64Var(&opts.Rate, "rate", 20, "most runs acted on a second")
-	f.IntVar(&opts.Batch, "batch", 10, "requests published at once (at most --rate)")
+	f.Float64Var(&opts.Rate, "rate", client.DefaultBulkRate, "most runs acted on a second")
+	f.IntVar(&opts.Batch, "batch", client.DefaultBulkBatch, "requests published at once (at most --rate)")
 	f.BoolVar(&dryRun, "dry-run", false, "list the runs it would act on and change nothing")
 	if action == client.BulkCancel {
 		f.StringVar(&opts.Reason, "reason", "cancelled with weft bulk cancel", "why, recorded with each run")
