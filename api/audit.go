@@ -2,11 +2,9 @@ package api
 
 import (
 	"cmp"
-	"context"
 	"errors"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/weft-ci/weft/client"
 	"github.com/weft-ci/weft/tokens"
@@ -15,9 +13,6 @@ import (
 
 // maxAuditLimit bounds the limit of GET /api/audit.
 const maxAuditLimit = 1000
-
-// auditTimeout bounds recording an action in the audit stream.
-const auditTimeout = 10 * time.Second
 
 // AuditList is the answer of GET /api/audit: the entries selected,
 // oldest first.
@@ -65,12 +60,9 @@ func (a *API) audit(w http.ResponseWriter, r *http.Request, _ *tokens.Token) {
 
 // record records e, an operator action the API did for who, in the
 // audit stream, with who's name as the actor. The action is done, so it
-// records even when the request has ended (on a context of its own, for
-// at most auditTimeout), and a failure is logged as a warning, not
-// answered.
+// records even when the request has ended (client.RecordDone), and a
+// failure is logged as a warning, not answered.
 func (a *API) record(r *http.Request, who *tokens.Token, e wire.AuditEntry) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), auditTimeout)
-	defer cancel()
 	e.Via = wire.AuditViaAPI
 	if who != nil {
 		e.Actor = who.Name
@@ -79,7 +71,7 @@ func (a *API) record(r *http.Request, who *tokens.Token, e wire.AuditEntry) {
 	if e.Time.IsZero() {
 		e.Time = a.cfg.Now().UTC()
 	}
-	if err := client.Record(ctx, a.cfg.JS, e); err != nil {
+	if err := client.RecordDone(r.Context(), a.cfg.JS, e); err != nil {
 		a.log.Warn().Err(err).Str("action", e.Action).Str("actor", e.Actor).Msg("action done but not recorded in the audit stream")
 	}
 }

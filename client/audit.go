@@ -54,6 +54,18 @@ func Record(ctx context.Context, js jetstream.JetStream, e wire.AuditEntry) erro
 	return nil
 }
 
+// RecordDoneTimeout bounds RecordDone.
+const RecordDoneTimeout = 10 * time.Second
+
+// RecordDone records e, an action already done, with Record on a
+// context of its own: detached from ctx's end (the request or command
+// that did it may be ending) and bounded by RecordDoneTimeout.
+func RecordDone(ctx context.Context, js jetstream.JetStream, e wire.AuditEntry) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RecordDoneTimeout)
+	defer cancel()
+	return Record(ctx, js, e)
+}
+
 // AuditQuery selects audit entries; zero fields select everything.
 type AuditQuery struct {
 	// Since selects the entries stored at or after it; zero is from the

@@ -135,19 +135,14 @@ func auditField(s string) string {
 	return s
 }
 
-// auditTimeout bounds recording an action in the audit stream.
-const auditTimeout = 10 * time.Second
-
 // recordCLI records e, an operator action the CLI did, in the audit
 // stream, as done by the user of creds (cliActor) via the CLI. The action
-// is done already, so it records even when ctx has ended (on a context
-// of its own, for at most auditTimeout), and a failure is a warning on
-// stderr, not the command's error.
+// is done already, so it records even when ctx has ended
+// (client.RecordDone), and a failure is a warning on stderr, not the
+// command's error.
 func recordCLI(ctx context.Context, g *globals, js jetstream.JetStream, creds string, e wire.AuditEntry) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
-	defer cancel()
 	e.Actor, e.Via = cliActor(creds), wire.AuditViaCLI
-	if err := client.Record(ctx, js, e); err != nil {
+	if err := client.RecordDone(ctx, js, e); err != nil {
 		fmt.Fprintf(g.stderr, "weft: warning: %s is done but not recorded in the audit stream: %v\n", e.Action, err)
 	}
 }
