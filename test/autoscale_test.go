@@ -21,6 +21,12 @@ import (
 // ansi matches the colour codes of zerolog's console writer.
 var ansi = regexp.MustCompile(`\x1b\[[0-9;]*m`)
 
+// agentsAre reports, each time it is called, whether the registry shows
+// want agents serving queue (queueAgents).
+func agentsAre(t *testing.T, f *fleet, queue string, want int) func() bool {
+	return func() bool { n, ok := queueAgents(t, f, queue); return ok && n == want }
+}
+
 // queueAgents counts the agents the registry shows serving queue,
 // draining ones left out, as weft autoscale counts them.
 func queueAgents(t *testing.T, f *fleet, queue string) (int, bool) {
@@ -115,10 +121,7 @@ func TestAutoscaleAddsLocalAgentsUpToMaxAndRemovesThemAfterTheCooldown(t *testin
 		}
 	}()
 	url := metricsURL(t, as)
-	agentsAre := func(want int) func() bool {
-		return func() bool { n, ok := queueAgents(t, f, queue); return ok && n == want }
-	}
-	if !Eventually(30*time.Second, agentsAre(1)) {
+	if !Eventually(30*time.Second, agentsAre(t, f, queue, 1)) {
 		t.Fatal("the queue never got its minimum of 1 agent")
 	}
 
@@ -126,7 +129,7 @@ func TestAutoscaleAddsLocalAgentsUpToMaxAndRemovesThemAfterTheCooldown(t *testin
 	for i := range 8 {
 		ids = append(ids, f.s.Submit(t, g.pipeline(fmt.Sprintf("busy-%d", i), "queue: "+queue+"\n")))
 	}
-	if !Eventually(60*time.Second, agentsAre(3)) {
+	if !Eventually(60*time.Second, agentsAre(t, f, queue, 3)) {
 		n, _ := queueAgents(t, f, queue)
 		t.Fatalf("%d agents with 7 jobs waiting, want the maximum of 3", n)
 	}
@@ -140,7 +143,7 @@ func TestAutoscaleAddsLocalAgentsUpToMaxAndRemovesThemAfterTheCooldown(t *testin
 			t.Fatalf("run %s %s, want succeeded", id, r.State)
 		}
 	}
-	if !Eventually(30*time.Second, func() bool { return agentsAre(1)() && decisions(t, url, queue, "down") == 2 }) {
+	if !Eventually(30*time.Second, func() bool { return agentsAre(t, f, queue, 1)() && decisions(t, url, queue, "down") == 2 }) {
 		n, _ := queueAgents(t, f, queue)
 		t.Fatalf("%d agents after the queue drained and %v down decisions, want the minimum of 1 after 2", n, decisions(t, url, queue, "down"))
 	}
@@ -224,10 +227,7 @@ echo $! > '%[1]s/agent-'$WEFT_TARGET.pid`, dir, weftBin)
 		}
 	}()
 	url := metricsURL(t, as)
-	agentsAre := func(want int) func() bool {
-		return func() bool { n, ok := queueAgents(t, f, queue); return ok && n == want }
-	}
-	if !Eventually(30*time.Second, agentsAre(1)) {
+	if !Eventually(30*time.Second, agentsAre(t, f, queue, 1)) {
 		t.Fatal("the up hook's agent never joined")
 	}
 	g := newGate(t)
@@ -236,7 +236,7 @@ echo $! > '%[1]s/agent-'$WEFT_TARGET.pid`, dir, weftBin)
 	for i := range 3 {
 		ids = append(ids, f.s.Submit(t, g.pipeline(fmt.Sprintf("hooked-%d", i), "queue: "+queue+"\n")))
 	}
-	if !Eventually(30*time.Second, agentsAre(2)) {
+	if !Eventually(30*time.Second, agentsAre(t, f, queue, 2)) {
 		t.Fatal("no second agent with 2 jobs waiting")
 	}
 	g.open(t)
@@ -245,7 +245,7 @@ echo $! > '%[1]s/agent-'$WEFT_TARGET.pid`, dir, weftBin)
 			t.Fatalf("run %s %s, want succeeded", id, r.State)
 		}
 	}
-	if !Eventually(30*time.Second, func() bool { return agentsAre(1)() && decisions(t, url, queue, "down") == 1 }) {
+	if !Eventually(30*time.Second, func() bool { return agentsAre(t, f, queue, 1)() && decisions(t, url, queue, "down") == 1 }) {
 		t.Fatal("the down hook never drained the second agent")
 	}
 	holds := decisions(t, url, queue, "hold")
