@@ -78,11 +78,13 @@ func TestHooksRunWithTheQueueAndTheTarget(t *testing.T) {
 }
 
 // A fake weft binary: it writes its arguments to DIR/<its --id>.args,
-// and on SIGTERM writes DIR/<id>.term and exits 0.
+// and on SIGTERM writes DIR/<id>.term and exits 0. The trap is set
+// before the arguments appear, and they appear whole (renamed into
+// place), so a test that has seen them may read them and signal it.
 const fakeWeft = `#!/bin/sh
 id=$(echo "$@" | sed 's/.*--id \([^ ]*\).*/\1/')
-echo "$@" > "$DIR/$id.args"
 trap 'echo > "$DIR/$id.term"; exit 0' TERM
+echo "$@" > "$DIR/$id.args.tmp" && mv "$DIR/$id.args.tmp" "$DIR/$id.args"
 while :; do sleep 0.05; done
 `
 
